@@ -1,0 +1,69 @@
+"""The pipeline configuration: what defines a processed dataset and its models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from slocast.core.conformal import DEFAULT_QUANTILES
+from slocast.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings that change what is learned. Its hash is part of the dataset id.
+
+    Attributes:
+        window: input rows per forecast (protocol A: 10).
+        horizon: steps forecast ahead per window (protocol A scores step 1).
+        val_fraction: last share of the training file used for validation,
+            early stopping and conformal calibration (protocol A: 0.2).
+        test_fraction: last share held out as test when no test file is given.
+        quantiles: calibrated upper-bound levels.
+        cap_quantile: per-column cap fitted on training rows; model inputs above
+            it are clipped (truth is never clipped for evaluation).
+        spacing_tolerance: allowed relative deviation of a row interval from the
+            dataset's step before the file is rejected as irregular.
+        season_steps: season length of the seasonal-naive baseline (one day of
+            2-minute rows).
+    """
+
+    window: int = 10
+    horizon: int = 1
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    quantiles: tuple[float, ...] = DEFAULT_QUANTILES
+    cap_quantile: float = 0.999
+    spacing_tolerance: float = 0.1
+    season_steps: int = 720
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ConfigError(f"window must be >= 1, got {self.window}")
+        if self.horizon < 1:
+            raise ConfigError(f"horizon must be >= 1, got {self.horizon}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.9:
+                raise ConfigError(f"{name} must be in (0, 0.9), got {value}")
+        if not all(0.0 < q < 1.0 for q in self.quantiles):
+            raise ConfigError(f"quantiles must be in (0, 1), got {self.quantiles}")
+        if not 0.5 < self.cap_quantile <= 1.0:
+            raise ConfigError(f"cap_quantile must be in (0.5, 1], got {self.cap_quantile}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["quantiles"] = list(self.quantiles)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PipelineConfig:
+        data = dict(data)
+        data["quantiles"] = tuple(data.get("quantiles", DEFAULT_QUANTILES))
+        return cls(**data)
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON of this configuration."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,204 @@
+"""The one feature builder shared by training, evaluation and serving.
+
+Every model sees a series as ``times`` (datetime64[ns], shape (n,)) and
+``values`` (float64, shape (n, C), columns in :data:`FEATURE_COLUMNS` order) and
+is asked for forecasts at window *ends*: for an end ``e`` the inputs are rows
+``e - window .. e - 1`` and the forecast covers the ``horizon`` rows from ``e``
+on. ``e`` may equal ``n`` (the future: the serving case). Offline evaluation and
+the HTTP server call the same functions below, so they cannot drift.
+
+Everything here is vectorised (fancy indexing on strided views); there is no
+per-row Python loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS, TARGET_INDEX
+
+# Volume columns are heavy-tailed (max ~17x mean): log-compress them as inputs.
+LOG_COLUMNS: tuple[str, ...] = ("down", "up")
+N_CALENDAR = 6
+_DAY_S = 86400.0
+_WEEK_S = 7 * _DAY_S
+_YEAR_S = 365.25 * _DAY_S
+# 1970-01-01 was a Thursday; shift so that day-of-week 0 is Monday.
+_MONDAY_OFFSET_S = 3 * _DAY_S
+
+
+def fill_missing(values: np.ndarray) -> np.ndarray:
+    """The NaN rule: carry the last observation forward; leading gaps take the first one.
+
+    Only the past is used for any row except a leading gap, which has no past.
+    """
+    v = np.array(values, dtype=np.float64, copy=True)
+    n = v.shape[0]
+    if n == 0 or not np.isnan(v).any():
+        return v
+    idx = np.where(~np.isnan(v), np.arange(n)[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    filled = np.take_along_axis(v, idx, axis=0)
+    # Leading NaNs (no earlier observation): back-fill from the first observation.
+    first = np.argmax(~np.isnan(v), axis=0)
+    lead = np.arange(n)[:, None] < first[None, :]
+    filled = np.where(lead, v[first, np.arange(v.shape[1])][None, :], filled)
+    return filled
+
+
+def calendar_features(times: np.ndarray) -> np.ndarray:
+    """Minute-of-day, day-of-week and day-of-year as sin/cos pairs, shape (..., 6)."""
+    seconds = np.asarray(times).astype("datetime64[ns]").astype(np.int64) / 1e9
+    phases = (
+        2 * np.pi * (seconds % _DAY_S) / _DAY_S,
+        2 * np.pi * ((seconds - _MONDAY_OFFSET_S) % _WEEK_S) / _WEEK_S,
+        2 * np.pi * (seconds % _YEAR_S) / _YEAR_S,
+    )
+    parts = []
+    for phase in phases:
+        parts.extend((np.sin(phase), np.cos(phase)))
+    return np.stack(parts, axis=-1)
+
+
+def window_ends(n_rows: int, window: int, horizon: int) -> np.ndarray:
+    """All ends whose inputs and whole horizon lie inside ``n_rows`` rows."""
+    return np.arange(window, n_rows - horizon + 1, dtype=np.int64)
+
+
+def gather_windows(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
+    """Input windows, shape (N, window, C): rows ``end - window .. end - 1``."""
+    ends = np.asarray(ends, dtype=np.int64)
+    if ends.size and (ends.min() < window or ends.max() > values.shape[0]):
+        raise IndexError("window ends out of range for the given series")
+    return values[ends[:, None] - window + np.arange(window)[None, :]]
+
+
+def gather_targets(values: np.ndarray, ends: np.ndarray, horizon: int) -> np.ndarray:
+    """Truth for the target columns, shape (N, horizon, K)."""
+    rows = np.asarray(ends, dtype=np.int64)[:, None] + np.arange(horizon)[None, :]
+    return values[rows][..., list(TARGET_INDEX)]
+
+
+def target_times(
+    times: np.ndarray, ends: np.ndarray, horizon: int, step_seconds: float
+) -> np.ndarray:
+    """Timestamps of the forecast rows, shape (N, horizon), continuing the grid."""
+    last = np.asarray(times).astype("datetime64[ns]")[np.asarray(ends, dtype=np.int64) - 1]
+    step = np.timedelta64(int(round(step_seconds * 1e9)), "ns")
+    return last[:, None] + step * np.arange(1, horizon + 1)[None, :]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Fitted, serialisable description of a model's inputs and outputs.
+
+    Fitted on training rows only. ``caps`` clip inputs at a high training
+    quantile; ``center``/``scale`` standardise inputs after the log transform of
+    :data:`LOG_COLUMNS`; ``target_center``/``target_scale`` standardise targets
+    linearly (so squared error in scaled units is squared error in real units).
+    Zero-variance columns get scale 1, so they map to 0 instead of NaN.
+    """
+
+    window: int
+    horizon: int
+    step_seconds: float
+    caps: tuple[float, ...]
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+    target_center: tuple[float, ...]
+    target_scale: tuple[float, ...]
+    columns: tuple[str, ...] = FEATURE_COLUMNS
+    targets: tuple[str, ...] = TARGET_COLUMNS
+
+    @classmethod
+    def fit(
+        cls,
+        train_values: np.ndarray,
+        *,
+        window: int,
+        horizon: int,
+        step_seconds: float,
+        cap_quantile: float,
+    ) -> FeatureSpec:
+        v = np.asarray(train_values, np.float64)
+        caps = np.nanquantile(v, cap_quantile, axis=0)
+        transformed = _log_columns(np.minimum(v, caps))
+        t = v[:, list(TARGET_INDEX)]
+        return cls(
+            window=window,
+            horizon=horizon,
+            step_seconds=float(step_seconds),
+            caps=tuple(float(x) for x in caps),
+            center=tuple(float(x) for x in np.nanmean(transformed, axis=0)),
+            scale=tuple(_safe_scale(np.nanstd(transformed, axis=0))),
+            target_center=tuple(float(x) for x in np.nanmean(t, axis=0)),
+            target_scale=tuple(_safe_scale(np.nanstd(t, axis=0))),
+        )
+
+    def scale_inputs(self, values: np.ndarray) -> np.ndarray:
+        """Clip, log-compress and standardise raw values (any leading shape, last axis C)."""
+        clipped = np.minimum(np.asarray(values, np.float64), np.asarray(self.caps))
+        return (_log_columns(clipped) - np.asarray(self.center)) / np.asarray(self.scale)
+
+    def scale_targets(self, y: np.ndarray) -> np.ndarray:
+        return (np.asarray(y, np.float64) - np.asarray(self.target_center)) / np.asarray(
+            self.target_scale
+        )
+
+    def unscale_targets(self, z: np.ndarray) -> np.ndarray:
+        return np.asarray(z, np.float64) * np.asarray(self.target_scale) + np.asarray(
+            self.target_center
+        )
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureSpec:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _safe_scale(std: np.ndarray) -> list[float]:
+    return [float(s) if np.isfinite(s) and s > 1e-12 else 1.0 for s in std]
+
+
+def _log_columns(values: np.ndarray) -> np.ndarray:
+    out = np.array(values, dtype=np.float64, copy=True)
+    for name in LOG_COLUMNS:
+        j = FEATURE_COLUMNS.index(name)
+        out[..., j] = np.log1p(np.maximum(out[..., j], 0.0))
+    return out
+
+
+def tabular_features(
+    spec: FeatureSpec, times: np.ndarray, values: np.ndarray, ends: np.ndarray
+) -> np.ndarray:
+    """Flat features for tree models, shape (N, F), float32.
+
+    Per window: every lag of every column (clipped, raw units), the window mean,
+    standard deviation, min and max per column, the last-minus-first change, and the
+    calendar features of the first forecast row.
+    """
+    windows = np.minimum(gather_windows(values, ends, spec.window), np.asarray(spec.caps))
+    n = windows.shape[0]
+    when = target_times(times, ends, 1, spec.step_seconds)[:, 0]
+    parts = [
+        windows.reshape(n, -1),
+        windows.mean(axis=1),
+        windows.std(axis=1),
+        windows.min(axis=1),
+        windows.max(axis=1),
+        windows[:, -1, :] - windows[:, 0, :],
+        calendar_features(when),
+    ]
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def tabular_feature_names(spec: FeatureSpec) -> list[str]:
+    names = [f"{c}_lag{spec.window - i}" for i in range(spec.window) for c in spec.columns]
+    for stat in ("mean", "std", "min", "max", "delta"):
+        names.extend(f"{c}_{stat}" for c in spec.columns)
+    names.extend(["mod_sin", "mod_cos", "dow_sin", "dow_cos", "doy_sin", "doy_cos"])
+    return names

@@ -1,0 +1,181 @@
+"""MLflow adapter: tracking runs, registering versions, the ``champion`` alias.
+
+Stage code never talks to MLflow directly; the runners pass a
+:class:`ModelRegistry`. Works against the embedded SQLite store and an MLflow
+server alike. One registered model per task: ``slocast-<task>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from slocast.core.errors import ModelNotFoundError
+
+CHAMPION_ALIAS = "champion"
+EXPERIMENT = "slocast"
+# Tags written on runs and model versions; the durable evaluator queries them.
+TAG_TASK = "slocast.task"
+TAG_DATASET = "slocast.dataset_id"
+TAG_FAMILY = "slocast.family"
+TAG_ROLE = "slocast.role"
+
+log = logging.getLogger(__name__)
+
+
+def registered_name(task: str) -> str:
+    return f"slocast-{task}"
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A registered model version and where its bundle lives."""
+
+    task: str
+    version: str
+    run_id: str
+    source: str
+    tags: dict
+
+    @property
+    def family(self) -> str:
+        return self.tags.get(TAG_FAMILY, "")
+
+    @property
+    def dataset_id(self) -> str:
+        return self.tags.get(TAG_DATASET, "")
+
+
+class ModelRegistry:
+    def __init__(self, tracking_uri: str, *, artifact_location: str | None = None) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            experiment_id = self.client.create_experiment(
+                EXPERIMENT, artifact_location=artifact_location
+            )
+        else:
+            experiment_id = experiment.experiment_id
+        self.experiment_id = experiment_id
+
+    # --- tracking -----------------------------------------------------------------
+    def log_model_run(
+        self,
+        *,
+        task: str,
+        family: str,
+        dataset_id: str,
+        bundle_dir: Path,
+        params: dict,
+        metrics: dict[str, float],
+        role: str,
+        figures: dict[str, object] | None = None,
+        extra_tags: dict[str, str] | None = None,
+    ) -> VersionRef:
+        """Log one trained model as a run and register it as a new version."""
+        tags = {
+            TAG_TASK: task,
+            TAG_FAMILY: family,
+            TAG_DATASET: dataset_id,
+            TAG_ROLE: role,
+            **(extra_tags or {}),
+        }
+        with self._mlflow.start_run(
+            experiment_id=self.experiment_id, run_name=f"{family}-{dataset_id[:12]}", tags=tags
+        ) as run:
+            if params:
+                self._mlflow.log_params({k: _param(v) for k, v in params.items()})
+            finite = {k: float(v) for k, v in metrics.items() if v == v and abs(v) != float("inf")}
+            if finite:
+                self._mlflow.log_metrics(finite)
+            for name, figure in (figures or {}).items():
+                self._mlflow.log_figure(figure, f"plots/{name}.png")
+            self._mlflow.log_artifacts(str(bundle_dir), artifact_path="model")
+            source = self._mlflow.get_artifact_uri("model")
+        name = registered_name(task)
+        self._ensure_registered(name)
+        version = self.client.create_model_version(
+            name, source=source, run_id=run.info.run_id, tags=tags
+        )
+        return VersionRef(task, str(version.version), run.info.run_id, source, tags)
+
+    def _ensure_registered(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(name)
+            except MlflowException as exc:  # created concurrently by another service
+                if "already exists" not in str(exc).lower():
+                    raise
+
+    # --- registry -----------------------------------------------------------------
+    def champion(self, task: str) -> VersionRef | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(registered_name(task), CHAMPION_ALIAS)
+        except MlflowException:
+            return None
+        return VersionRef(task, str(mv.version), mv.run_id, mv.source, dict(mv.tags))
+
+    def require_champion(self, task: str) -> VersionRef:
+        ref = self.champion(task)
+        if ref is None:
+            raise ModelNotFoundError(
+                f"no '{CHAMPION_ALIAS}' for task {task!r} in {self.tracking_uri}; run `slocast run` first"
+            )
+        return ref
+
+    def version(self, task: str, version: str) -> VersionRef:
+        mv = self.client.get_model_version(registered_name(task), version)
+        return VersionRef(task, str(mv.version), mv.run_id, mv.source, dict(mv.tags))
+
+    def promote(self, ref: VersionRef, *, test_metrics: dict[str, float], decision: dict) -> None:
+        """Tag the version with its test metrics and point the alias at it."""
+        name = registered_name(ref.task)
+        for key, value in test_metrics.items():
+            self.client.set_model_version_tag(name, ref.version, f"test.{key}", f"{value:.6g}")
+        self.client.set_model_version_tag(
+            name, ref.version, "slocast.decision_id", decision["decision_id"]
+        )
+        self.client.set_registered_model_alias(name, CHAMPION_ALIAS, ref.version)
+
+    def log_decision(self, task: str, decision: dict) -> None:
+        """Record the decision as a run of its own (JSON artifact plus tags)."""
+        tags = {TAG_TASK: task, TAG_DATASET: decision["dataset_id"], TAG_ROLE: "decision"}
+        with self._mlflow.start_run(
+            experiment_id=self.experiment_id,
+            run_name=f"decision-{decision['dataset_id'][:12]}",
+            tags=tags,
+        ):
+            self._mlflow.log_dict(decision, "decision.json")
+
+    def download(self, ref: VersionRef, destination: str | Path | None = None) -> Path:
+        """Fetch a version's bundle directory to local disk."""
+        dst = Path(destination) if destination else Path(tempfile.mkdtemp(prefix="slocast-model-"))
+        dst.mkdir(parents=True, exist_ok=True)
+        path = self._mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst))
+        return Path(path)
+
+
+def default_tracking_uri(home: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a SQLite store under ``home``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(home / 'mlflow.db').resolve()}"
+
+
+def _param(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text[:6000]

@@ -1,0 +1,163 @@
+"""The evaluator stage: score every model on the test split, decide, promote.
+
+Candidates, baselines and the serving champion are all scored on the same test
+windows, which no trainer used for fitting, early stopping or calibration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from slocast.core.registry import ModelRegistry, VersionRef
+from slocast.core.storage import ArtifactStore
+from slocast.evaluate.promotion import Decision, decide
+from slocast.evaluate.scoring import Evaluation, forecast_test, score_predictions
+from slocast.models import BASELINES
+from slocast.models.bundle import BundleError, ModelBundle, load_bundle
+from slocast.preprocess.dataset import ProcessedDataset
+
+log = logging.getLogger(__name__)
+CHAMPION_LABEL = "champion"
+
+
+@dataclass
+class EvaluationResult:
+    evaluations: dict[str, Evaluation]
+    refs: dict[str, VersionRef]
+    decision: Decision
+    champion_name: str | None
+    test_times: np.ndarray
+    truth: np.ndarray
+    forecasts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def champion_forecast(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if self.champion_name and self.champion_name in self.forecasts:
+            return {self.champion_name: self.forecasts[self.champion_name]}
+        return {}
+
+    def report(
+        self,
+        dataset: ProcessedDataset,
+        *,
+        train_seconds: dict[str, float],
+        val_metrics: dict[str, dict[str, float]],
+        failures: dict[str, str],
+        timings: dict[str, float],
+        reused: bool,
+        task: str,
+    ) -> dict:
+        models = {}
+        for name, evaluation in self.evaluations.items():
+            entry = evaluation.to_dict()
+            entry["train_seconds"] = train_seconds.get(name, 0.0)
+            entry["baseline"] = name in BASELINES
+            entry["validation"] = val_metrics.get(name, {})
+            ref = self.refs.get(name)
+            if ref is not None:
+                entry["registry"] = {"version": ref.version, "run_id": ref.run_id}
+            models[name] = entry
+        summary = dataset.summary()
+        return {
+            "task": task,
+            "dataset": {
+                "id": dataset.dataset_id,
+                "train_rows": summary["train_rows"],
+                "val_rows": summary["val_rows"],
+                "test_rows": summary["test_rows"],
+                "test_windows": summary["test_windows"],
+                "reused": reused,
+                "sources": summary["sources"],
+            },
+            "config": dataset.config.to_dict(),
+            "champion": self.champion_name,
+            "decision": self.decision.to_dict(),
+            "models": models,
+            "failures": failures,
+            "timings": timings,
+        }
+
+
+def evaluate_run(
+    registry: ModelRegistry,
+    store: ArtifactStore,
+    dataset: ProcessedDataset,
+    *,
+    task: str,
+    models: dict[str, tuple[ModelBundle, VersionRef]],
+    scratch: Path,
+) -> EvaluationResult:
+    """Score ``models`` and the current champion, apply the rule, move the alias."""
+    evaluations: dict[str, Evaluation] = {}
+    forecasts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    truth = None
+    for name, (bundle, _) in models.items():
+        prediction, truth, seconds = forecast_test(bundle, dataset)
+        evaluations[name] = score_predictions(bundle, prediction, truth, seconds)
+        forecasts[name] = _step1(bundle, prediction)
+
+    champion_ref = registry.champion(task)
+    champion_score = None
+    champion_eval: Evaluation | None = None
+    if champion_ref is not None and champion_ref.run_id not in {
+        ref.run_id for _, ref in models.values()
+    }:
+        try:
+            bundle = load_bundle(registry.download(champion_ref, scratch / "champion"))
+            prediction, truth, seconds = forecast_test(bundle, dataset)
+            champion_eval = score_predictions(bundle, prediction, truth, seconds)
+            label = f"{champion_ref.family} v{champion_ref.version}"
+            champion_score = (label, champion_eval.headline)
+            forecasts[CHAMPION_LABEL] = _step1(bundle, prediction)
+        except (BundleError, OSError, KeyError, ValueError) as exc:
+            # An unloadable champion cannot block a valid candidate; the record says why.
+            log.error("current champion v%s cannot be evaluated: %s", champion_ref.version, exc)
+
+    if "persistence" not in evaluations:
+        raise RuntimeError("the persistence baseline must be evaluated before any promotion")
+    candidates = {name: e.headline for name, e in evaluations.items() if name not in BASELINES}
+    decision = decide(
+        task=task,
+        dataset_id=dataset.dataset_id,
+        candidates=candidates,
+        persistence=evaluations["persistence"].headline,
+        champion=champion_score,
+    )
+    refs = {name: ref for name, (_, ref) in models.items()}
+    if decision.promoted and decision.winner is not None:
+        winner = refs[decision.winner]
+        registry.promote(
+            winner,
+            test_metrics=evaluations[decision.winner].flat_metrics(),
+            decision=decision.to_dict(),
+        )
+        champion_name = decision.winner
+    else:
+        champion_name = None if champion_ref is None else CHAMPION_LABEL
+        if champion_eval is not None:
+            evaluations[CHAMPION_LABEL] = champion_eval
+    registry.log_decision(task, decision.to_dict())
+    store.put_bytes(
+        f"decisions/{task}/{dataset.dataset_id}/{decision.decision_id}.json",
+        json.dumps(decision.to_dict(), indent=2).encode(),
+    )
+    ends = dataset.ends("test")
+    return EvaluationResult(
+        evaluations=evaluations,
+        refs=refs,
+        decision=decision,
+        champion_name=champion_name,
+        test_times=dataset.times[ends],
+        truth=dataset.truth(ends)[:, 0] if truth is None else truth[:, 0],
+        forecasts=forecasts,
+    )
+
+
+def _step1(bundle: ModelBundle, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    levels = bundle.calibration.levels
+    level = 0.9 if 0.9 in levels else levels[-1]
+    return prediction[:, 0], bundle.calibration.upper(prediction, level)[:, 0]

@@ -1,0 +1,99 @@
+"""The processed dataset: one contiguous, split-labelled series plus its fitted spec."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from slocast.core.config import PipelineConfig
+from slocast.core.features import FeatureSpec, fill_missing, gather_targets, window_ends
+from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ProcessedDataset:
+    """All rows of a run in time order, each labelled train, val or test.
+
+    ``raw`` keeps NaN where a cell was not observed (truth is never imputed);
+    ``values`` applies the NaN rule and is what models read as inputs.
+    """
+
+    dataset_id: str
+    config: PipelineConfig
+    spec: FeatureSpec
+    times: np.ndarray
+    raw: np.ndarray
+    split: np.ndarray
+    sources: dict
+    values: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", fill_missing(self.raw))
+
+    def rows(self, name: str) -> np.ndarray:
+        """Row positions of one split."""
+        return np.flatnonzero(self.split == SPLITS.index(name))
+
+    def ends(self, name: str) -> np.ndarray:
+        """Window ends whose inputs and whole horizon lie inside the split."""
+        rows = self.rows(name)
+        if rows.size == 0:
+            return rows
+        local = window_ends(rows.size, self.config.window, self.config.horizon)
+        return rows[0] + local
+
+    def truth(self, ends: np.ndarray) -> np.ndarray:
+        """Observed targets (NaN where missing), shape (N, horizon, K)."""
+        return gather_targets(self.raw, ends, self.config.horizon)
+
+    def summary(self) -> dict:
+        return {
+            "id": self.dataset_id,
+            "train_rows": int(self.rows("train").size),
+            "val_rows": int(self.rows("val").size),
+            "test_rows": int(self.rows("test").size),
+            "train_windows": int(self.ends("train").size),
+            "val_windows": int(self.ends("val").size),
+            "test_windows": int(self.ends("test").size),
+            "sources": self.sources,
+        }
+
+    # Serialisation: Parquet for the rows, JSON for everything else.
+    def to_parquet_bytes(self) -> bytes:
+        frame = pd.DataFrame(self.raw, columns=list(FEATURE_COLUMNS))
+        frame.insert(0, TIME_COLUMN, self.times)
+        frame["split"] = np.asarray(SPLITS)[self.split]
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        return buffer.getvalue()
+
+    def metadata(self) -> dict:
+        return {
+            "dataset_id": self.dataset_id,
+            "config": self.config.to_dict(),
+            "spec": self.spec.to_dict(),
+            "summary": self.summary(),
+        }
+
+    @classmethod
+    def from_parts(cls, parquet: bytes, metadata: dict) -> ProcessedDataset:
+        frame = pd.read_parquet(io.BytesIO(parquet))
+        split = pd.Categorical(frame["split"], categories=list(SPLITS)).codes.astype(np.int8)
+        return cls(
+            dataset_id=metadata["dataset_id"],
+            config=PipelineConfig.from_dict(metadata["config"]),
+            spec=FeatureSpec.from_dict(metadata["spec"]),
+            times=frame[TIME_COLUMN].to_numpy().astype("datetime64[ns]"),
+            raw=frame[list(FEATURE_COLUMNS)].to_numpy(np.float64),
+            split=split,
+            sources=metadata["summary"]["sources"],
+        )
+
+    def metadata_json(self) -> bytes:
+        return json.dumps(self.metadata(), indent=2, sort_keys=True).encode()

@@ -1,0 +1,111 @@
+"""The preprocess stage: validated frames in, a split, fitted, content-addressed dataset out.
+
+Pure logic (no storage, no events): :func:`preprocess` takes frames that
+:mod:`slocast.core.datasets` validated and returns a :class:`ProcessedDataset`.
+
+Rules, in order:
+1. NaN rule: an empty cell takes the last observed value of its column (the first
+   observed value for leading gaps); truth stays NaN for scoring.
+2. Split (protocol A): with a test file, the training file's last
+   ``val_fraction`` rows are validation and the test file is the test set;
+   without one, the last ``test_fraction`` rows are test and the last
+   ``val_fraction`` of the rest are validation. Chronological, never shuffled.
+3. Caps and scalers are fitted on training rows only (:class:`FeatureSpec`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from slocast.core.config import PipelineConfig
+from slocast.core.datasets import step_seconds
+from slocast.core.errors import DatasetError
+from slocast.core.features import FeatureSpec, fill_missing
+from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN
+from slocast.preprocess.dataset import SPLITS, ProcessedDataset
+
+# Bump when the processing rules change, so old processed data is not reused.
+PROCESSING_VERSION = "1"
+
+
+def dataset_id(train: pd.DataFrame, test: pd.DataFrame | None, config: PipelineConfig) -> str:
+    """SHA-256 of the rows (times and values), the configuration and the rules version."""
+    digest = hashlib.sha256()
+    digest.update(f"slocast-preprocess-v{PROCESSING_VERSION}".encode())
+    for frame in (train, test):
+        if frame is None:
+            digest.update(b"<no test file>")
+            continue
+        digest.update(frame[TIME_COLUMN].to_numpy().astype("datetime64[ns]").tobytes())
+        digest.update(
+            np.ascontiguousarray(frame[list(FEATURE_COLUMNS)].to_numpy(np.float64)).tobytes()
+        )
+    digest.update(config.digest().encode())
+    return digest.hexdigest()
+
+
+def min_rows(config: PipelineConfig) -> int:
+    """Fewest rows a training file needs so every split holds windows."""
+    per_split = config.window + config.horizon + 1
+    return int(np.ceil(per_split / min(config.val_fraction, config.test_fraction))) + per_split
+
+
+def preprocess(
+    train: pd.DataFrame,
+    test: pd.DataFrame | None,
+    config: PipelineConfig,
+    *,
+    sources: dict | None = None,
+) -> ProcessedDataset:
+    """Split, fit the feature spec on training rows, and label every row."""
+    frames = [train] if test is None else [train, test]
+    times = np.concatenate([f[TIME_COLUMN].to_numpy().astype("datetime64[ns]") for f in frames])
+    if test is not None and len(test) and times[len(train)] <= times[len(train) - 1]:
+        raise DatasetError(
+            f"test data starts at {test[TIME_COLUMN].iloc[0]}, not after the training data "
+            f"(ends {train[TIME_COLUMN].iloc[-1]}); the test set must follow in time"
+        )
+    raw = np.concatenate([f[list(FEATURE_COLUMNS)].to_numpy(np.float64) for f in frames])
+    split = _split_labels(len(train), None if test is None else len(test), config)
+    for code, name in enumerate(SPLITS):
+        if (split == code).sum() < config.window + config.horizon:
+            raise DatasetError(
+                f"the {name} split has {(split == code).sum()} rows, fewer than window + horizon "
+                f"({config.window + config.horizon}); provide more rows"
+            )
+    train_rows = fill_missing(raw[split == 0])
+    spec = FeatureSpec.fit(
+        train_rows,
+        window=config.window,
+        horizon=config.horizon,
+        step_seconds=step_seconds(train[TIME_COLUMN]),
+        cap_quantile=config.cap_quantile,
+    )
+    return ProcessedDataset(
+        dataset_id=dataset_id(train, test, config),
+        config=config,
+        spec=spec,
+        times=times,
+        raw=raw,
+        split=split,
+        sources=sources or {},
+    )
+
+
+def _split_labels(n_train: int, n_test: int | None, config: PipelineConfig) -> np.ndarray:
+    if n_test is None:
+        n_test = int(round(n_train * config.test_fraction))
+        n_fit = n_train - n_test
+    else:
+        n_fit = n_train
+    n_val = int(round(n_fit * config.val_fraction))
+    return np.concatenate(
+        [
+            np.zeros(n_fit - n_val, np.int8),
+            np.ones(n_val, np.int8),
+            np.full(n_test, 2, np.int8),
+        ]
+    )

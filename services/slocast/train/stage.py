@@ -1,0 +1,97 @@
+"""The trainer stage: fit one family, calibrate it on validation, package a bundle.
+
+Pure logic: data in, a :class:`TrainedModel` out. Tracking and registration are
+the runner's job (:mod:`slocast.train.tracking`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from slocast.core.conformal import Calibration
+from slocast.core.metrics import nrmse
+from slocast.core.schema import HEADLINE_COLUMNS, TARGET_COLUMNS
+from slocast.models import family_class
+from slocast.models.base import FitReport, Progress
+from slocast.models.bundle import ModelBundle
+from slocast.preprocess.dataset import ProcessedDataset
+
+
+class TrainingError(RuntimeError):
+    """A model trained but is unusable (non-finite or constant predictions)."""
+
+
+@dataclass
+class TrainedModel:
+    bundle: ModelBundle
+    report: FitReport
+    val_metrics: dict[str, float]
+    val_prediction: np.ndarray
+    train_seconds: float
+
+    @property
+    def family(self) -> str:
+        return self.bundle.family
+
+
+def train_family(
+    data: ProcessedDataset,
+    family: str,
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> TrainedModel:
+    """Fit ``family`` on the train split; calibrate conformal offsets on validation."""
+    started = time.perf_counter()
+    model = family_class(family)(data.spec)
+    report = model.fit(data, seed=seed, progress=progress)
+    seconds = time.perf_counter() - started
+
+    ends = data.ends("val")
+    prediction = model.predict(data.times, data.values, ends)
+    truth = data.truth(ends)
+    check_predictions(family, prediction, truth)
+    calibration = Calibration.fit(truth, prediction, data.config.quantiles)
+    bundle = ModelBundle(
+        forecaster=model,
+        calibration=calibration,
+        info={
+            "family": family,
+            "dataset_id": data.dataset_id,
+            "seed": seed,
+            "params": report.params,
+        },
+    )
+    return TrainedModel(bundle, report, validation_metrics(truth, prediction), prediction, seconds)
+
+
+def check_predictions(family: str, prediction: np.ndarray, truth: np.ndarray) -> None:
+    """Refuse a model whose output cannot be a forecast: wrong shape, NaN, or constant.
+
+    A stub (or a training loop that silently did nothing) typically returns a
+    constant; real forecasts of a varying series vary.
+    """
+    if prediction.shape != truth.shape:
+        raise TrainingError(
+            f"{family}: predictions have shape {prediction.shape}, expected {truth.shape}"
+        )
+    if not np.isfinite(prediction).all():
+        raise TrainingError(f"{family}: predictions contain NaN or infinity")
+    spread = np.std(prediction, axis=0)
+    truth_spread = np.nanstd(truth, axis=0)
+    flat = (spread <= 1e-6 * np.maximum(truth_spread, 1e-12)) & (truth_spread > 0)
+    if flat.any():
+        step, target = np.argwhere(flat)[0]
+        raise TrainingError(
+            f"{family}: constant predictions for {TARGET_COLUMNS[target]} (step {step + 1}); the model did not learn"
+        )
+
+
+def validation_metrics(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    step1 = nrmse(truth[:, 0], prediction[:, 0])
+    metrics = {f"val_nrmse_{c}": float(v) for c, v in zip(TARGET_COLUMNS, step1, strict=True)}
+    metrics["val_nrmse_avg"] = float(np.mean([metrics[f"val_nrmse_{c}"] for c in HEADLINE_COLUMNS]))
+    return metrics
