@@ -1,0 +1,48 @@
+# slocast developer entry points. `make install` then `make run` / `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out
+PYTEST_ARGS ?=
+SHARED ?= ../shared
+LTE := $(SHARED)/datasets/lte
+
+.PHONY: install run run-poblesec test test-fast lint format bench-pipeline clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is installed first and pinned: 2.13.0 is the CPU wheel on these machines
+# (an unpinned torch pulls a multi-GB CUDA build).
+install: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[train,test]'
+
+# The main job on the embedded default: synthetic data, every family, local MLflow.
+run:
+	$(BIN)/slocast run --out $(OUT)
+
+# The protocol-A run on the real PobleSec data.
+run-poblesec:
+	$(BIN)/slocast run --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv --out $(OUT)/poblesec
+
+test:
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast:
+	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+
+lint:
+	$(BIN)/ruff check services tests benchmarks loadtest
+	$(BIN)/ruff format --check services tests benchmarks loadtest
+
+format:
+	$(BIN)/ruff format services tests benchmarks loadtest
+	$(BIN)/ruff check --fix services tests benchmarks loadtest
+
+bench-pipeline:
+	$(BIN)/python benchmarks/pipeline_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv
+
+clean:
+	rm -rf $(OUT) .slocast .pytest_cache .ruff_cache

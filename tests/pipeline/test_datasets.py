@@ -1,0 +1,139 @@
+"""Every bad-dataset rule yields its own one-line error (and exit code 2 from the CLI)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slocast.core.datasets import load_lte
+from slocast.core.errors import DatasetError
+from slocast.core.synthetic import generate_lte
+
+
+def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "data.csv") -> Path:
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return generate_lte(300, seed=1, nan_cells=0)
+
+
+def test_valid_csv_and_parquet_load_identically(tmp_path, frame):
+    a = load_lte(_write(tmp_path, frame), min_rows=50)
+    b = load_lte(_write(tmp_path, frame, "data.parquet"), min_rows=50)
+    pd.testing.assert_frame_equal(a, b)
+    assert a["time"].dtype == "datetime64[ns]"
+    assert list(a.columns)[0] == "time" and len(a.columns) == 12
+
+
+def test_extra_columns_are_dropped(tmp_path, frame):
+    frame["note"] = "x"
+    assert "note" not in load_lte(_write(tmp_path, frame), min_rows=50).columns
+
+
+def _breakers():
+    def missing_column(f):
+        return f.drop(columns=["rb_up"])
+
+    def non_numeric(f):
+        f = f.astype({"down": object})
+        f.loc[7, "down"] = "lots"
+        return f
+
+    def bool_column(f):
+        f["up"] = True
+        return f
+
+    def bad_time(f):
+        f = f.astype({"time": object})
+        f.loc[3, "time"] = "yesterday-ish"
+        return f
+
+    def unsorted(f):
+        return f.iloc[[0, 1, 3, 2, *range(4, len(f))]]
+
+    def duplicate(f):
+        f = f.copy()
+        f.loc[5, "time"] = f.loc[4, "time"]
+        return f
+
+    def irregular(f):
+        return f.drop(index=[10, 11, 12])
+
+    def too_few(f):
+        return f.iloc[:20]
+
+    def all_nan(f):
+        f["mcs_up"] = np.nan
+        return f
+
+    def infinite(f):
+        f.loc[9, "rb_down"] = np.inf
+        return f
+
+    return {
+        "missing column(s) rb_up": missing_column,
+        "row 7: column 'down' has non-numeric value 'lots'": non_numeric,
+        "column 'up' has type bool": bool_column,
+        "row 3: cannot parse 'time'": bad_time,
+        "timestamps not sorted": unsorted,
+        "row 5: duplicate timestamp": duplicate,
+        "irregular spacing": irregular,
+        "20 rows, need at least 50": too_few,
+        "column 'mcs_up' has no values": all_nan,
+        "column 'rb_down' is infinite": infinite,
+    }
+
+
+@pytest.mark.parametrize("expected", list(_breakers()))
+def test_each_bad_dataset_has_its_error(tmp_path, frame, expected):
+    path = _write(tmp_path, _breakers()[expected](frame.copy()))
+    with pytest.raises(DatasetError) as info:
+        load_lte(path, min_rows=50)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message and str(path) in message
+
+
+def test_empty_and_header_only_files(tmp_path, frame):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DatasetError, match="file is empty"):
+        load_lte(empty, min_rows=50)
+    header = tmp_path / "header.csv"
+    header.write_text(",".join(frame.columns) + "\n")
+    with pytest.raises(DatasetError, match="no data rows"):
+        load_lte(header, min_rows=50)
+
+
+def test_missing_file_and_unknown_type(tmp_path):
+    with pytest.raises(DatasetError, match="file not found"):
+        load_lte(tmp_path / "nope.csv", min_rows=50)
+    other = tmp_path / "data.xlsx"
+    other.write_text("x")
+    with pytest.raises(DatasetError, match="unsupported file type"):
+        load_lte(other, min_rows=50)
+
+
+def test_cli_exits_2_with_one_line_error(tmp_path, frame):
+    path = _write(tmp_path, frame.drop(columns=["up"]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "slocast.cli", "run", "--data", str(path), "--out", str(tmp_path / "o"), "--quiet"],
+        capture_output=True,
+        text=True,
+        env={"SLOCAST_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"slocast: error: {path}: missing column(s) up"

@@ -1,0 +1,118 @@
+"""Preprocessing rules: split, NaN rule, train-only fitting, windowing, content hash."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slocast.core.config import PipelineConfig
+from slocast.core.errors import DatasetError
+from slocast.core.features import FeatureSpec, fill_missing, gather_targets, gather_windows, target_times, window_ends
+from slocast.core.schema import FEATURE_COLUMNS, TARGET_INDEX
+from slocast.core.storage import LocalStore
+from slocast.core.synthetic import generate_lte
+from slocast.preprocess.stage import preprocess
+from slocast.preprocess.store import has_dataset, load_dataset, save_dataset
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return generate_lte(2000, seed=3)
+
+
+def test_split_is_chronological_with_protocol_fractions(frame):
+    data = preprocess(frame, None, PipelineConfig())
+    n_test = round(2000 * 0.2)
+    n_val = round((2000 - n_test) * 0.2)
+    assert data.rows("test").size == n_test and data.rows("val").size == n_val
+    assert data.rows("train").max() < data.rows("val").min() < data.rows("test").min()
+    # Windows lie wholly inside their split: protocol A's "every window inside the test file".
+    ends = data.ends("test")
+    assert ends.min() - data.config.window == data.rows("test").min()
+    assert ends.size == n_test - data.config.window
+
+
+def test_separate_test_file_is_the_test_set(frame):
+    train, test = frame.iloc[:1500], frame.iloc[1500:]
+    data = preprocess(train, test, PipelineConfig())
+    assert data.rows("test").size == 500
+    assert data.ends("test").size == 490  # i = 10 .. n-1
+    assert data.rows("val").size == 300
+    with pytest.raises(DatasetError, match="must follow in time"):
+        preprocess(test, train, PipelineConfig())
+
+
+def test_scaler_and_caps_fitted_on_training_rows_only(frame):
+    data = preprocess(frame, None, PipelineConfig())
+    tampered = frame.copy()
+    later = tampered.index >= data.rows("val").min()
+    tampered.loc[later, "down"] *= 1000.0  # only validation and test rows change
+    other = preprocess(tampered, None, PipelineConfig())
+    assert other.spec == data.spec
+    train_rows = fill_missing(data.raw[data.rows("train")])
+    expected = FeatureSpec.fit(train_rows, window=10, horizon=1, step_seconds=120, cap_quantile=0.999)
+    assert data.spec == expected
+
+
+def test_zero_variance_column_scales_to_zero_not_nan(frame):
+    frame["mcs_down"] = 7.0
+    data = preprocess(frame, None, PipelineConfig())
+    j = FEATURE_COLUMNS.index("mcs_down")
+    assert data.spec.scale[j] == 1.0
+    scaled = data.spec.scale_inputs(data.values)
+    assert np.isfinite(scaled).all()
+    assert np.allclose(scaled[:, j], 0.0)
+
+
+def test_nan_rule_fills_forward_and_keeps_truth_missing():
+    values = np.array([[np.nan, 1.0], [2.0, np.nan], [np.nan, np.nan], [4.0, 5.0]])
+    filled = fill_missing(values)
+    assert filled.tolist() == [[2.0, 1.0], [2.0, 1.0], [2.0, 1.0], [4.0, 5.0]]
+    frame = generate_lte(600, seed=0, nan_cells=0)
+    frame.loc[300, "rnti_count"] = np.nan
+    data = preprocess(frame, None, PipelineConfig())
+    truth = data.truth(np.array([300]))
+    assert np.isnan(truth[0, 0, 0])  # rnti_count is target 0: never imputed for scoring
+    assert data.values[300, FEATURE_COLUMNS.index("rnti_count")] == frame.loc[299, "rnti_count"]
+
+
+def test_windowing_equals_naive_reference():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(50, len(FEATURE_COLUMNS)))
+    times = np.datetime64("2020-01-01T00:00") + np.arange(50) * np.timedelta64(120, "s")
+    window, horizon = 4, 3
+    ends = window_ends(50, window, horizon)
+    windows = gather_windows(values, ends, window)
+    targets = gather_targets(values, ends, horizon)
+    when = target_times(times, ends, horizon, 120)
+    for n, end in enumerate(ends):
+        assert np.array_equal(windows[n], np.stack([values[end - window + i] for i in range(window)]))
+        for h in range(horizon):
+            assert np.array_equal(targets[n, h], values[end + h][list(TARGET_INDEX)])
+            assert when[n, h] == times[end - 1] + (h + 1) * np.timedelta64(120, "s")
+    assert ends[0] == window and ends[-1] == 50 - horizon
+    # A serving-style end one past the data is allowed for inputs.
+    assert gather_windows(values, np.array([50]), window).shape == (1, window, len(FEATURE_COLUMNS))
+
+
+def test_dataset_id_depends_on_data_and_config(frame):
+    a = preprocess(frame, None, PipelineConfig())
+    assert preprocess(frame.copy(), None, PipelineConfig()).dataset_id == a.dataset_id
+    changed = frame.copy()
+    changed.loc[10, "up"] += 1.0
+    assert preprocess(changed, None, PipelineConfig()).dataset_id != a.dataset_id
+    assert preprocess(frame, None, PipelineConfig(window=12)).dataset_id != a.dataset_id
+
+
+def test_store_round_trip(tmp_path, frame):
+    store = LocalStore(tmp_path)
+    data = preprocess(frame, None, PipelineConfig())
+    assert not has_dataset(store, data.dataset_id)
+    save_dataset(store, data)
+    assert has_dataset(store, data.dataset_id)
+    back = load_dataset(store, data.dataset_id)
+    assert back.spec == data.spec and back.config == data.config
+    np.testing.assert_array_equal(back.raw, data.raw)
+    np.testing.assert_array_equal(back.times, data.times)
+    np.testing.assert_array_equal(back.split, data.split)

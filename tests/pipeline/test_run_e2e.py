@@ -1,0 +1,67 @@
+"""`slocast run` end to end on small synthetic data, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPORT_MODELS = {"persistence", "seasonal_naive", "xgboost", "gru", "lstm", "prophet"}
+
+
+def _run(tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SLOCAST_HOME": str(tmp_path / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "slocast.cli", "run", "--synthetic-rows", "3000", "--quiet", *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=tmp_path,
+    )
+
+
+@pytest.mark.slow
+def test_run_end_to_end_then_reuse(tmp_path):
+    first = _run(tmp_path, "--out", str(tmp_path / "out1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = json.loads((tmp_path / "out1" / "report.json").read_text())
+
+    assert report["dataset"]["reused"] is False
+    assert report["dataset"]["test_windows"] == 600 - 10
+    assert set(report["models"]) == REPORT_MODELS
+    for name, m in report["models"].items():
+        assert set(m["nrmse"]) >= {"down", "up", "avg"}
+        assert m["nrmse"]["avg"] == pytest.approx((m["nrmse"]["down"] + m["nrmse"]["up"]) / 2)
+        assert set(m["mae"]) == set(m["rmse"]) == {"rnti_count", "rb_down", "rb_up", "down", "up"}
+        assert set(m["coverage"]) == {"0.5", "0.9", "0.95", "0.99"} == set(m["width"])
+        assert m["train_seconds"] >= 0, name
+    champion = report["champion"]
+    assert champion in REPORT_MODELS - {"persistence", "seasonal_naive"}
+    assert report["models"][champion]["nrmse"]["avg"] < report["models"]["persistence"]["nrmse"]["avg"]
+    assert report["timings"]["total_seconds"] > 0
+    html = (tmp_path / "out1" / "report.html").read_text()
+    assert "data:image/png;base64," in html and champion in html
+    assert champion in first.stdout and "champion" in first.stdout
+
+    # The alias in the embedded MLflow store points at the promoted version.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("slocast-synthetic", "champion")
+    assert version.tags["slocast.family"] == champion
+    assert version.version == report["models"][champion]["registry"]["version"]
+    assert "test.nrmse_avg" in version.tags
+
+    # Identical input and config: the processed dataset is reused, the champion is kept.
+    second = _run(tmp_path, "--out", str(tmp_path / "out2"), "--models", "xgboost")
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((tmp_path / "out2" / "report.json").read_text())
+    assert again["dataset"]["reused"] is True
+    assert again["dataset"]["id"] == report["dataset"]["id"]
+    assert again["decision"]["reference"], again["decision"]
+    assert any(k.startswith("champion:") for k in again["decision"]["reference"])
