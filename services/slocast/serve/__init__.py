@@ -1,0 +1,1 @@
+"""The prediction server: the champion forecaster behind a fast HTTP API."""

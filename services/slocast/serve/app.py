@@ -1,0 +1,247 @@
+"""The FastAPI application of the prediction server.
+
+Handlers are thin: read the body (bounded), validate into arrays
+(:mod:`.validation`), compute (:mod:`.forecasting`), return pre-serialised orjson
+bytes. Nothing heavy happens per request; model loading, compiling and the
+engine choice happen in the reload thread (:mod:`.reloading`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+import warnings
+from contextlib import asynccontextmanager
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
+
+from slocast import __version__
+from slocast.serve import schemas
+from slocast.serve.forecasting import batch_body, forecast_body
+from slocast.serve.loading import ServedModel
+from slocast.serve.metrics import ServeMetrics
+from slocast.serve.reloading import ModelHolder, ReloadWatcher, request_reload
+from slocast.serve.settings import ServeSettings
+from slocast.serve.validation import InputError, parse_batch, parse_forecast
+
+log = logging.getLogger(__name__)
+JSON = "application/json"
+ROUTES = frozenset(
+    (
+        "/v1/forecast",
+        "/v1/forecast/batch",
+        "/v1/model",
+        "/v1/reload",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    )
+)
+_HEALTHY = orjson.dumps({"status": "ok"})
+_ERRORS = {
+    400: {"model": schemas.ErrorResponse, "description": "Body is not valid JSON."},
+    413: {"model": schemas.ErrorResponse, "description": "Body, history or batch too large."},
+    422: {"model": schemas.ErrorResponse, "description": "Invalid input; `field` names it."},
+    503: {"model": schemas.ErrorResponse, "description": "No model loaded yet."},
+}
+
+
+def _body_doc(model: type) -> dict:
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": ref}}}}
+
+
+def _error(status: int, detail: str, field: str | None = None) -> Response:
+    return Response(orjson.dumps({"detail": detail, "field": field}), status, media_type=JSON)
+
+
+class MetricsMiddleware:
+    """Pure ASGI timing of every HTTP request (Starlette's BaseHTTPMiddleware costs ~50 us)."""
+
+    def __init__(self, app, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"]
+            self.metrics.observe_request(
+                path if path in ROUTES else "unmatched",
+                scope["method"],
+                status,
+                time.perf_counter() - started,
+            )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InputError("body", f"{declared} bytes; at most {limit} (SLOCAST_MAX_BODY_BYTES)", 413)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():  # also bounds chunked bodies without a length
+        size += len(chunk)
+        if size > limit:
+            raise InputError("body", f"more than {limit} bytes (SLOCAST_MAX_BODY_BYTES)", 413)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    """The app factory ``uvicorn`` calls in every worker process."""
+    settings = settings or ServeSettings.from_env()
+    if not logging.getLogger().handlers:  # uvicorn workers are fresh processes
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # numpy warns (once per call site) that it converts "Z"/offsets to UTC: intended.
+    warnings.filterwarnings("ignore", message="no explicit representation of timezones")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs
+    metrics = ServeMetrics()
+    holder = ModelHolder(settings, metrics)
+    watcher = ReloadWatcher(holder)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        watcher.start()
+        yield
+        watcher.stop()
+
+    app = FastAPI(
+        title="slocast prediction server",
+        version=__version__,
+        description="Forecasts of LTE cell load with calibrated upper bounds, served from the "
+        "registry's champion model.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.holder = holder
+    app.state.watcher = watcher
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def _model() -> ServedModel:
+        model = holder.current
+        if model is None:
+            raise InputError("model", "no model loaded yet; retry when /readyz is 200", 503)
+        return model
+
+    async def _forecast(request: Request, parse, render) -> Response:
+        try:
+            model = _model()  # read once: a concurrent swap cannot change it under us
+            parsed = parse(await _read_body(request, settings.max_body_bytes), model.rules)
+            body, windows = render(model, parsed)
+        except InputError as exc:
+            return _error(exc.status, exc.message, exc.field)
+        metrics.count_predictions(model.predictor.engine_for(windows), windows)
+        return Response(body, media_type=JSON)
+
+    @app.post(
+        "/v1/forecast",
+        summary="Forecast one series",
+        response_model=schemas.ForecastResponse,
+        responses=_ERRORS,
+        openapi_extra=_body_doc(schemas.ForecastRequest),
+    )
+    async def forecast(request: Request) -> Response:
+        return await _forecast(request, parse_forecast, forecast_body)
+
+    @app.post(
+        "/v1/forecast/batch",
+        summary="Forecast many series in one vectorised call",
+        response_model=schemas.BatchForecastResponse,
+        responses=_ERRORS,
+        openapi_extra=_body_doc(schemas.BatchForecastRequest),
+    )
+    async def forecast_batch(request: Request) -> Response:
+        return await _forecast(request, parse_batch, batch_body)
+
+    @app.get(
+        "/v1/model",
+        summary="The served model",
+        response_model=schemas.ModelInfo,
+        responses={503: _ERRORS[503]},
+    )
+    async def model_info() -> Response:
+        model = holder.current
+        if model is None:
+            return _error(503, holder.last_error or "no model loaded yet", "model")
+        return Response(orjson.dumps(model.info), media_type=JSON)
+
+    @app.post(
+        "/v1/reload",
+        summary="Re-check the champion alias in every worker",
+        response_model=schemas.ReloadResponse,
+        responses={401: {"model": schemas.ErrorResponse, "description": "Bearer token required."}},
+    )
+    async def reload(request: Request) -> Response:
+        if settings.admin_token is not None:
+            given = request.headers.get("authorization", "")
+            expected = f"Bearer {settings.admin_token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                response = _error(401, "missing or wrong bearer token", "authorization")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        generation = request_reload(settings)
+        watcher.seen_generation = generation  # this worker reloads right here
+        outcome = await run_in_threadpool(holder.refresh)
+        return Response(
+            orjson.dumps({**outcome.to_dict(), "generation": generation}), media_type=JSON
+        )
+
+    @app.get("/healthz", summary="Liveness", response_model=schemas.Status)
+    async def healthz() -> Response:
+        return Response(_HEALTHY, media_type=JSON)
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: 200 once a model is loaded",
+        response_model=schemas.Status,
+        responses={503: _ERRORS[503]},
+    )
+    async def readyz() -> Response:
+        model = holder.current
+        if model is None:
+            return _error(503, holder.last_error or "loading the champion", "model")
+        return Response(
+            orjson.dumps({"status": "ready", "version": model.version}), media_type=JSON
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics of this worker", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            for model in (schemas.ForecastRequest, schemas.BatchForecastRequest):
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app

@@ -1,0 +1,60 @@
+"""``slocast serve``: the prediction server (also the prediction container's entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve the champion model over HTTP",
+        description="Serve the registry's champion forecaster with FastAPI/uvicorn (uvloop, "
+        "httptools). Configuration comes from the environment (SLOCAST_HOME, MLFLOW_TRACKING_URI, "
+        "SLOCAST_TASK, SLOCAST_ADMIN_TOKEN, ...; see docs/serving.md); flags set the listen "
+        "address and worker processes.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes; use one per core (default 1)",
+    )
+    serve.add_argument("--task", help="task to serve; overrides SLOCAST_TASK (default synthetic)")
+    serve.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    serve.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from slocast.core.errors import ConfigError
+    from slocast.serve.settings import ServeSettings
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.task:
+        os.environ["SLOCAST_TASK"] = args.task  # workers are new processes: pass via env
+    # One thread per process: workers scale across cores; BLAS/OpenMP pools would
+    # only fight them for the same cores.
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    ServeSettings.from_env()  # fail fast on bad settings, before spawning workers
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        "slocast.serve.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=args.log_level,
+        access_log=False,
+    )
+    return 0

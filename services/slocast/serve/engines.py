@@ -1,0 +1,70 @@
+"""What computes point forecasts for a loaded bundle, and under which engine name.
+
+Every predictor takes the arguments of :meth:`Forecaster.predict` (a filled series
+and window ends) and returns ``(N, horizon, K)`` in original units, so the server
+computes exactly what the evaluator scored. Families other than XGBoost are served
+by their forecaster itself (baselines in numpy, GRU/LSTM through ONNX Runtime,
+Prophet through its own predict). XGBoost gets compiled trees: see
+:mod:`slocast.serve.tree_engine`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from slocast.models.bundle import ModelBundle
+
+# Engine names reported in /v1/model and the predictions metric.
+FAMILY_ENGINES: dict[str, str] = {
+    "persistence": "numpy",
+    "seasonal_naive": "numpy",
+    "gru": "onnxruntime",
+    "lstm": "onnxruntime",
+    "prophet": "prophet",
+    "xgboost": "xgboost",
+}
+
+
+class Predictor(Protocol):
+    engine: str
+
+    def predict(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Point forecasts ``(len(ends), horizon, K)`` in original units."""
+        ...
+
+    def engine_for(self, windows: int) -> str:
+        """The engine that serves a call with ``windows`` forecast windows."""
+        ...
+
+    def describe(self) -> dict:
+        """Engine details for ``GET /v1/model``."""
+        ...
+
+
+class ForecasterPredictor:
+    """The bundle's forecaster, called as the evaluator calls it."""
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        self._predict = bundle.forecaster.predict
+        self.engine = FAMILY_ENGINES.get(bundle.family, bundle.family)
+
+    def predict(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        return self._predict(times, values, ends)
+
+    def engine_for(self, windows: int) -> str:
+        return self.engine
+
+    def describe(self) -> dict:
+        return {"engine": self.engine}
+
+
+def make_predictor(bundle: ModelBundle, bundle_dir: Path, compiled_dir: Path) -> Predictor:
+    """The fastest faithful predictor for ``bundle``."""
+    if bundle.family == "xgboost":
+        from slocast.serve.tree_engine import CompiledTreesPredictor
+
+        return CompiledTreesPredictor.load(bundle, bundle_dir, compiled_dir)
+    return ForecasterPredictor(bundle)

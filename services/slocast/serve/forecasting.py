@@ -1,0 +1,66 @@
+"""Validated arrays in, response JSON out: the whole compute step of a request.
+
+Calls the same :meth:`Forecaster.predict` contract (via the predictor), the same
+:func:`slocast.core.features.target_times` and the same
+:meth:`Calibration.upper` as the evaluator, so a served forecast is the offline
+forecast for the same window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+
+from slocast.core.features import target_times
+from slocast.serve.loading import ServedModel
+from slocast.serve.validation import InputError, ParsedRequest
+
+
+def compute(model: ServedModel, request: ParsedRequest) -> tuple[list, int]:
+    """Forecast entries per series, and the number of windows computed."""
+    rows = model.rules.history_rows
+    n_series = request.values.shape[0] // rows
+    ends = np.arange(1, n_series + 1, dtype=np.int64) * rows
+    point = model.predictor.predict(request.times, request.values, ends)
+    if not np.isfinite(point).all():  # only absurd inputs (e.g. 1e308) overflow
+        s = int(np.flatnonzero(~np.isfinite(point).all(axis=(1, 2)))[0])
+        field = "history" if request.ids is None else f"series[{s}].history"
+        raise InputError(field, "values out of range: the forecast is not a finite number")
+    h = request.horizon
+    when = np.datetime_as_string(
+        target_times(request.times, ends, h, model.bundle.spec.step_seconds), unit="s"
+    ).tolist()
+    targets = model.targets
+    calibration = model.bundle.calibration
+    keys = [model.rules.levels[q] for q in request.quantiles]
+    uppers = [calibration.upper(point, q)[:, :h].tolist() for q in request.quantiles]
+    points = point[:, :h].tolist()
+    series = []
+    for s in range(n_series):
+        steps = []
+        for k in range(h):
+            steps.append(
+                {
+                    "time": when[s][k],
+                    "point": dict(zip(targets, points[s][k], strict=True)),
+                    "quantiles": {
+                        key: dict(zip(targets, upper[s][k], strict=True))
+                        for key, upper in zip(keys, uppers, strict=True)
+                    },
+                }
+            )
+        series.append(steps)
+    return series, n_series
+
+
+def forecast_body(model: ServedModel, request: ParsedRequest) -> tuple[bytes, int]:
+    series, windows = compute(model, request)
+    return orjson.dumps({"model": model.model_block, "forecasts": series[0]}), windows
+
+
+def batch_body(model: ServedModel, request: ParsedRequest) -> tuple[bytes, int]:
+    series, windows = compute(model, request)
+    results = [
+        {"id": sid, "forecasts": steps} for sid, steps in zip(request.ids, series, strict=True)
+    ]
+    return orjson.dumps({"model": model.model_block, "results": results}), windows
