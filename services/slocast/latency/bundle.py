@@ -1,0 +1,138 @@
+"""Immutable model bundles and the pointer that says which one serves.
+
+Layout of the model directory (shared by the training server and every prediction
+worker)::
+
+    MODEL_DIR/
+      CURRENT                      {"version": ..., "manifest_sha256": ...}
+      bundles/<version>/
+        manifest.json              versions, metrics, SHA-256 of every file
+        ttft.ubj  ttft.calibration.json
+        tpot.ubj  tpot.calibration.json
+        lib/trees-<sha>.so|.json   libraries compiled by the trainer (optional)
+
+A bundle is written completely under a temporary name, renamed into place, and only
+then published by atomically replacing ``CURRENT`` (``os.replace``). Readers verify
+the manifest's hash from the pointer and every file's hash from the manifest before
+loading, so a worker never serves a half-written or tampered model. No pickle: trees
+are XGBoost UBJSON, calibration is JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from slocast.core.compiled_trees import compile_booster, sha256_file
+from slocast.latency.model import TARGETS, TargetModel
+
+POINTER = "CURRENT"
+MANIFEST = "manifest.json"
+LIB_DIR = "lib"
+# Older bundles are deleted, keeping this many, so the directory stays bounded while
+# a worker that is still loading the previous version finds it intact.
+KEEP_BUNDLES = 4
+
+
+class BundleError(Exception):
+    """A bundle or pointer is missing, unreadable or fails verification."""
+
+
+@dataclass(frozen=True)
+class Pointer:
+    version: str
+    manifest_sha256: str
+
+
+def new_version() -> str:
+    """Sortable, unique version id: UTC milliseconds plus random suffix."""
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}"
+
+
+def write_bundle(
+    model_dir: Path,
+    models: dict[str, TargetModel],
+    info: dict,
+    *,
+    compile_trees: bool,
+) -> Path:
+    """Write a complete bundle (not yet published); returns its directory."""
+    bundles = model_dir / "bundles"
+    bundles.mkdir(parents=True, exist_ok=True)
+    version = new_version()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=bundles))
+    try:
+        targets = {}
+        for target in TARGETS:
+            targets[target] = models[target].save(tmp)
+        if compile_trees:
+            for target in TARGETS:
+                compile_booster(tmp / targets[target]["trees"], tmp / LIB_DIR)
+        files = {
+            str(path.relative_to(tmp)): sha256_file(path)
+            for path in sorted(tmp.rglob("*"))
+            if path.is_file()
+        }
+        manifest = {"version": version, "targets": targets, "files": files, **info}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        final = bundles / version
+        os.replace(tmp, final)
+        return final
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish(model_dir: Path, bundle: Path) -> Pointer:
+    """Make ``bundle`` the serving version (atomic) and prune old bundles."""
+    pointer = Pointer(bundle.name, sha256_file(bundle / MANIFEST))
+    tmp = model_dir / f".{POINTER}.{os.getpid()}.tmp"
+    tmp.write_text(
+        json.dumps({"version": pointer.version, "manifest_sha256": pointer.manifest_sha256})
+    )
+    os.replace(tmp, model_dir / POINTER)
+    _prune(model_dir / "bundles", keep={bundle.name})
+    return pointer
+
+
+def _prune(bundles: Path, keep: set[str]) -> None:
+    versions = sorted(
+        p.name for p in bundles.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    for name in versions[:-KEEP_BUNDLES]:
+        if name not in keep:
+            shutil.rmtree(bundles / name, ignore_errors=True)
+
+
+def read_pointer(model_dir: Path) -> Pointer | None:
+    try:
+        data = json.loads((model_dir / POINTER).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"unreadable pointer {model_dir / POINTER}: {exc}") from exc
+    return Pointer(str(data["version"]), str(data["manifest_sha256"]))
+
+
+def read_manifest(model_dir: Path, pointer: Pointer) -> tuple[Path, dict]:
+    """The bundle directory and its manifest, with every file's hash verified."""
+    bundle = model_dir / "bundles" / pointer.version
+    manifest_path = bundle / MANIFEST
+    try:
+        raw = manifest_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"bundle {pointer.version} has no readable manifest: {exc}") from exc
+    if hashlib.sha256(raw).hexdigest() != pointer.manifest_sha256:
+        raise BundleError(f"manifest of {pointer.version} does not match the pointer's SHA-256")
+    manifest = json.loads(raw)
+    for name, digest in manifest["files"].items():
+        path = bundle / name
+        if not path.is_file() or sha256_file(path) != digest:
+            raise BundleError(f"{pointer.version}/{name} is missing or fails its SHA-256 check")
+    return bundle, manifest

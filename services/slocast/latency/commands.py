@@ -1,0 +1,125 @@
+"""CLI of the latency task: protocol B benchmark and the two servers.
+
+- ``slocast bench latency --data TRACE.jsonl --seeds 10 --json OUT``
+- ``slocast latency-trainer`` / ``slocast latency-predictor`` (settings from env,
+  see docs/latency.md); :func:`run_training_server` and
+  :func:`run_prediction_server` are what ``slocast service ...`` calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from slocast.latency.settings import PredictionSettings, TrainingSettings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    bench = _bench_parser(subparsers)
+    latency = bench.add_parser(
+        "latency", help="protocol B: P90 TTFT/TPOT vs the upstream reference"
+    )
+    source = latency.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="JSONL trace of training samples")
+    source.add_argument(
+        "--synthetic",
+        metavar="WORKLOAD",
+        help="generate a synthetic trace instead: sharegpt-like, long-prompts, extreme-contention",
+    )
+    latency.add_argument("--rows", type=int, default=4000, help="rows of a synthetic trace")
+    latency.add_argument("--seeds", type=int, default=10)
+    latency.add_argument("--json", type=Path, help="write the result JSON here")
+    latency.set_defaults(func=_bench_latency)
+
+    trainer = subparsers.add_parser(
+        "latency-trainer", help="run the latency training server (settings from env)"
+    )
+    trainer.set_defaults(func=lambda _: run_training_server(TrainingSettings.from_env()))
+    predictor = subparsers.add_parser(
+        "latency-predictor", help="run the latency prediction server (settings from env)"
+    )
+    predictor.set_defaults(func=lambda _: run_prediction_server(PredictionSettings.from_env()))
+
+
+def _bench_parser(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``bench`` group's sub-parsers, shared with other tasks' benchmarks."""
+    existing = subparsers.choices.get("bench")
+    if existing is None:
+        existing = subparsers.add_parser("bench", help="run a fixed evaluation protocol")
+        existing.add_subparsers(dest="bench", metavar="TASK")
+    for action in existing._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise RuntimeError("bench parser has no sub-commands")
+
+
+def _bench_latency(args: argparse.Namespace) -> int:
+    from slocast.core.errors import DatasetError
+    from slocast.latency.protocol import run_protocol_b
+
+    if args.seeds < 1:
+        raise DatasetError("--seeds must be at least 1")
+    if args.data is not None:
+        from slocast.latency.trace import load_trace
+
+        cols = load_trace(args.data)
+    else:
+        from slocast.latency.synthetic import WORKLOADS, generate
+
+        if args.synthetic not in WORKLOADS:
+            raise DatasetError(
+                f"unknown workload {args.synthetic!r}; choose from {sorted(WORKLOADS)}"
+            )
+        cols = generate(args.synthetic, args.rows, seed=0)
+    report = run_protocol_b(cols, args.seeds)
+    for target, models in report.items():
+        for name, summary in models.items():
+            print(
+                f"{target:5s} {name:9s} pinball {summary['pinball']['mean']:8.3f} "
+                f"+- {summary['pinball']['std']:.3f} ms   coverage "
+                f"{summary['coverage']['mean']:.3f} +- {summary['coverage']['std']:.3f}"
+            )
+        ratio = models["slocast"]["pinball"]["mean"] / models["reference"]["pinball"]["mean"]
+        print(f"{target:5s} pinball ratio slocast/reference {ratio:.3f}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def run_training_server(settings: TrainingSettings) -> int:
+    import uvicorn
+
+    from slocast.latency.training_app import create_training_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # One process: the trainer's window lives in it (scale with replicas + Kafka).
+    uvicorn.run(
+        create_training_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+def run_prediction_server(settings: PredictionSettings) -> int:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Workers re-read the same settings from the environment in the app factory.
+    uvicorn.run(
+        "slocast.latency.prediction_app:create_prediction_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level="warning",
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+    )
+    return 0

@@ -1,0 +1,222 @@
+"""Request and sample schema of the latency API, validated column-wise.
+
+The HTTP edge receives lists of up to 10,000 objects. Validating them one pydantic
+model at a time costs milliseconds per request, so bodies are parsed with orjson and
+checked here per column with NumPy; the pydantic models at the bottom describe the
+same schema for the OpenAPI document and for single-object endpoints.
+
+Rules (latency-api.md): required fields must be present; numbers must be JSON
+numbers (strings are rejected, booleans count as 0/1 as in pydantic's lax mode);
+integer fields must hold whole numbers; ranges are checked; unknown fields are
+ignored. Any violation rejects the whole request with FastAPI's 422 format.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+MAX_ITEMS = 10_000
+
+# name -> (kind, upper bound or None). Required fields first, then defaults.
+FRACTION_FIELDS = ("kv_cache_percentage", "prefix_cache_score")
+COUNT_FIELDS = (
+    "input_token_length",
+    "num_request_waiting",
+    "num_request_running",
+    "num_tokens_generated",
+)
+OPTIONAL_COUNT_FIELDS = (
+    "prefill_tokens_in_flight",
+    "decode_tokens_in_flight",
+    "encoder_matched_size",
+    "encoder_input_size",
+)
+TARGET_FIELDS = ("actual_ttft_ms", "actual_tpot_ms")
+POD_TYPES = {"": 0, "prefill": 1, "decode": 2}
+
+Columns = dict[str, np.ndarray]
+
+
+class ValidationFailure(Exception):
+    """Invalid user input; ``errors`` is FastAPI's ``detail`` list."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["msg"] if errors else "invalid input")
+        self.errors = errors
+
+
+def _error(kind: str, loc: tuple, msg: str, value: Any = None) -> ValidationFailure:
+    detail = {"type": kind, "loc": ["body", *loc], "msg": msg}
+    if value is not None:
+        detail["input"] = value
+    return ValidationFailure([detail])
+
+
+def item_list(body: Any, key: str) -> list:
+    """The list under ``key`` of a decoded JSON body, with its size checked."""
+    if not isinstance(body, dict):
+        raise _error("dict_type", (), "Input should be a valid dictionary")
+    if key not in body:
+        raise _error("missing", (key,), "Field required")
+    items = body[key]
+    if not isinstance(items, list):
+        raise _error("list_type", (key,), "Input should be a valid list")
+    if not 1 <= len(items) <= MAX_ITEMS:
+        raise _error(
+            "too_short" if not items else "too_long",
+            (key,),
+            f"List should have between 1 and {MAX_ITEMS} items, not {len(items)}",
+        )
+    return items
+
+
+def parse_features(items: list, loc: tuple = ()) -> Columns:
+    """Validate a list of feature objects into columns (numbers as float64)."""
+    cols: Columns = {}
+    for name in FRACTION_FIELDS:
+        cols[name] = _numeric(items, name, loc, required=True, integer=False, upper=1.0)
+    for name in COUNT_FIELDS:
+        cols[name] = _numeric(items, name, loc, required=True, integer=True, upper=None)
+    for name in OPTIONAL_COUNT_FIELDS:
+        cols[name] = _numeric(items, name, loc, required=False, integer=True, upper=None)
+    cols["pod_type"] = _pod_types(items, loc)
+    return cols
+
+
+def parse_samples(items: list, loc: tuple = ()) -> Columns:
+    """Validate training samples: the features plus both observed targets."""
+    cols = parse_features(items, loc)
+    for name in TARGET_FIELDS:
+        cols[name] = _numeric(items, name, loc, required=True, integer=False, upper=None)
+    return cols
+
+
+def _numeric(
+    items: list, name: str, loc: tuple, *, required: bool, integer: bool, upper: float | None
+) -> np.ndarray:
+    try:
+        raw = [item[name] for item in items] if required else [item.get(name, 0) for item in items]
+    except (KeyError, TypeError, AttributeError):
+        raise _first_structural_error(items, name, loc, required) from None
+    try:
+        values = np.array(raw)
+    except (ValueError, OverflowError):
+        values = np.array(raw, dtype=object)
+    if values.dtype.kind not in "biuf" or values.ndim != 1:
+        index = next(i for i, v in enumerate(raw) if not _is_number(v))
+        kind = "int_type" if integer else "float_type"
+        what = "an integer" if integer else "a number"
+        raise _error(kind, (*loc, index, name), f"Input should be {what}", raw[index])
+    values = values.astype(np.float64)
+    if integer:
+        bad = values != np.floor(values)
+        if bad.any():
+            index = int(np.argmax(bad))
+            raise _error(
+                "int_from_float",
+                (*loc, index, name),
+                "Input should be a valid integer, got a number with a fractional part",
+                raw[index],
+            )
+    bad = values < 0
+    if upper is not None:
+        bad |= values > upper
+    if bad.any():
+        index = int(np.argmax(bad))
+        rule = f"between 0 and {upper:g}" if upper is not None else "greater than or equal to 0"
+        raise _error(
+            "less_than_equal" if values[index] > 0 else "greater_than_equal",
+            (*loc, index, name),
+            f"Input should be {rule}",
+            raw[index],
+        )
+    return values
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not (
+        isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63
+    )
+
+
+def _first_structural_error(
+    items: list, name: str, loc: tuple, required: bool
+) -> ValidationFailure:
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            return _error("dict_type", (*loc, index), "Input should be a valid dictionary")
+        if required and name not in item:
+            return _error("missing", (*loc, index, name), "Field required")
+    return _error("value_error", (*loc,), f"invalid field {name}")
+
+
+def _pod_types(items: list, loc: tuple) -> np.ndarray:
+    try:
+        codes = [POD_TYPES.get(item.get("pod_type", "")) for item in items]
+    except TypeError:  # an unhashable value such as a list
+        codes = [
+            None
+            if not isinstance(it.get("pod_type", ""), str)
+            else POD_TYPES.get(it.get("pod_type", ""))
+            for it in items
+        ]
+    if None in codes:
+        index = codes.index(None)
+        raise _error(
+            "literal_error",
+            (*loc, index, "pod_type"),
+            "Input should be '', 'prefill' or 'decode'",
+            items[index].get("pod_type"),
+        )
+    return np.asarray(codes, dtype=np.float64)
+
+
+# --- pydantic models: the same schema for the OpenAPI document --------------------
+
+
+class PredictionRequest(BaseModel):
+    kv_cache_percentage: float = Field(..., ge=0.0, le=1.0)
+    input_token_length: int = Field(..., ge=0)
+    num_request_waiting: int = Field(..., ge=0)
+    num_request_running: int = Field(..., ge=0)
+    num_tokens_generated: int = Field(..., ge=0)
+    prefix_cache_score: float = Field(..., ge=0.0, le=1.0)
+    pod_type: Literal["", "prefill", "decode"] = ""
+    prefill_tokens_in_flight: int = Field(0, ge=0)
+    decode_tokens_in_flight: int = Field(0, ge=0)
+    encoder_matched_size: int = Field(0, ge=0)
+    encoder_input_size: int = Field(0, ge=0)
+
+
+class TrainingEntry(PredictionRequest):
+    actual_ttft_ms: float = Field(..., ge=0.0)
+    actual_tpot_ms: float = Field(..., ge=0.0)
+    timestamp: float | str | None = None
+
+
+class BulkTrainingRequest(BaseModel):
+    entries: list[TrainingEntry] = Field(..., min_length=1, max_length=MAX_ITEMS)
+
+
+class BulkPredictionRequest(BaseModel):
+    requests: list[PredictionRequest] = Field(..., min_length=1, max_length=MAX_ITEMS)
+
+
+class FlushBody(BaseModel):
+    flush_training_data: bool = True
+    flush_test_data: bool = True
+    flush_metrics: bool = True
+    reason: str | None = None
+
+
+def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body that the handler parses itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }

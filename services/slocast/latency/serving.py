@@ -1,0 +1,176 @@
+"""The served model in a prediction worker, and how it follows promotions.
+
+Each worker process holds one immutable :class:`ServedModel` behind a reference
+that is swapped atomically (a single attribute assignment), so a request always
+runs on one consistent model version and reloading never blocks requests.
+
+Promotions are picked up by :class:`PointerWatcher`: a daemon thread that ``stat``s
+the pointer file every ``poll_interval`` seconds (default 0.1 s: one syscall, a few
+microseconds) and loads the new bundle as soon as the pointer changes. This keeps
+every worker of every replica within a fraction of a second of the trainer without
+any coordination between workers, inotify (not available on network volumes) or a
+broker connection per worker. ``POST /reload`` bumps a ``RELOAD`` file that the same
+watchers follow, which is how one HTTP request reaches every worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from slocast.core.compiled_trees import TreeModel, load_tree_model
+from slocast.core.conformal import MondrianCalibration
+from slocast.latency.bundle import BundleError, Pointer, read_manifest, read_pointer
+from slocast.latency.features import build_features, regimes
+from slocast.latency.model import TARGETS, upper_bound
+from slocast.latency.schema import Columns
+
+log = logging.getLogger(__name__)
+RELOAD_FILE = "RELOAD"
+
+
+@dataclass(frozen=True)
+class ServedTarget:
+    trees: TreeModel
+    calibration: MondrianCalibration
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    version: str
+    quantile: float
+    model_type: str
+    objective_type: str
+    loaded_at: str
+    targets: dict[str, ServedTarget]
+
+    def predict(self, cols: Columns) -> dict[str, np.ndarray]:
+        """P-quantile upper bounds (ms) per target for validated columns."""
+        x = build_features(cols)
+        regime_ids = regimes(cols)
+        return {
+            name: upper_bound(t.trees.predict(x), t.calibration, regime_ids)
+            for name, t in self.targets.items()
+        }
+
+    @property
+    def engines(self) -> dict[str, str]:
+        return {name: t.trees.engine for name, t in self.targets.items()}
+
+
+def load_served_model(model_dir: Path, pointer: Pointer, compile_cache: Path) -> ServedModel:
+    bundle, manifest = read_manifest(model_dir, pointer)
+    targets = {}
+    for name in TARGETS:
+        files = manifest["targets"][name]
+        calib = json.loads((bundle / files["calibration"]).read_text())
+        trees_path = bundle / files["trees"]
+        # Prefer the trainer's libraries inside the bundle; compile into the local
+        # cache only when they are missing or were built for another platform.
+        lib_dir = bundle / "lib" if (bundle / "lib").is_dir() else compile_cache
+        trees = load_tree_model(
+            trees_path, lib_dir, expected_sha256=manifest["files"][files["trees"]]
+        )
+        if trees.engine != "tl2cgen" and lib_dir != compile_cache:
+            trees = load_tree_model(
+                trees_path, compile_cache, expected_sha256=manifest["files"][files["trees"]]
+            )
+        targets[name] = ServedTarget(trees, MondrianCalibration.from_dict(calib["mondrian"]))
+    return ServedModel(
+        version=pointer.version,
+        quantile=float(manifest["quantile"]),
+        model_type=manifest["model_type"],
+        objective_type=manifest["objective_type"],
+        loaded_at=datetime.now(UTC).isoformat(),
+        targets=targets,
+    )
+
+
+class ModelHolder:
+    """The current model of this worker (``None`` until one is published)."""
+
+    def __init__(self, model_dir: Path, compile_cache: Path) -> None:
+        self.model_dir = model_dir
+        self.compile_cache = compile_cache
+        self.current: ServedModel | None = None
+        self.load_errors = 0
+        self._lock = threading.Lock()  # serialises loads, never taken by requests
+
+    def refresh(self, force: bool = False) -> bool:
+        """Load the pointed-to bundle if it is new (or ``force``); True if swapped."""
+        with self._lock:
+            try:
+                pointer = read_pointer(self.model_dir)
+                if pointer is None:
+                    return False
+                current = self.current
+                if not force and current is not None and current.version == pointer.version:
+                    return False
+                started = time.perf_counter()
+                model = load_served_model(self.model_dir, pointer, self.compile_cache)
+            except (BundleError, OSError, ValueError, KeyError) as exc:
+                self.load_errors += 1
+                log.error(
+                    "model load failed, keeping %s: %s", getattr(self.current, "version", None), exc
+                )
+                return False
+            self.current = model  # atomic swap
+            log.info(
+                "pid %d serving %s (%s) loaded in %.0f ms",
+                os.getpid(),
+                model.version,
+                model.engines,
+                1000 * (time.perf_counter() - started),
+            )
+            return True
+
+
+def request_reload(model_dir: Path) -> None:
+    """Ask every worker watching ``model_dir`` to reload (bumps ``RELOAD``)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".{RELOAD_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(str(time.time_ns()))
+    os.replace(tmp, model_dir / RELOAD_FILE)
+
+
+class PointerWatcher(threading.Thread):
+    """Polls the pointer and reload files with ``stat`` and refreshes the holder."""
+
+    def __init__(self, holder: ModelHolder, poll_interval: float) -> None:
+        super().__init__(name="pointer-watcher", daemon=True)
+        self.holder = holder
+        self.poll_interval = poll_interval
+        self._stop = threading.Event()
+
+    def _signature(self, name: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.holder.model_dir / name)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    def run(self) -> None:
+        from slocast.latency.bundle import POINTER
+
+        seen_pointer = self._signature(POINTER)
+        seen_reload = self._signature(RELOAD_FILE)
+        while not self._stop.wait(self.poll_interval):
+            pointer, reload = self._signature(POINTER), self._signature(RELOAD_FILE)
+            if pointer != seen_pointer or reload != seen_reload:
+                # Remember the signature only when the load worked, so a failed load
+                # (e.g. a bundle still being pruned) is retried on the next tick.
+                forced = reload != seen_reload
+                self.holder.refresh(force=forced)
+                if self.holder.current is not None or pointer is None:
+                    seen_pointer, seen_reload = pointer, reload
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,125 @@
+"""Where accepted training samples go: an in-process queue or a Kafka topic.
+
+The training server's HTTP handler only *publishes* validated sample batches; the
+streaming trainer *consumes* them. With Kafka, every training replica (and the
+evaluator) reads the same topic, each replica in its own consumer group so each
+sees every sample; in the embedded mode a bounded in-process queue stands in.
+
+Every batch carries its publish time so a ``/flush`` can drop batches that were
+published before it but not yet consumed, whichever transport is used.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import orjson
+
+from slocast.latency.schema import Columns
+
+
+class StreamFull(Exception):
+    """The transport cannot take more samples right now (HTTP 503, retry later)."""
+
+
+@dataclass(frozen=True)
+class SampleBatch:
+    published_at: float  # time.time() at publish
+    columns: Columns
+
+
+class SampleStream(Protocol):
+    def publish(self, columns: Columns) -> None: ...
+
+    def poll(self, timeout: float) -> SampleBatch | None: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessStream:
+    """Bounded queue between the HTTP handler and the trainer of one process."""
+
+    def __init__(self, max_batches: int) -> None:
+        self._queue: queue.Queue[SampleBatch] = queue.Queue(maxsize=max_batches)
+
+    def publish(self, columns: Columns) -> None:
+        try:
+            self._queue.put_nowait(SampleBatch(time.time(), columns))
+        except queue.Full:
+            raise StreamFull("training queue is full; retry shortly") from None
+
+    def poll(self, timeout: float) -> SampleBatch | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        """Nothing to release: the queue dies with the process."""
+
+
+def encode_batch(columns: Columns, published_at: float) -> bytes:
+    return orjson.dumps(
+        {"published_at": published_at, "columns": columns}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
+
+
+def decode_batch(payload: bytes) -> SampleBatch:
+    data = orjson.loads(payload)
+    columns = {
+        name: np.asarray(values, dtype=np.float64) for name, values in data["columns"].items()
+    }
+    return SampleBatch(float(data["published_at"]), columns)
+
+
+class KafkaStream:
+    """Sample batches on a Kafka topic (one message per accepted HTTP request).
+
+    ``group_id`` defaults to a fresh id per process so every replica consumes the
+    whole stream (each keeps its own window); a fixed group would shard it.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, group_id: str | None = None) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        self.topic = topic
+        self._producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+        )
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group_id or f"slocast-latency-trainer-{uuid.uuid4().hex[:12]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": True,
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000,
+            }
+        )
+        self._consumer.subscribe([topic])
+
+    def publish(self, columns: Columns) -> None:
+        try:
+            self._producer.produce(self.topic, encode_batch(columns, time.time()))
+        except BufferError:
+            raise StreamFull("Kafka producer queue is full; retry shortly") from None
+        self._producer.poll(0)
+
+    def poll(self, timeout: float) -> SampleBatch | None:
+        message = self._consumer.poll(timeout)
+        if message is None or message.error():
+            return None
+        return decode_batch(message.value())
+
+    def flush(self, timeout: float) -> int:
+        """Wait for delivery of produced messages; returns how many are still queued."""
+        return self._producer.flush(timeout)
+
+    def close(self) -> None:
+        self._producer.flush(5)
+        self._consumer.close()

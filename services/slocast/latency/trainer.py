@@ -1,0 +1,241 @@
+"""The streaming trainer: consume samples, keep the window, retrain, promote.
+
+Two daemon threads per training server:
+
+- *ingest* polls the sample stream, drops batches published before the last flush,
+  builds features once and adds rows to the per-target windows;
+- *retrain* wakes every ``retrain_interval_s``; for each target with at least
+  ``min_new_samples`` new training rows since its last fit it fits a candidate on
+  the training split and calibrates it on the calibration split.
+
+Promotion (per target): the candidate's pinball loss at the served quantile on the
+evaluation split, rows no model version was fitted or calibrated on, must beat the
+serving model's on the same rows, and the first model must beat a constant
+baseline (the calibration rows' quantile), which a stub or a broken fit cannot.
+When a target improves, a new bundle (candidate for improved targets, the serving
+model for the others) is compiled, written and published.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from slocast.core.metrics import coverage, pinball_loss
+from slocast.latency.bundle import publish, write_bundle
+from slocast.latency.features import FEATURE_NAMES, build_features, regimes
+from slocast.latency.model import TARGET_COLUMNS, TARGETS, TargetModel, TreeParams, fit_target_model
+from slocast.latency.settings import TrainingSettings
+from slocast.latency.stream import SampleStream
+from slocast.latency.window import TargetWindow
+
+log = logging.getLogger(__name__)
+
+# Every 10th observed sample calibrates, every 7th evaluates (coprime: the splits
+# interleave evenly); the rest (~76%) train.
+CALIBRATION_EVERY = 10
+EVALUATION_EVERY = 7
+MIN_HELD_OUT = 30
+TREE_PARAMS = TreeParams()
+MODEL_INFO = {
+    "model_type": "xgboost",
+    "objective_type": "quantile+conformal",
+    "features": list(FEATURE_NAMES),
+}
+
+
+@dataclass
+class Evaluation:
+    target: str
+    rows: int
+    candidate_pinball: float
+    incumbent_pinball: float
+    candidate_coverage: float
+    promoted: bool
+
+
+@dataclass
+class TrainerState:
+    """What the HTTP layer reports; replaced wholesale under the trainer's lock."""
+
+    serving: dict[str, TargetModel] = field(default_factory=dict)
+    serving_version: str | None = None
+    last_retrain: str | None = None
+    last_evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    retrains: dict[str, int] = field(
+        default_factory=lambda: {"promoted": 0, "rejected": 0, "failed": 0}
+    )
+
+
+class StreamingTrainer:
+    def __init__(self, settings: TrainingSettings, stream: SampleStream) -> None:
+        self.settings = settings
+        self.stream = stream
+        self.windows = {
+            t: TargetWindow(
+                len(FEATURE_NAMES), settings.window_per_regime, CALIBRATION_EVERY, EVALUATION_EVERY
+            )
+            for t in TARGETS
+        }
+        self.state = TrainerState()
+        self.samples_ingested = 0
+        self.samples_dropped_by_flush = 0
+        self._flushed_at = 0.0
+        self._lock = threading.Lock()  # guards state and flush time
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._ingest_loop, name="ingest", daemon=True),
+            threading.Thread(target=self._retrain_loop, name="retrain", daemon=True),
+        ]
+        self.retrain_seconds: list[float] = []  # bounded below; read by /metrics
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.stream.close()
+
+    # --- ingestion ---------------------------------------------------------------
+
+    def _ingest_loop(self) -> None:
+        while not self._stop.is_set():
+            batch = self.stream.poll(0.1)
+            if batch is None:
+                continue
+            with self._lock:
+                stale = batch.published_at < self._flushed_at
+            rows = int(batch.columns["kv_cache_percentage"].shape[0])
+            if stale:
+                self.samples_dropped_by_flush += rows
+                continue
+            features = build_features(batch.columns)
+            regime_ids = regimes(batch.columns)
+            for target in TARGETS:
+                self.windows[target].add(
+                    features, batch.columns[TARGET_COLUMNS[target]], regime_ids
+                )
+            self.samples_ingested += rows
+
+    def flush(self, training: bool, test: bool, metrics: bool) -> dict[str, dict[str, int]]:
+        """Drop window contents; returns rows dropped per target and split."""
+        splits = (("train",) if training else ()) + (("calibration", "evaluation") if test else ())
+        with self._lock:
+            if training and test:
+                self._flushed_at = time.time()
+            if metrics:
+                self.state.last_evaluations = {}
+            return {t: self.windows[t].clear(splits) for t in TARGETS}
+
+    # --- retraining --------------------------------------------------------------
+
+    def _retrain_loop(self) -> None:
+        while not self._stop.wait(self.settings.retrain_interval_s):
+            try:
+                self.retrain_once()
+            except Exception:  # keep the loop alive, but loudly and counted
+                log.exception("retrain failed")
+                with self._lock:
+                    self.state.retrains["failed"] += 1
+
+    def _due(self, target: str) -> bool:
+        window = self.windows[target]
+        counts = window.counts()
+        return (
+            window.added_since_snapshot >= self.settings.min_new_samples
+            and counts["train"] >= self.settings.min_train_samples
+            and counts["calibration"] >= MIN_HELD_OUT
+            and counts["evaluation"] >= MIN_HELD_OUT
+        )
+
+    def retrain_once(self) -> list[Evaluation]:
+        """Fit, evaluate and maybe promote every due target; returns the evaluations."""
+        due = [t for t in TARGETS if self._due(t)]
+        if not due:
+            return []
+        started = time.perf_counter()
+        q = self.settings.quantile
+        evaluations, winners = [], {}
+        for target in due:
+            window = self.windows[target]
+            train = window.snapshot("train", reset_new=True)
+            calib = window.snapshot("calibration")
+            held = window.snapshot("evaluation")
+            candidate = fit_target_model(
+                target,
+                train.features,
+                train.targets,
+                calib.features,
+                calib.targets,
+                calib.regimes,
+                q,
+                TREE_PARAMS,
+                seed=int(time.time()) % 2**31,
+            )
+            cand_upper = candidate.predict(held.features, held.regimes)
+            cand_loss = float(pinball_loss(held.targets, cand_upper, q))
+            incumbent = self.state.serving.get(target)
+            if incumbent is not None:
+                inc_loss = float(
+                    pinball_loss(held.targets, incumbent.predict(held.features, held.regimes), q)
+                )
+            else:  # the first model must beat a constant: the calibration quantile
+                constant = np.quantile(calib.targets, q)
+                inc_loss = float(
+                    pinball_loss(held.targets, np.full_like(held.targets, constant), q)
+                )
+            promoted = cand_loss < inc_loss
+            evaluations.append(
+                Evaluation(
+                    target,
+                    int(held.targets.shape[0]),
+                    cand_loss,
+                    inc_loss,
+                    float(coverage(held.targets, cand_upper)),
+                    promoted,
+                )
+            )
+            if promoted:
+                winners[target] = candidate
+        version = None
+        serving = {**self.state.serving, **winners}
+        if winners and all(t in serving for t in TARGETS):
+            info = {
+                **MODEL_INFO,
+                "quantile": q,
+                "created_at": datetime.now(UTC).isoformat(),
+                "evaluation": {e.target: e.__dict__ for e in evaluations},
+            }
+            bundle = write_bundle(
+                self.settings.model_dir, serving, info, compile_trees=self.settings.compile_trees
+            )
+            version = publish(self.settings.model_dir, bundle).version
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            # A model waiting for its partner target is kept but not yet published.
+            self.state.serving = serving
+            if version is not None:
+                self.state.serving_version = version
+            self.state.last_retrain = datetime.now(UTC).isoformat()
+            for e in evaluations:
+                self.state.last_evaluations[e.target] = e
+                self.state.retrains["promoted" if e.promoted else "rejected"] += 1
+            self.retrain_seconds = [*self.retrain_seconds[-99:], elapsed]
+        log.info(
+            "retrain %s in %.1fs: %s",
+            version or "(not published)",
+            elapsed,
+            {
+                e.target: (round(e.candidate_pinball, 3), round(e.incumbent_pinball, 3), e.promoted)
+                for e in evaluations
+            },
+        )
+        return evaluations

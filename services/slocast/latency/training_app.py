@@ -1,0 +1,275 @@
+"""The latency training server (default port 8000): HTTP edge of the trainer.
+
+Handlers validate, publish to the sample stream and report; the learning happens in
+:class:`slocast.latency.trainer.StreamingTrainer`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+from slocast.latency.http_common import install_validation_handler, json_response, read_json
+from slocast.latency.model import TARGETS
+from slocast.latency.schema import (
+    BulkTrainingRequest,
+    FlushBody,
+    ValidationFailure,
+    item_list,
+    openapi_body,
+    parse_samples,
+)
+from slocast.latency.settings import TrainingSettings
+from slocast.latency.stream import InProcessStream, KafkaStream, SampleStream, StreamFull
+from slocast.latency.trainer import StreamingTrainer
+
+FLUSH_FIELDS = ("flush_training_data", "flush_test_data", "flush_metrics")
+
+
+def make_stream(settings: TrainingSettings) -> SampleStream:
+    if settings.kafka_bootstrap:
+        return KafkaStream(settings.kafka_bootstrap, settings.kafka_topic)
+    return InProcessStream(settings.queue_batches)
+
+
+class _Metrics:
+    """Prometheus metrics of one training server (own registry: no globals)."""
+
+    def __init__(self, trainer: StreamingTrainer) -> None:
+        self.registry = CollectorRegistry()
+        self.accepted = Counter(
+            "slocast_latency_samples_accepted",
+            "Training samples accepted over HTTP.",
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "slocast_latency_requests_rejected",
+            "Training requests rejected (4xx/503).",
+            ["reason"],
+            registry=self.registry,
+        )
+        window = Gauge(
+            "slocast_latency_window_samples",
+            "Rows in the training window.",
+            ["target", "split"],
+            registry=self.registry,
+        )
+        retrains = Gauge(
+            "slocast_latency_retrains",
+            "Retrains since start by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        pinball = Gauge(
+            "slocast_latency_eval_pinball_ms",
+            "Pinball loss on fresh held-out rows at the last retrain.",
+            ["target", "model"],
+            registry=self.registry,
+        )
+        cover = Gauge(
+            "slocast_latency_eval_coverage",
+            "Candidate coverage on fresh held-out rows at the last retrain.",
+            ["target"],
+            registry=self.registry,
+        )
+        ingested = Gauge(
+            "slocast_latency_samples_ingested",
+            "Samples the trainer consumed from the stream.",
+            registry=self.registry,
+        )
+
+        def refresh() -> None:
+            for target in TARGETS:
+                for split, n in trainer.windows[target].counts().items():
+                    window.labels(target, split).set(n)
+            state = trainer.state
+            for outcome, n in state.retrains.items():
+                retrains.labels(outcome).set(n)
+            for target, e in state.last_evaluations.items():
+                pinball.labels(target, "candidate").set(e.candidate_pinball)
+                pinball.labels(target, "incumbent").set(e.incumbent_pinball)
+                cover.labels(target).set(e.candidate_coverage)
+            ingested.set(trainer.samples_ingested)
+
+        self.refresh = refresh
+
+
+def create_training_app(settings: TrainingSettings) -> FastAPI:
+    trainer = StreamingTrainer(settings, make_stream(settings))
+    metrics = _Metrics(trainer)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        settings.model_dir.mkdir(parents=True, exist_ok=True)
+        trainer.start()
+        yield
+        trainer.stop()
+
+    app = FastAPI(title="slocast latency training server", lifespan=lifespan)
+    app.state.trainer = trainer
+    install_validation_handler(app)
+
+    @app.post(
+        "/add_training_data_bulk",
+        status_code=202,
+        openapi_extra=openapi_body(BulkTrainingRequest),
+    )
+    async def add_training_data_bulk(request: Request) -> Response:
+        try:
+            cols = parse_samples(item_list(await read_json(request), "entries"), ("entries",))
+        except ValidationFailure:
+            metrics.rejected.labels("invalid").inc()
+            raise
+        try:
+            trainer.stream.publish(cols)
+        except StreamFull as exc:
+            metrics.rejected.labels("backpressure").inc()
+            return json_response({"detail": str(exc)}, status_code=503)
+        n = int(cols["kv_cache_percentage"].shape[0])
+        metrics.accepted.inc(n)
+        return json_response({"message": f"Accepted {n} training samples."}, status_code=202)
+
+    @app.post("/flush", openapi_extra=openapi_body(FlushBody))
+    async def flush(request: Request) -> Response:
+        if settings.admin_token is not None:
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.encode(), settings.admin_token.encode()
+            ):
+                return json_response(
+                    {"detail": "a valid admin bearer token is required"}, status_code=401
+                )
+        body = await read_json(request, allow_empty=True)
+        options = _flush_options(body)
+        dropped = trainer.flush(
+            options["flush_training_data"], options["flush_test_data"], options["flush_metrics"]
+        )
+
+        def count(target: str, splits: tuple[str, ...]) -> int:
+            return sum(dropped[target].get(s, 0) for s in splits)
+
+        held_out = ("calibration", "evaluation")
+        result = {
+            "ttft_training_samples_flushed": count("ttft", ("train",)),
+            "tpot_training_samples_flushed": count("tpot", ("train",)),
+            "ttft_test_samples_flushed": count("ttft", held_out),
+            "tpot_test_samples_flushed": count("tpot", held_out),
+        }
+        anything = any(options[f] for f in FLUSH_FIELDS)
+        return json_response(
+            {
+                "success": True,
+                "flushed_at": datetime.now(UTC).isoformat(),
+                "reason": options["reason"],
+                **result,
+                "metrics_cleared": options["flush_metrics"],
+                "message": (
+                    f"Successfully flushed {sum(result.values())} samples"
+                    if anything
+                    else "No data flushed"
+                ),
+            }
+        )
+
+    @app.get("/data/status")
+    async def data_status() -> Response:
+        counts = {t: trainer.windows[t].counts() for t in TARGETS}
+
+        def block(splits: tuple[str, ...]) -> dict[str, int]:
+            ttft = sum(counts["ttft"][s] for s in splits)
+            tpot = sum(counts["tpot"][s] for s in splits)
+            return {"ttft_samples": ttft, "tpot_samples": tpot, "total_samples": ttft + tpot}
+
+        state = trainer.state
+        return json_response(
+            {
+                "training_data": block(("train",)),
+                "test_data": block(("calibration", "evaluation")),
+                "model_ready": state.serving_version is not None,
+                "model_version": state.serving_version,
+                "last_retrain": state.last_retrain,
+                "samples_ingested": trainer.samples_ingested,
+            }
+        )
+
+    @app.get("/model/download/info")
+    async def model_info() -> Response:
+        state = trainer.state
+        return json_response(
+            {
+                "model_type": "xgboost",
+                "objective_type": "quantile+conformal",
+                "quantile": settings.quantile,
+                "model_version": state.serving_version,
+                "model_ready": state.serving_version is not None,
+                "model_dir": str(settings.model_dir),
+                "evaluation": {t: e.__dict__ for t, e in state.last_evaluations.items()},
+            }
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if all(t.is_alive() for t in trainer._threads):
+            return json_response({"status": "ready"})
+        return json_response({"status": "not ready", "reason": "trainer threads stopped"}, 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        metrics.refresh()
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _flush_options(body) -> dict:
+    options = {name: True for name in FLUSH_FIELDS} | {"reason": None}
+    if body is None:
+        return options
+    if not isinstance(body, dict):
+        raise ValidationFailure(
+            [{"type": "dict_type", "loc": ["body"], "msg": "Input should be a valid dictionary"}]
+        )
+    for name in FLUSH_FIELDS:
+        if name in body:
+            if not isinstance(body[name], bool):
+                raise ValidationFailure(
+                    [
+                        {
+                            "type": "bool_type",
+                            "loc": ["body", name],
+                            "msg": "Input should be a valid boolean",
+                            "input": body[name],
+                        }
+                    ]
+                )
+            options[name] = body[name]
+    if "reason" in body and body["reason"] is not None:
+        if not isinstance(body["reason"], str):
+            raise ValidationFailure(
+                [
+                    {
+                        "type": "string_type",
+                        "loc": ["body", "reason"],
+                        "msg": "Input should be a valid string",
+                        "input": body["reason"],
+                    }
+                ]
+            )
+        options["reason"] = body["reason"]
+    return options

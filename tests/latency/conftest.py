@@ -1,0 +1,97 @@
+"""Black-box fixtures: base URLs of a training and a prediction server.
+
+``SLOCAST_LATENCY_TRAINING_URL`` / ``SLOCAST_LATENCY_PREDICTION_URL`` point the
+suite at deployed servers (e.g. the in-cluster test Job). When unset, one session
+starts real servers as subprocesses on free 127.0.0.1 ports sharing a temporary
+model directory, and stops them afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become healthy in {timeout}s")
+
+
+def start_server(command: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "slocast.cli", command],
+        env={**os.environ, **env},
+        stdout=open(log, "wb"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    training = os.environ.get("SLOCAST_LATENCY_TRAINING_URL")
+    prediction = os.environ.get("SLOCAST_LATENCY_PREDICTION_URL")
+    if training and prediction:
+        yield {"training": training.rstrip("/"), "prediction": prediction.rstrip("/"),
+               "token": os.environ.get("SLOCAST_ADMIN_TOKEN", "")}
+        return
+    root = tmp_path_factory.mktemp("latency-servers")
+    env = {
+        "SLOCAST_LATENCY_HOST": "127.0.0.1",
+        "SLOCAST_LATENCY_MODEL_DIR": str(root / "models"),
+        "SLOCAST_ADMIN_TOKEN": ADMIN_TOKEN,
+        "SLOCAST_LATENCY_RETRAIN_INTERVAL_S": "1",
+        "SLOCAST_LATENCY_MIN_NEW_SAMPLES": "200",
+        "SLOCAST_LATENCY_TRAINING_PORT": str(free_port()),
+        "SLOCAST_LATENCY_PREDICTION_PORT": str(free_port()),
+        "SLOCAST_LATENCY_WORKERS": "2",
+    }
+    urls = {
+        "training": f"http://127.0.0.1:{env['SLOCAST_LATENCY_TRAINING_PORT']}",
+        "prediction": f"http://127.0.0.1:{env['SLOCAST_LATENCY_PREDICTION_PORT']}",
+        "token": ADMIN_TOKEN,
+    }
+    procs = [
+        start_server("latency-trainer", env, root / "trainer.log"),
+        start_server("latency-predictor", env, root / "predictor.log"),
+    ]
+    try:
+        wait_healthy(urls["training"], procs[0])
+        wait_healthy(urls["prediction"], procs[1])
+        yield urls
+    finally:
+        for proc in procs:
+            stop(proc)
