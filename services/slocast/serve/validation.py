@@ -192,10 +192,8 @@ def _history(rows: object, field: str, rules: RequestRules) -> tuple[np.ndarray,
     cells = [row[c] for row in rows for c in FEATURE_COLUMNS]
     if not set(map(type, cells)) <= _NUMBER_TYPES:
         _type_error(field, rows)
-    try:
-        values = np.array(cells, dtype=np.float64).reshape(n, len(FEATURE_COLUMNS))
-    except OverflowError:
-        _overflow_error(field, rows)
+    # orjson already refused infinities and integers beyond a double's range.
+    values = np.array(cells, dtype=np.float64).reshape(n, len(FEATURE_COLUMNS))
     if not np.isfinite(values).all():
         i, j = np.argwhere(~np.isfinite(values))[0]
         raise InputError(f"{field}[{i}].{FEATURE_COLUMNS[j]}", "is not a finite number")
@@ -231,24 +229,24 @@ def _times(stamps: list, field: str) -> np.ndarray:
 
 
 def _check_grid(times: np.ndarray, field: str, rules: RequestRules) -> None:
+    # Same order as the dataset rules: duplicates, then order, then spacing.
     deltas = np.diff(times.view(np.int64))
-    if deltas.size == 0:
+    if deltas.size == 0 or not (np.abs(deltas - rules.step_ns) > rules.tolerance_ns).any():
         return
-    bad = np.abs(deltas - rules.step_ns) > rules.tolerance_ns
-    if not bad.any():
-        return
-    i = int(np.flatnonzero(bad)[0])
-    row = i + 1
-    where = f"{field}[{row}].{TIME_COLUMN}"
-    if deltas[i] == 0:
-        raise InputError(where, f"duplicate timestamp {_fmt(times[row])}")
-    if deltas[i] < 0:
-        raise InputError(
-            where,
-            f"timestamps not sorted ({_fmt(times[row])} after {_fmt(times[i])}); send oldest first",
-        )
+    for bad, problem in ((deltas == 0, "duplicate"), (deltas < 0, "unsorted")):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            where = f"{field}[{i + 1}].{TIME_COLUMN}"
+            if problem == "duplicate":
+                raise InputError(where, f"duplicate timestamp {_fmt(times[i + 1])}")
+            raise InputError(
+                where,
+                f"timestamps not sorted ({_fmt(times[i + 1])} after {_fmt(times[i])}); "
+                "send oldest first",
+            )
+    i = int(np.flatnonzero(np.abs(deltas - rules.step_ns) > rules.tolerance_ns)[0])
     raise InputError(
-        where,
+        f"{field}[{i + 1}].{TIME_COLUMN}",
         f"irregular spacing: {deltas[i] / 1e9:g}s after the previous row where the model's "
         f"step is {rules.step_ns / 1e9:g}s (tolerance {rules.tolerance_ns / rules.step_ns:.0%}); "
         "fill the gap first",
@@ -276,16 +274,6 @@ def _type_error(field: str, rows: list) -> None:
             value = row[column]
             if type(value) not in _NUMBER_TYPES:
                 raise InputError(f"{field}[{i}].{column}", f"expected a number, got {_kind(value)}")
-
-
-def _overflow_error(field: str, rows: list) -> None:
-    for i, row in enumerate(rows):
-        for column in FEATURE_COLUMNS:
-            try:
-                float(row[column])
-            except OverflowError:
-                raise InputError(f"{field}[{i}].{column}", "is too large for a float") from None
-    raise InputError(field, "a value is too large for a float")
 
 
 def _column_order(name: str) -> int:
