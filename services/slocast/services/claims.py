@@ -1,0 +1,37 @@
+"""Claim checks: objects in the store named by URI and verified by SHA-256."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slocast.core.storage import ArtifactStore
+from slocast.services.events import sha256_bytes
+from slocast.services.kafka import PermanentError
+
+
+def key_for_uri(store: ArtifactStore, uri: str) -> str:
+    """The store key a URI names; a URI outside this store cannot be processed here."""
+    root = store.uri("").rstrip("/")
+    if not uri.startswith(root + "/"):
+        raise PermanentError(f"claim check {uri!r} is not in the configured store {root}")
+    return uri[len(root) + 1 :]
+
+
+def fetch_verified(store: ArtifactStore, uri: str, sha256: str) -> bytes:
+    """The object's bytes, refused if missing or if they do not match the hash."""
+    key = key_for_uri(store, uri)
+    try:
+        data = store.get_bytes(key)
+    except KeyError as exc:
+        raise PermanentError(f"claim check {uri!r}: {exc}") from None
+    actual = sha256_bytes(data)
+    if actual != sha256:
+        raise PermanentError(f"claim check {uri!r}: SHA-256 {actual[:12]}.. != {sha256[:12]}..")
+    return data
+
+
+def upload_file(store: ArtifactStore, path: Path) -> tuple[str, str]:
+    """Store a local file under its content hash; return (URI, SHA-256)."""
+    data = path.read_bytes()
+    digest = sha256_bytes(data)
+    return store.put_bytes(f"uploads/{digest}/{path.name}", data), digest

@@ -1,0 +1,167 @@
+"""CLI: ``slocast service ...``, ``slocast submit``, ``slocast promote``, ``slocast up|down``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    service = subparsers.add_parser(
+        "service",
+        help="run one pipeline stage as a Kafka service",
+        description="Run a stage as a long-running service configured from the environment "
+        "(see docs/services.md for every variable).",
+    )
+    kinds = service.add_subparsers(dest="service", metavar="SERVICE", required=True)
+    kinds.add_parser("preprocess", help="dataset-submitted -> dataset-ready").set_defaults(
+        func=_preprocess
+    )
+    trainer = kinds.add_parser("trainer", help="dataset-ready -> one family's training events")
+    trainer.add_argument("--family", help="model family (default: $SLOCAST_TRAINER_FAMILY)")
+    trainer.set_defaults(func=_trainer)
+    kinds.add_parser(
+        "evaluator", help="training events -> decision, champion alias, model-selected"
+    ).set_defaults(func=_evaluator)
+    predict = kinds.add_parser("predict", help="prediction server plus its model-selected listener")
+    predict.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+    predict.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    predict.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    predict.add_argument(
+        "--listener-only",
+        action="store_true",
+        help="run only the listener (a sidecar sharing SLOCAST_SERVE_CACHE with `slocast serve`)",
+    )
+    predict.set_defaults(func=_predict)
+    if importlib.util.find_spec("slocast.latency.commands") is not None:
+        latency = kinds.add_parser("latency-trainer", help="the latency training server")
+        latency.set_defaults(func=_latency_trainer)
+
+    submit = subparsers.add_parser(
+        "submit",
+        help="upload a dataset and publish dataset-submitted",
+        description="Upload a dataset to the object store ($SLOCAST_STORE_URI) under its SHA-256 "
+        "and publish a dataset-submitted claim check; the preprocess service takes it from there.",
+    )
+    submit.add_argument("--data", type=Path, required=True, help="training file (CSV or Parquet)")
+    submit.add_argument("--test-data", type=Path, help="separate test file")
+    submit.add_argument("--task", help="registry task (default: the data file's stem)")
+    submit.add_argument("--window", type=int, default=10, help="input rows per forecast")
+    submit.add_argument("--horizon", type=int, default=1, help="steps forecast ahead")
+    submit.set_defaults(func=_submit)
+
+    promote = subparsers.add_parser(
+        "promote",
+        help="decide (or re-apply and re-announce) the promotion for a dataset by hand",
+    )
+    promote.add_argument("--dataset", required=True, help="dataset id (SHA-256)")
+    promote.add_argument("--task", help="task (default: the only task with runs on the dataset)")
+    promote.set_defaults(func=_promote)
+
+    up = subparsers.add_parser(
+        "up", help="start broker, S3, MLflow and every service on this machine"
+    )
+    up.add_argument(
+        "--families",
+        default="persistence,seasonal_naive,xgboost",
+        help="trainer services to start (default persistence,seasonal_naive,xgboost)",
+    )
+    up.add_argument(
+        "--storage",
+        choices=("s3", "local"),
+        default="s3",
+        help="object store: moto S3 server or a local directory (default s3)",
+    )
+    up.add_argument("--predict-port", type=int, default=8000, help="prediction server port")
+    up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops all")
+    up.set_defaults(func=_up)
+    subparsers.add_parser("down", help="stop what `slocast up` started").set_defaults(func=_down)
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from slocast.services import preprocess_service
+    from slocast.services.settings import CommonSettings
+
+    return preprocess_service.run(CommonSettings.from_env())
+
+
+def _trainer(args: argparse.Namespace) -> int:
+    from slocast.services import trainer_service
+    from slocast.services.settings import TrainerSettings
+
+    return trainer_service.run(TrainerSettings.from_env(family=args.family))
+
+
+def _evaluator(args: argparse.Namespace) -> int:
+    from slocast.services import evaluator_service
+    from slocast.services.settings import EvaluatorSettings
+
+    return evaluator_service.run(EvaluatorSettings.from_env())
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from slocast.services import prediction_listener
+    from slocast.services.settings import ListenerSettings
+
+    settings = ListenerSettings.from_env()
+    if args.listener_only:
+        return prediction_listener.run_listener(settings)
+    serve_args = ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    return prediction_listener.run(settings, serve_args)
+
+
+def _latency_trainer(args: argparse.Namespace) -> int:
+    import subprocess
+
+    # Delegates to the latency workload's own command (owned by slocast.latency).
+    return subprocess.call([sys.executable, "-m", "slocast.cli", "latency", *sys.argv[3:]])
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from slocast.services.settings import CommonSettings
+    from slocast.services.submit import submit_dataset
+
+    result = submit_dataset(
+        CommonSettings.from_env(),
+        args.data,
+        args.test_data,
+        task=args.task,
+        window=args.window,
+        horizon=args.horizon,
+    )
+    print(f"submitted {args.data} as task {result.task}")
+    print(f"dataset id {result.dataset_id}")
+    print(f"train {result.event.train_uri}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from slocast.services.submit import promote_by_hand
+
+    record = promote_by_hand(args.dataset, args.task)
+    if record is None:
+        print("no decision taken (see the log)")
+        return 1
+    print(f"decision {record.decision_id}: {record.tags.get('slocast.reason', '')}")
+    print(f"published: {record.published}")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from slocast.services.stack import stack_up
+
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    return stack_up(
+        families=families,
+        storage=args.storage,
+        predict_port=args.predict_port,
+        foreground=args.foreground,
+    )
+
+
+def _down(args: argparse.Namespace) -> int:
+    from slocast.services.stack import stack_down
+
+    return stack_down()

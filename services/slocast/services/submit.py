@@ -1,0 +1,97 @@
+"""``slocast submit`` and ``slocast promote``: the two commands a user drives the services with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from slocast.core.config import PipelineConfig
+from slocast.core.datasets import load_lte
+from slocast.core.errors import SlocastError
+from slocast.core.storage import open_store
+from slocast.preprocess.stage import dataset_id, min_rows
+from slocast.services.claims import upload_file
+from slocast.services.events import DatasetSubmitted
+from slocast.services.kafka import EventProducer, base_config, ensure_topics
+from slocast.services.mlflow_state import DecisionRecord
+from slocast.services.settings import CommonSettings
+
+
+@dataclass(frozen=True)
+class Submission:
+    task: str
+    dataset_id: str
+    event: DatasetSubmitted
+
+
+def submit_dataset(
+    settings: CommonSettings,
+    data: Path,
+    test_data: Path | None = None,
+    *,
+    task: str | None = None,
+    window: int = 10,
+    horizon: int = 1,
+) -> Submission:
+    """Validate locally (fail fast, and learn the dataset id), upload, publish."""
+    from confluent_kafka.admin import AdminClient
+
+    config = PipelineConfig(window=window, horizon=horizon)
+    train = load_lte(data, min_rows=min_rows(config), spacing_tolerance=config.spacing_tolerance)
+    test = None
+    if test_data is not None:
+        test = load_lte(
+            test_data,
+            min_rows=config.window + config.horizon,
+            spacing_tolerance=config.spacing_tolerance,
+        )
+    expected_id = dataset_id(train, test, config)
+    store = open_store(settings.store_uri, endpoint_url=settings.s3_endpoint_url)
+    train_uri, train_sha = upload_file(store, data)
+    test_uri, test_sha = upload_file(store, test_data) if test_data else (None, None)
+    event = DatasetSubmitted(
+        producer="submit",
+        task=task or data.stem,
+        train_uri=train_uri,
+        train_sha256=train_sha,
+        test_uri=test_uri,
+        test_sha256=test_sha,
+        config=config.to_dict(),
+    )
+    ensure_topics(
+        AdminClient(base_config(settings.kafka_bootstrap)),
+        settings.topics.all(),
+        settings.topic_partitions,
+    )
+    producer = EventProducer(settings.kafka_bootstrap)
+    try:
+        producer.publish(settings.topics.dataset_submitted, event, key=train_sha)
+    finally:
+        producer.close()
+    return Submission(event.task, expected_id, event)
+
+
+def promote_by_hand(dataset: str, task: str | None = None) -> DecisionRecord | None:
+    """Run the durable evaluator's decision for one dataset now (deadline ignored)."""
+    from slocast.core.registry import TAG_DATASET, TAG_TASK
+    from slocast.services.evaluator_service import DurableEvaluator
+    from slocast.services.runner import ServiceContext, configure_logging
+    from slocast.services.settings import EvaluatorSettings
+
+    settings = EvaluatorSettings.from_env()
+    configure_logging("promote", settings.common.log_level)
+    ctx = ServiceContext("promote", settings.common)
+    try:
+        if not ctx.readiness.run_checks():
+            raise SlocastError(f"dependencies not ready: {ctx.readiness.report()['checks']}")
+        if task is None:
+            runs = ctx.state.runs(f"tags.`{TAG_DATASET}` = '{dataset}'")
+            tasks = sorted({r.data.tags.get(TAG_TASK, "") for r in runs} - {""})
+            if len(tasks) != 1:
+                raise SlocastError(
+                    f"dataset {dataset[:12]} has runs for tasks {tasks or 'none'}; pass --task"
+                )
+            task = tasks[0]
+        return DurableEvaluator(ctx, settings).replay(task, dataset)
+    finally:
+        ctx.close()

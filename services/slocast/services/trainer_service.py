@@ -1,0 +1,130 @@
+"""``slocast service trainer --family F``: dataset-ready -> MLflow run + version -> training events.
+
+Idempotency key = SHA-256(dataset id, family, seed, code version), stored as a tag
+on the run and the model version. Before training, the trainer looks the key up in
+MLflow: a registered version means the work is done (it only republishes the
+succeeded event, which may have been lost in a crash), so a redelivered or
+resubmitted dataset is never trained twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from confluent_kafka import Message
+
+from slocast.models import BASELINES
+from slocast.preprocess.store import has_dataset, load_dataset
+from slocast.services.events import (
+    DatasetReady,
+    EventError,
+    TrainingFailed,
+    TrainingStarted,
+    TrainingSucceeded,
+    parse_event,
+)
+from slocast.services.kafka import PermanentError
+from slocast.services.mlflow_state import TAG_KEY, idempotency_key
+from slocast.services.runner import ServiceContext, configure_logging
+from slocast.services.settings import TrainerSettings
+from slocast.train.stage import TrainingError, train_family
+from slocast.train.tracking import log_trained_model
+
+log = logging.getLogger(__name__)
+
+
+class TrainerHandler:
+    def __init__(self, ctx: ServiceContext, settings: TrainerSettings) -> None:
+        self.ctx = ctx
+        self.family = settings.family
+        self.seed = settings.seed
+        self.topic = ctx.settings.topics.training
+
+    def __call__(self, msg: Message) -> None:
+        try:
+            ready = parse_event(msg.value(), DatasetReady)
+        except EventError as exc:
+            raise PermanentError(str(exc)) from exc
+        key = idempotency_key(ready.dataset_id, self.family, self.seed)
+        common = {
+            "producer": f"trainer-{self.family}",
+            "task": ready.task,
+            "dataset_id": ready.dataset_id,
+            "family": self.family,
+            "idempotency_key": key,
+        }
+        state = self.ctx.state
+        done = state.version_for_key(ready.task, key)
+        if done is not None:
+            log.info(
+                "%s on %s already trained (v%s)", self.family, ready.dataset_id[:12], done.version
+            )
+            self._publish(
+                TrainingSucceeded(
+                    **common,
+                    run_id=done.run_id,
+                    model_version=done.version,
+                    model_uri=done.source,
+                    train_seconds=0.0,
+                    reused=True,
+                )
+            )
+            return
+        failed = state.failed_run_for_key(key)
+        if failed is not None:
+            self._publish(TrainingFailed(**common, run_id=failed[0], error=failed[1]))
+            return
+        if not has_dataset(self.ctx.store, ready.dataset_id):
+            raise PermanentError(f"dataset {ready.dataset_id} is not in the store")
+        self._publish(TrainingStarted(**common))
+        dataset = load_dataset(self.ctx.store, ready.dataset_id)
+        started = time.perf_counter()
+        try:
+            model = train_family(dataset, self.family, seed=self.seed)
+        except (TrainingError, ValueError) as exc:
+            # A model that cannot learn this data is a result, not a retryable error.
+            error = f"{type(exc).__name__}: {exc}"
+            run_id = state.log_failed_run(
+                task=ready.task,
+                family=self.family,
+                dataset_id=ready.dataset_id,
+                key=key,
+                error=error,
+            )
+            self._publish(TrainingFailed(**common, run_id=run_id, error=error))
+            return
+        with tempfile.TemporaryDirectory(prefix=f"slocast-{self.family}-") as scratch:
+            ref = log_trained_model(
+                self.ctx.registry,
+                model,
+                dataset=dataset,
+                task=ready.task,
+                role="baseline" if self.family in BASELINES else "candidate",
+                bundle_dir=Path(scratch) / self.family,
+                extra_tags={TAG_KEY: key},
+            )
+        self._publish(
+            TrainingSucceeded(
+                **common,
+                run_id=ref.run_id,
+                model_version=ref.version,
+                model_uri=ref.source,
+                val_nrmse=model.val_metrics.get("val_nrmse_avg"),
+                train_seconds=time.perf_counter() - started,
+            )
+        )
+        log.info("%s on %s trained: v%s", self.family, ready.dataset_id[:12], ref.version)
+
+    def _publish(self, event) -> None:
+        self.ctx.producer.publish(self.topic, event, key=event.dataset_id)
+
+
+def run(settings: TrainerSettings) -> int:
+    service = f"trainer-{settings.family}"
+    configure_logging(service, settings.common.log_level)
+    ctx = ServiceContext(service, settings.common).start()
+    ctx.consume(service, [settings.common.topics.dataset_ready], TrainerHandler(ctx, settings))
+    return 0
