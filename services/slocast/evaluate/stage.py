@@ -92,6 +92,35 @@ def evaluate_run(
     scratch: Path,
 ) -> EvaluationResult:
     """Score ``models`` and the current champion, apply the rule, move the alias."""
+    result = assess(registry, dataset, task=task, models=models, scratch=scratch)
+    decision = result.decision
+    if decision.promoted and decision.winner is not None:
+        registry.promote(
+            result.refs[decision.winner],
+            test_metrics=result.evaluations[decision.winner].flat_metrics(),
+            decision=decision.to_dict(),
+        )
+    registry.log_decision(task, decision.to_dict())
+    store.put_bytes(
+        f"decisions/{task}/{dataset.dataset_id}/{decision.decision_id}.json",
+        json.dumps(decision.to_dict(), indent=2).encode(),
+    )
+    return result
+
+
+def assess(
+    registry: ModelRegistry,
+    dataset: ProcessedDataset,
+    *,
+    task: str,
+    models: dict[str, tuple[ModelBundle, VersionRef]],
+    scratch: Path,
+) -> EvaluationResult:
+    """Score ``models`` and the current champion and decide, without side effects.
+
+    The Kafka evaluator applies the decision itself (durably, in steps it can
+    resume after a crash); :func:`evaluate_run` applies it at once.
+    """
     evaluations: dict[str, Evaluation] = {}
     forecasts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     truth = None
@@ -129,22 +158,11 @@ def evaluate_run(
     )
     refs = {name: ref for name, (_, ref) in models.items()}
     if decision.promoted and decision.winner is not None:
-        winner = refs[decision.winner]
-        registry.promote(
-            winner,
-            test_metrics=evaluations[decision.winner].flat_metrics(),
-            decision=decision.to_dict(),
-        )
         champion_name = decision.winner
     else:
         champion_name = None if champion_ref is None else CHAMPION_LABEL
         if champion_eval is not None:
             evaluations[CHAMPION_LABEL] = champion_eval
-    registry.log_decision(task, decision.to_dict())
-    store.put_bytes(
-        f"decisions/{task}/{dataset.dataset_id}/{decision.decision_id}.json",
-        json.dumps(decision.to_dict(), indent=2).encode(),
-    )
     ends = dataset.ends("test")
     return EvaluationResult(
         evaluations=evaluations,

@@ -21,6 +21,7 @@ def log_trained_model(
     task: str,
     role: str,
     bundle_dir: Path,
+    extra_tags: dict[str, str] | None = None,
 ) -> VersionRef:
     """Save the bundle, log params/metrics/plot, register a version."""
     save_bundle(model.bundle, bundle_dir)
@@ -48,6 +49,7 @@ def log_trained_model(
             metrics=metrics,
             role=role,
             figures={"validation_forecast": figure},
+            extra_tags=extra_tags,
         )
     finally:
         plt.close(figure)
