@@ -201,6 +201,12 @@ def model_info(server: Server) -> dict:
         return client.get("/v1/model").json()
 
 
+@pytest.fixture(scope="session")
+def make_history():
+    """Turns a series' arrays into request rows."""
+    return history_rows
+
+
 def history_rows(times: np.ndarray, values: np.ndarray) -> list[dict]:
     """Request rows from a series' arrays (the wire format of every history)."""
     stamps = np.datetime_as_string(np.asarray(times, "datetime64[s]"), unit="s").tolist()

@@ -1,0 +1,76 @@
+"""Served forecasts are the evaluator's offline forecasts for the same test windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slocast.core.features import target_times
+from slocast.core.schema import TARGET_COLUMNS
+
+WINDOWS = 64
+
+
+@pytest.fixture(scope="module")
+def offline(server, tmp_path_factory):
+    """The champion bundle, its processed dataset and the evaluator's forecasts."""
+    if server.home is None:
+        pytest.skip("needs the serving test's own SLOCAST_HOME (dataset store)")
+    from slocast.core.storage import LocalStore
+    from slocast.evaluate.scoring import forecast_test
+    from slocast.models.bundle import load_bundle
+    from slocast.preprocess.store import load_dataset
+
+    registry = server.registry()
+    ref = registry.champion(server.task)
+    bundle = load_bundle(registry.download(ref, tmp_path_factory.mktemp("bundle")))
+    data = load_dataset(LocalStore(server.home / "artifacts"), ref.dataset_id)
+    prediction, _, _ = forecast_test(bundle, data)
+    return ref, bundle, data, prediction
+
+
+def test_served_equals_offline(server, model_info, offline, make_history) -> None:
+    ref, bundle, data, prediction = offline
+    assert model_info["version"] == ref.version
+    ends = data.ends("test")
+    pick = np.unique(np.linspace(0, ends.size - 1, WINDOWS).astype(int))
+    rows = bundle.forecaster.history_rows
+    series = [
+        {"id": int(i), "history": make_history(data.times[e - rows : e], data.values[e - rows : e])}
+        for i, e in zip(pick, ends[pick], strict=True)
+    ]
+    horizon = bundle.spec.horizon
+    levels = bundle.calibration.levels
+    with server.client() as client:
+        response = client.post(
+            "/v1/forecast/batch",
+            json={"series": series, "horizon": horizon, "quantiles": levels},
+        )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+
+    served = np.array(
+        [[[s["point"][t] for t in TARGET_COLUMNS] for s in r["forecasts"]] for r in results]
+    )
+    expected = prediction[pick]
+    # The evaluator runs XGBoost itself; the server may run the compiled library,
+    # whose float32 sums differ in the last bits. Everything else is exact.
+    compiled = model_info["engine"] == "tl2cgen"
+    rtol = 1e-4 if compiled else 1e-12
+    atol = 1e-6 * np.abs(expected).max(axis=(0, 1)) if compiled else 0.0
+    np.testing.assert_allclose(served, expected, rtol=rtol, atol=atol)
+    for q in levels:
+        upper = np.array(
+            [
+                [[s["quantiles"][f"{q:g}"][t] for t in TARGET_COLUMNS] for s in r["forecasts"]]
+                for r in results
+            ]
+        )
+        np.testing.assert_allclose(
+            upper, bundle.calibration.upper(prediction, q)[pick], rtol=rtol, atol=atol
+        )
+    times = target_times(data.times, ends[pick], horizon, bundle.spec.step_seconds)
+    served_times = np.array(
+        [[np.datetime64(s["time"], "ns") for s in r["forecasts"]] for r in results]
+    )
+    np.testing.assert_array_equal(served_times, times)
