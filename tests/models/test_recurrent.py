@@ -1,0 +1,170 @@
+"""GRU/LSTM forecasters on small synthetic data: learning, export, persistence, serving."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from slocast.core.config import PipelineConfig  # noqa: E402
+from slocast.core.metrics import nrmse  # noqa: E402
+from slocast.core.synthetic import generate_lte  # noqa: E402
+from slocast.models import family_class  # noqa: E402
+from slocast.models.baselines import Persistence  # noqa: E402
+from slocast.models.recurrent import (  # noqa: E402
+    GRUForecaster,
+    LSTMForecaster,
+    RecurrentForecaster,
+    RecurrentParams,
+)
+from slocast.preprocess.stage import preprocess  # noqa: E402
+
+# Small and quick, but enough epochs that early stopping, not the cap, ends the fit.
+PARAMS = RecurrentParams(hidden=24, batch_size=128, learning_rate=5e-3, max_epochs=30, patience=3)
+FAMILIES = {"gru": GRUForecaster, "lstm": LSTMForecaster}
+SERVICES = Path(__file__).resolve().parents[2] / "services"
+
+
+def _headline(truth: np.ndarray, pred: np.ndarray) -> float:
+    scores = nrmse(truth[:, 0], pred[:, 0])
+    return float((scores[3] + scores[4]) / 2)  # down, up in TARGET_COLUMNS order
+
+
+@pytest.fixture(scope="module")
+def data():
+    return preprocess(generate_lte(4000, seed=3), None, PipelineConfig())
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def fitted(request, data):
+    model = FAMILIES[request.param](data.spec, PARAMS)
+    report = model.fit(data, seed=0)
+    return model, report
+
+
+def test_registry_resolves_both_families():
+    assert family_class("gru") is GRUForecaster
+    assert family_class("lstm") is LSTMForecaster
+
+
+def test_beats_persistence_on_held_out_windows(data, fitted):
+    model, _ = fitted
+    ends = data.ends("test")
+    truth = data.truth(ends)
+    ours = _headline(truth, model.predict(data.times, data.values, ends))
+    naive = _headline(truth, Persistence(data.spec).predict(data.times, data.values, ends))
+    assert ours < naive
+
+
+def test_predictions_vary_across_windows(data, fitted):
+    model, _ = fitted
+    pred = model.predict(data.times, data.values, data.ends("test"))
+    assert np.all(pred.std(axis=0) > 1e-3 * np.asarray(data.spec.target_scale))
+
+
+def test_onnx_matches_torch(data, fitted):
+    model, _ = fitted
+    ends = data.ends("test")
+    served = model.predict(data.times, data.values, ends)
+    reference = model.predict_torch(data.times, data.values, ends)
+    # Compared on the standardised scale, where every target has unit spread.
+    scale = data.spec.scale_targets
+    np.testing.assert_allclose(scale(served), scale(reference), rtol=1e-4, atol=1e-4)
+
+
+def test_early_stopping_restores_best_epoch(data, fitted):
+    model, report = fitted
+    curve = report.curves["val_loss"]
+    assert len(curve) < PARAMS.max_epochs, "patience, not the epoch cap, should end this fit"
+    assert report.metrics["best_val_loss"] == min(curve)
+    assert report.metrics["best_epoch"] == np.argmin(curve) + 1 < len(curve)
+    # The served model's validation loss is the best recorded one, not the last.
+    ends = data.ends("val")
+    spec = data.spec
+    err = spec.scale_targets(model.predict(data.times, data.values, ends)) - spec.scale_targets(
+        data.truth(ends)
+    )
+    assert np.nanmean(err**2) == pytest.approx(min(curve), rel=1e-4)
+
+
+def test_save_load_round_trip_without_pickle(data, fitted, tmp_path):
+    model, _ = fitted
+    files = model.save(tmp_path)
+    assert sorted(files) == sorted(p.name for p in tmp_path.iterdir())
+    assert not [f for f in files if f.endswith((".pt", ".pth", ".pkl", ".pickle", ".joblib"))]
+    for name in files:
+        if name.endswith(".npz"):
+            with np.load(tmp_path / name, allow_pickle=False) as arrays:
+                assert all(arrays[k].dtype != object for k in arrays.files)
+        if name.endswith(".json"):
+            json.loads((tmp_path / name).read_text())
+    loaded = type(model).load(tmp_path, data.spec)
+    ends = data.ends("test")
+    np.testing.assert_array_equal(
+        loaded.predict(data.times, data.values, ends), model.predict(data.times, data.values, ends)
+    )
+    np.testing.assert_array_equal(
+        loaded.predict_torch(data.times, data.values, ends[:50]),
+        model.predict_torch(data.times, data.values, ends[:50]),
+    )
+
+
+def test_serving_end_after_last_row(data, fitted):
+    model, _ = fitted
+    n = len(data.values)
+    one = model.predict(data.times, data.values, np.array([n]))
+    assert one.shape == (1, 1, 5) and np.isfinite(one).all()
+    # A batch of one gives the same forecast as inside a large batch.
+    many = model.predict(data.times, data.values, np.arange(n - 999, n + 1))
+    np.testing.assert_allclose(many[-1], one[0], rtol=1e-5)
+
+
+def test_load_and_predict_without_torch(data, fitted, tmp_path):
+    model, _ = fitted
+    model.save(tmp_path)
+    n = len(data.values)
+    np.save(tmp_path / "values.npy", data.values[-50:])
+    np.save(tmp_path / "times.npy", data.times[-50:].astype(np.int64))
+    expected = model.predict(data.times, data.values, np.array([n - 1, n]))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        import json, numpy as np
+        from pathlib import Path
+        from slocast.core.features import FeatureSpec
+        from slocast.models import family_class
+        root = Path({str(tmp_path)!r})
+        spec = FeatureSpec.from_dict(json.loads({json.dumps(data.spec.to_dict())!r}))
+        model = family_class({model.family!r}).load(root, spec)
+        values = np.load(root / "values.npy")
+        times = np.load(root / "times.npy").astype("datetime64[ns]")
+        np.save(root / "out.npy", model.predict(times, values, np.array([49, 50])))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, env={"PYTHONPATH": str(SERVICES)})
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_multi_step_horizon_and_determinism(family):
+    data = preprocess(generate_lte(2500, seed=5), None, PipelineConfig(horizon=3))
+    params = RecurrentParams(hidden=8, max_epochs=2, patience=1)
+    first: RecurrentForecaster = FAMILIES[family](data.spec, params)
+    second: RecurrentForecaster = FAMILIES[family](data.spec, params)
+    first.fit(data, seed=7)
+    second.fit(data, seed=7)
+    ends = data.ends("test")
+    pred = first.predict(data.times, data.values, ends)
+    assert pred.shape == (ends.size, 3, 5) and np.isfinite(pred).all()
+    assert first.predict(data.times, data.values, np.array([len(data.values)])).shape == (1, 3, 5)
+    # Same seed, same data: bit-identical forecasts.
+    np.testing.assert_array_equal(pred, second.predict(data.times, data.values, ends))
