@@ -65,8 +65,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     training = os.environ.get("SLOCAST_LATENCY_TRAINING_URL")
     prediction = os.environ.get("SLOCAST_LATENCY_PREDICTION_URL")
     if training and prediction:
-        yield {"training": training.rstrip("/"), "prediction": prediction.rstrip("/"),
-               "token": os.environ.get("SLOCAST_ADMIN_TOKEN", "")}
+        yield {
+            "training": training.rstrip("/"),
+            "prediction": prediction.rstrip("/"),
+            "token": os.environ.get("SLOCAST_ADMIN_TOKEN", ""),
+        }
         return
     root = tmp_path_factory.mktemp("latency-servers")
     env = {
@@ -95,3 +98,27 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     finally:
         for proc in procs:
             stop(proc)
+
+
+@pytest.fixture(scope="session")
+def empty_predictor(tmp_path_factory: pytest.TempPathFactory):
+    """A prediction server with no model (local runs only)."""
+    if os.environ.get("SLOCAST_LATENCY_PREDICTION_URL"):
+        pytest.skip("needs a prediction server without a model")
+    root: Path = tmp_path_factory.mktemp("empty")
+    port = free_port()
+    proc = start_server(
+        "latency-predictor",
+        {
+            "SLOCAST_LATENCY_MODEL_DIR": str(root / "models"),
+            "SLOCAST_LATENCY_PREDICTION_PORT": str(port),
+            "SLOCAST_LATENCY_WORKERS": "1",
+        },
+        root / "log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        stop(proc)

@@ -27,7 +27,12 @@ import numpy as np
 import xgboost as xgb
 
 from slocast.core.conformal import MondrianCalibration
-from slocast.latency.features import FEATURE_NAMES, monotone_constraints
+from slocast.latency.features import (
+    FEATURE_NAMES,
+    NUM_REGIMES,
+    WAITING_EDGES,
+    monotone_constraints,
+)
 
 TARGETS = ("ttft", "tpot")
 TARGET_COLUMNS = {"ttft": "actual_ttft_ms", "tpot": "actual_tpot_ms"}
@@ -36,10 +41,31 @@ SCALE_FLOOR_MS = 1e-3
 MIN_REGIME_CALIBRATION = 50
 
 
+# XGBoost's quantile objective re-fits leaf values after each split (adaptive
+# leaves), which does not respect monotone constraints; squared error does.
+OBJECTIVES = {
+    "log_squared": lambda _q: {"objective": "reg:squarederror"},
+    "quantile": lambda q: {"objective": "reg:quantileerror", "quantile_alpha": q},
+}
+LOG_FLOOR_MS = 1e-3
+
+
+def to_training_target(y: np.ndarray, objective: str) -> np.ndarray:
+    return np.log(np.maximum(y, LOG_FLOOR_MS)) if objective == "log_squared" else y
+
+
+def point_from_raw(raw: np.ndarray, objective: str) -> np.ndarray:
+    """Raw tree output (what compiled libraries return) to a point latency in ms."""
+    return np.exp(raw) if objective == "log_squared" else raw
+
+
 @dataclass(frozen=True)
 class TreeParams:
     """Booster hyper-parameters (chosen on protocol B, see docs/latency.md)."""
 
+    # "log_squared": squared error on log latency (a geometric-mean point model);
+    # "quantile": reg:quantileerror at the served level.
+    objective: str = "log_squared"
     n_estimators: int = 200
     max_depth: int = 6
     learning_rate: float = 0.05
@@ -49,8 +75,7 @@ class TreeParams:
 
     def xgb_params(self, quantile: float, seed: int, monotone: bool) -> dict:
         params = {
-            "objective": "reg:quantileerror",
-            "quantile_alpha": quantile,
+            **OBJECTIVES[self.objective](quantile),
             "max_depth": self.max_depth,
             "eta": self.learning_rate,
             "subsample": self.subsample,
@@ -73,14 +98,17 @@ def fit_booster(
     seed: int,
     monotone: bool = True,
 ) -> xgb.Booster:
-    dtrain = xgb.DMatrix(x, label=y, feature_names=list(FEATURE_NAMES))
+    dtrain = xgb.DMatrix(
+        x, label=to_training_target(y, params.objective), feature_names=list(FEATURE_NAMES)
+    )
     return xgb.train(
         params.xgb_params(quantile, seed, monotone), dtrain, num_boost_round=params.n_estimators
     )
 
 
-def predict_booster(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
-    return np.asarray(booster.inplace_predict(x), dtype=np.float64).reshape(-1)
+def predict_booster(booster: xgb.Booster, x: np.ndarray, objective: str) -> np.ndarray:
+    raw = np.asarray(booster.inplace_predict(x), dtype=np.float64).reshape(-1)
+    return point_from_raw(raw, objective)
 
 
 def scale_of(point: np.ndarray) -> np.ndarray:
@@ -90,13 +118,25 @@ def scale_of(point: np.ndarray) -> np.ndarray:
 def calibrate(
     point: np.ndarray, y: np.ndarray, regime_ids: np.ndarray, quantile: float
 ) -> MondrianCalibration:
-    """Per-regime offsets on normalised signed residuals ``(y - point) / scale``."""
-    return MondrianCalibration.fit(
+    """Per-regime offsets on normalised signed residuals ``(y - point) / scale``.
+
+    Offsets are then made non-decreasing in queue depth (per KV bucket): a deeper
+    queue must never get a smaller relative margin, or the bound could drop when a
+    request starts waiting, breaking "more load never lowers the prediction".
+    """
+    fitted = MondrianCalibration.fit(
         np.asarray(y, np.float64) - point,
         regime_ids,
         quantile,
         scale=scale_of(point),
         min_group_size=MIN_REGIME_CALIBRATION,
+    )
+    grid = fitted.offsets_for(np.arange(NUM_REGIMES)).reshape(len(WAITING_EDGES) + 1, -1)
+    grid = np.maximum.accumulate(grid, axis=0).reshape(-1)
+    return MondrianCalibration(
+        q=fitted.q,
+        pooled=fitted.pooled,
+        per_group={regime: float(grid[regime]) for regime in range(NUM_REGIMES)},
     )
 
 
@@ -114,11 +154,13 @@ class TargetModel:
 
     target: str
     quantile: float
+    objective: str
     booster: xgb.Booster
     calibration: MondrianCalibration
 
     def predict(self, x: np.ndarray, regime_ids: np.ndarray) -> np.ndarray:
-        return upper_bound(predict_booster(self.booster, x), self.calibration, regime_ids)
+        point = predict_booster(self.booster, x, self.objective)
+        return upper_bound(point, self.calibration, regime_ids)
 
     def save(self, directory: Path) -> dict[str, str]:
         """Write ``<target>.ubj`` and ``<target>.calibration.json``; returns file names."""
@@ -126,7 +168,13 @@ class TargetModel:
         calib = f"{self.target}.calibration.json"
         self.booster.save_model(directory / trees)
         (directory / calib).write_text(
-            json.dumps({"quantile": self.quantile, "mondrian": self.calibration.to_dict()})
+            json.dumps(
+                {
+                    "quantile": self.quantile,
+                    "objective": self.objective,
+                    "mondrian": self.calibration.to_dict(),
+                }
+            )
         )
         return {"trees": trees, "calibration": calib}
 
@@ -142,8 +190,38 @@ def fit_target_model(
     params: TreeParams,
     seed: int,
 ) -> TargetModel:
+    """Split conformal: trees on the training rows, offsets on the calibration rows."""
     booster = fit_booster(train_x, train_y, quantile, params, seed)
-    point = predict_booster(booster, calib_x)
-    return TargetModel(
-        target, quantile, booster, calibrate(point, calib_y, calib_regimes, quantile)
-    )
+    point = predict_booster(booster, calib_x, params.objective)
+    calibration = calibrate(point, calib_y, calib_regimes, quantile)
+    return TargetModel(target, quantile, params.objective, booster, calibration)
+
+
+def fit_cross_conformal(
+    target: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    regime_ids: np.ndarray,
+    quantile: float,
+    params: TreeParams,
+    seed: int,
+    folds: int = 5,
+) -> TargetModel:
+    """Trees on all rows, offsets from out-of-fold residuals (cross-conformal).
+
+    For small offline datasets (protocol B's ~1,500 rows per target) holding out a
+    calibration split starves the trees; here every row is predicted by a model
+    fitted without it (``folds`` fold models), the offsets come from those
+    out-of-fold residuals, and the served trees are refitted on all rows. The
+    offsets are computed for this model version only. Fold models are slightly
+    weaker than the refit, so the bound errs on the side of coverage.
+    """
+    fold = np.random.default_rng(seed).permutation(y.shape[0]) % folds
+    out_of_fold = np.empty(y.shape[0], dtype=np.float64)
+    for k in range(folds):
+        held = fold == k
+        booster = fit_booster(x[~held], y[~held], quantile, params, seed + 1 + k)
+        out_of_fold[held] = predict_booster(booster, x[held], params.objective)
+    booster = fit_booster(x, y, quantile, params, seed)
+    calibration = calibrate(out_of_fold, y, regime_ids, quantile)
+    return TargetModel(target, quantile, params.objective, booster, calibration)

@@ -1,8 +1,9 @@
 """Protocol B (llm-d benchmark standard) for slocast and the upstream reference.
 
 For each target, rows where that target is observed (> 0); for each seed a random
-90/10 train/test split. slocast fits its trees on part of the 90% and its conformal
-offsets on the rest of the 90% (never on the test rows); the reference is XGBoost
+90/10 train/test split. slocast fits its trees on the 90% and its conformal offsets
+on out-of-fold residuals within the 90% (cross-conformal; never on the test rows,
+see :func:`slocast.latency.model.fit_cross_conformal`); the reference is XGBoost
 ``reg:quantileerror`` configured like the upstream production predictor on the
 whole 90% with the same features. Both predict the P90 of the same 10%.
 """
@@ -16,13 +17,11 @@ import xgboost as xgb
 
 from slocast.core.metrics import coverage, pinball_loss
 from slocast.latency.features import build_features, regimes
-from slocast.latency.model import TARGET_COLUMNS, TARGETS, TreeParams, fit_target_model
+from slocast.latency.model import TARGET_COLUMNS, TARGETS, TreeParams, fit_cross_conformal
 from slocast.latency.schema import Columns
 
 QUANTILE = 0.9
 TEST_FRACTION = 0.1
-# Share of the training 90% held out for conformal calibration.
-CALIBRATION_FRACTION = 0.2
 REFERENCE_PARAMS = {
     "objective": "reg:quantileerror",
     "quantile_alpha": QUANTILE,
@@ -60,10 +59,8 @@ def run_seed(
     order = rng.permutation(y.shape[0])
     n_test = int(round(TEST_FRACTION * y.shape[0]))
     test, train = order[:n_test], order[n_test:]
-    n_cal = int(round(CALIBRATION_FRACTION * train.shape[0]))
-    cal, fit = train[:n_cal], train[n_cal:]
-    model = fit_target_model(
-        "target", x[fit], y[fit], x[cal], y[cal], regime_ids[cal], QUANTILE, params, seed
+    model = fit_cross_conformal(
+        "target", x[train], y[train], regime_ids[train], QUANTILE, params, seed
     )
     ours = _score(y[test], model.predict(x[test], regime_ids[test]))
     reference = _fit_reference(x[train], y[train], seed)

@@ -30,7 +30,7 @@ from slocast.core.compiled_trees import TreeModel, load_tree_model
 from slocast.core.conformal import MondrianCalibration
 from slocast.latency.bundle import BundleError, Pointer, read_manifest, read_pointer
 from slocast.latency.features import build_features, regimes
-from slocast.latency.model import TARGETS, upper_bound
+from slocast.latency.model import TARGETS, point_from_raw, upper_bound
 from slocast.latency.schema import Columns
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,12 @@ RELOAD_FILE = "RELOAD"
 @dataclass(frozen=True)
 class ServedTarget:
     trees: TreeModel
+    objective: str
     calibration: MondrianCalibration
+
+    def predict(self, x: np.ndarray, regime_ids: np.ndarray) -> np.ndarray:
+        point = point_from_raw(self.trees.predict(x), self.objective)
+        return upper_bound(point, self.calibration, regime_ids)
 
 
 @dataclass(frozen=True)
@@ -56,10 +61,7 @@ class ServedModel:
         """P-quantile upper bounds (ms) per target for validated columns."""
         x = build_features(cols)
         regime_ids = regimes(cols)
-        return {
-            name: upper_bound(t.trees.predict(x), t.calibration, regime_ids)
-            for name, t in self.targets.items()
-        }
+        return {name: target.predict(x, regime_ids) for name, target in self.targets.items()}
 
     @property
     def engines(self) -> dict[str, str]:
@@ -74,16 +76,24 @@ def load_served_model(model_dir: Path, pointer: Pointer, compile_cache: Path) ->
         calib = json.loads((bundle / files["calibration"]).read_text())
         trees_path = bundle / files["trees"]
         # Prefer the trainer's libraries inside the bundle; compile into the local
-        # cache only when they are missing or were built for another platform.
-        lib_dir = bundle / "lib" if (bundle / "lib").is_dir() else compile_cache
-        trees = load_tree_model(
-            trees_path, lib_dir, expected_sha256=manifest["files"][files["trees"]]
-        )
-        if trees.engine != "tl2cgen" and lib_dir != compile_cache:
+        # cache only when they are missing or were built for another platform. A
+        # bundle marked ``library_pending`` is followed within seconds by the same
+        # trees compiled by the trainer: serve it with XGBoost meanwhile rather than
+        # compiling in every worker.
+        digest = manifest["files"][files["trees"]]
+        pending = bool(manifest.get("library_pending", False))
+        trees = None
+        if (bundle / "lib").is_dir():
             trees = load_tree_model(
-                trees_path, compile_cache, expected_sha256=manifest["files"][files["trees"]]
+                trees_path, bundle / "lib", compile_if_missing=False, expected_sha256=digest
             )
-        targets[name] = ServedTarget(trees, MondrianCalibration.from_dict(calib["mondrian"]))
+        if trees is None or trees.engine != "tl2cgen":
+            trees = load_tree_model(
+                trees_path, compile_cache, compile_if_missing=not pending, expected_sha256=digest
+            )
+        targets[name] = ServedTarget(
+            trees, calib["objective"], MondrianCalibration.from_dict(calib["mondrian"])
+        )
     return ServedModel(
         version=pointer.version,
         quantile=float(manifest["quantile"]),

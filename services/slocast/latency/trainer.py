@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from slocast.core.metrics import coverage, pinball_loss
-from slocast.latency.bundle import publish, write_bundle
+from slocast.latency.bundle import Pointer, publish, write_bundle
 from slocast.latency.features import FEATURE_NAMES, build_features, regimes
 from slocast.latency.model import TARGET_COLUMNS, TARGETS, TargetModel, TreeParams, fit_target_model
 from slocast.latency.settings import TrainingSettings
@@ -44,7 +44,7 @@ MIN_HELD_OUT = 30
 TREE_PARAMS = TreeParams()
 MODEL_INFO = {
     "model_type": "xgboost",
-    "objective_type": "quantile+conformal",
+    "objective_type": f"{TREE_PARAMS.objective}+conformal",
     "features": list(FEATURE_NAMES),
 }
 
@@ -65,6 +65,7 @@ class TrainerState:
 
     serving: dict[str, TargetModel] = field(default_factory=dict)
     serving_version: str | None = None
+    serving_data_since: float | None = None  # the flush that preceded its data
     last_retrain: str | None = None
     last_evaluations: dict[str, Evaluation] = field(default_factory=dict)
     retrains: dict[str, int] = field(
@@ -125,15 +126,20 @@ class StreamingTrainer:
                 )
             self.samples_ingested += rows
 
-    def flush(self, training: bool, test: bool, metrics: bool) -> dict[str, dict[str, int]]:
-        """Drop window contents; returns rows dropped per target and split."""
+    def flush(
+        self, training: bool, test: bool, metrics: bool
+    ) -> tuple[float, dict[str, dict[str, int]]]:
+        """Drop window contents; returns the flush time and rows dropped per split."""
         splits = (("train",) if training else ()) + (("calibration", "evaluation") if test else ())
+        now = time.time()
         with self._lock:
             if training and test:
-                self._flushed_at = time.time()
+                # Batches published before now are dropped when consumed, and
+                # retrains that started before now are discarded.
+                self._flushed_at = now
             if metrics:
                 self.state.last_evaluations = {}
-            return {t: self.windows[t].clear(splits) for t in TARGETS}
+            return now, {t: self.windows[t].clear(splits) for t in TARGETS}
 
     # --- retraining --------------------------------------------------------------
 
@@ -156,12 +162,41 @@ class StreamingTrainer:
             and counts["evaluation"] >= MIN_HELD_OUT
         )
 
+    def _publish(self, serving: dict[str, TargetModel], info: dict, data_epoch: float) -> None:
+        """Publish in two steps so a new model serves within a second of promotion.
+
+        First the bundle without native code (workers serve it with XGBoost and do
+        not compile: ``library_pending``), then, once gcc is done (seconds to tens
+        of seconds), the same trees and offsets with their compiled libraries.
+        """
+        model_dir = self.settings.model_dir
+        if not self.settings.compile_trees:  # workers compile for their own platform
+            self._set_version(
+                publish(model_dir, write_bundle(model_dir, serving, info, compile_trees=False))
+            )
+            return
+        first = write_bundle(
+            model_dir, serving, {**info, "library_pending": True}, compile_trees=False
+        )
+        self._set_version(publish(model_dir, first), data_epoch)
+        compiled = write_bundle(
+            model_dir, serving, {**info, "trees_first_served_as": first.name}, compile_trees=True
+        )
+        self._set_version(publish(model_dir, compiled), data_epoch)
+
+    def _set_version(self, pointer: Pointer, data_epoch: float) -> None:
+        with self._lock:
+            self.state.serving_version = pointer.version
+            self.state.serving_data_since = data_epoch
+
     def retrain_once(self) -> list[Evaluation]:
         """Fit, evaluate and maybe promote every due target; returns the evaluations."""
         due = [t for t in TARGETS if self._due(t)]
         if not due:
             return []
         started = time.perf_counter()
+        with self._lock:
+            data_epoch = self._flushed_at
         q = self.settings.quantile
         evaluations, winners = [], {}
         for target in due:
@@ -205,8 +240,18 @@ class StreamingTrainer:
             )
             if promoted:
                 winners[target] = candidate
-        version = None
         serving = {**self.state.serving, **winners}
+        with self._lock:
+            if self._flushed_at != data_epoch:
+                # The data these fits saw was flushed meanwhile: never serve them.
+                log.info("discarding a retrain that raced a flush")
+                return []
+            # A target model waiting for its partner is kept but not yet published.
+            self.state.serving = serving
+            self.state.last_retrain = datetime.now(UTC).isoformat()
+            for e in evaluations:
+                self.state.last_evaluations[e.target] = e
+                self.state.retrains["promoted" if e.promoted else "rejected"] += 1
         if winners and all(t in serving for t in TARGETS):
             info = {
                 **MODEL_INFO,
@@ -214,24 +259,13 @@ class StreamingTrainer:
                 "created_at": datetime.now(UTC).isoformat(),
                 "evaluation": {e.target: e.__dict__ for e in evaluations},
             }
-            bundle = write_bundle(
-                self.settings.model_dir, serving, info, compile_trees=self.settings.compile_trees
-            )
-            version = publish(self.settings.model_dir, bundle).version
+            self._publish(serving, info, data_epoch)
         elapsed = time.perf_counter() - started
         with self._lock:
-            # A model waiting for its partner target is kept but not yet published.
-            self.state.serving = serving
-            if version is not None:
-                self.state.serving_version = version
-            self.state.last_retrain = datetime.now(UTC).isoformat()
-            for e in evaluations:
-                self.state.last_evaluations[e.target] = e
-                self.state.retrains["promoted" if e.promoted else "rejected"] += 1
             self.retrain_seconds = [*self.retrain_seconds[-99:], elapsed]
         log.info(
-            "retrain %s in %.1fs: %s",
-            version or "(not published)",
+            "retrain -> %s in %.1fs: %s",
+            self.state.serving_version,
             elapsed,
             {
                 e.target: (round(e.candidate_pinball, 3), round(e.incumbent_pinball, 3), e.promoted)

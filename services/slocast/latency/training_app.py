@@ -32,7 +32,7 @@ from slocast.latency.schema import (
 )
 from slocast.latency.settings import TrainingSettings
 from slocast.latency.stream import InProcessStream, KafkaStream, SampleStream, StreamFull
-from slocast.latency.trainer import StreamingTrainer
+from slocast.latency.trainer import MODEL_INFO, StreamingTrainer
 
 FLUSH_FIELDS = ("flush_training_data", "flush_test_data", "flush_metrics")
 
@@ -153,7 +153,7 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
                 )
         body = await read_json(request, allow_empty=True)
         options = _flush_options(body)
-        dropped = trainer.flush(
+        flushed_at, dropped = trainer.flush(
             options["flush_training_data"], options["flush_test_data"], options["flush_metrics"]
         )
 
@@ -171,7 +171,7 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
         return json_response(
             {
                 "success": True,
-                "flushed_at": datetime.now(UTC).isoformat(),
+                "flushed_at": _iso(flushed_at),
                 "reason": options["reason"],
                 **result,
                 "metrics_cleared": options["flush_metrics"],
@@ -199,6 +199,7 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
                 "test_data": block(("calibration", "evaluation")),
                 "model_ready": state.serving_version is not None,
                 "model_version": state.serving_version,
+                "model_data_since": _iso(state.serving_data_since),
                 "last_retrain": state.last_retrain,
                 "samples_ingested": trainer.samples_ingested,
             }
@@ -209,8 +210,8 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
         state = trainer.state
         return json_response(
             {
-                "model_type": "xgboost",
-                "objective_type": "quantile+conformal",
+                "model_type": MODEL_INFO["model_type"],
+                "objective_type": MODEL_INFO["objective_type"],
                 "quantile": settings.quantile,
                 "model_version": state.serving_version,
                 "model_ready": state.serving_version is not None,
@@ -235,6 +236,10 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
 def _flush_options(body) -> dict:

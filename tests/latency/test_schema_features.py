@@ -1,0 +1,140 @@
+"""Unit tests: column-wise validation and the shared feature builder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slocast.latency.features import FEATURE_NAMES, build_features, monotone_constraints, regimes
+from slocast.latency.schema import ValidationFailure, item_list, parse_features, parse_samples
+
+BASE = {
+    "kv_cache_percentage": 0.5,
+    "input_token_length": 100,
+    "num_request_waiting": 2,
+    "num_request_running": 4,
+    "num_tokens_generated": 0,
+    "prefix_cache_score": 0.25,
+}
+
+
+def one(**overrides) -> dict:
+    return {**BASE, **overrides}
+
+
+def test_defaults_and_unknown_fields() -> None:
+    cols = parse_features([one(unknown="ignored")])
+    assert cols["prefill_tokens_in_flight"][0] == 0
+    assert cols["decode_tokens_in_flight"][0] == 0
+    assert cols["encoder_input_size"][0] == 0
+    assert cols["pod_type"][0] == 0
+
+
+@pytest.mark.parametrize(
+    ("item", "field", "kind"),
+    [
+        (
+            {k: v for k, v in BASE.items() if k != "kv_cache_percentage"},
+            "kv_cache_percentage",
+            "missing",
+        ),
+        (one(kv_cache_percentage=1.5), "kv_cache_percentage", "less_than_equal"),
+        (one(prefix_cache_score=-0.1), "prefix_cache_score", "greater_than_equal"),
+        (one(input_token_length=-1), "input_token_length", "greater_than_equal"),
+        (one(input_token_length=1.5), "input_token_length", "int_from_float"),
+        (one(input_token_length="100"), "input_token_length", "int_type"),
+        (one(num_request_waiting=None), "num_request_waiting", "int_type"),
+        (one(kv_cache_percentage="x"), "kv_cache_percentage", "float_type"),
+        (one(pod_type="gpu"), "pod_type", "literal_error"),
+        (one(pod_type=["decode"]), "pod_type", "literal_error"),
+        (one(decode_tokens_in_flight=-5), "decode_tokens_in_flight", "greater_than_equal"),
+    ],
+)
+def test_invalid_item_names_index_and_field(item: dict, field: str, kind: str) -> None:
+    with pytest.raises(ValidationFailure) as err:
+        parse_features([one(), one(), item], ("requests",))
+    detail = err.value.errors[0]
+    assert detail["loc"] == ["body", "requests", 2, field]
+    assert detail["type"] == kind
+
+
+def test_non_object_item_and_list_bounds() -> None:
+    with pytest.raises(ValidationFailure) as err:
+        parse_features([one(), 5], ("requests",))
+    assert err.value.errors[0]["loc"] == ["body", "requests", 1]
+    with pytest.raises(ValidationFailure):
+        item_list({"requests": []}, "requests")
+    with pytest.raises(ValidationFailure):
+        item_list({"requests": [one()] * 10_001}, "requests")
+    with pytest.raises(ValidationFailure):
+        item_list({"other": [one()]}, "requests")
+
+
+def test_whole_floats_accepted_for_integers() -> None:
+    assert parse_features([one(input_token_length=100.0)])["input_token_length"][0] == 100
+
+
+def test_samples_require_targets() -> None:
+    with pytest.raises(ValidationFailure) as err:
+        parse_samples([one(actual_ttft_ms=5.0)], ("entries",))
+    assert err.value.errors[0]["loc"][-1] == "actual_tpot_ms"
+
+
+def test_feature_builder_uses_every_field() -> None:
+    item = one(
+        prefill_tokens_in_flight=64,
+        decode_tokens_in_flight=128,
+        encoder_matched_size=3,
+        encoder_input_size=10,
+        pod_type="decode",
+    )
+    x = build_features(parse_features([item]))
+    assert x.dtype == np.float32 and x.flags.c_contiguous
+    row = dict(zip(FEATURE_NAMES, x[0].tolist(), strict=True))
+    assert row["uncached_input_tokens"] == pytest.approx(75.0)
+    assert row["prefill_backlog_tokens"] == pytest.approx(75.0 + 64)
+    assert row["tokens_in_flight"] == 192
+    assert row["queued_requests"] == 6
+    assert row["kv_x_waiting"] == pytest.approx(1.0)
+    assert row["kv_per_running"] == pytest.approx(0.125)
+    assert row["encoder_unmatched_size"] == 7
+    assert row["pod_type"] == 2
+    # every input field changes the matrix: nothing is silently dropped
+    for field, value in [
+        ("prefill_tokens_in_flight", 1),
+        ("decode_tokens_in_flight", 1),
+        ("encoder_matched_size", 1),
+        ("encoder_input_size", 1),
+        ("num_tokens_generated", 7),
+        ("pod_type", "prefill"),
+    ]:
+        changed = build_features(parse_features([one(**{field: value})]))
+        assert not np.array_equal(changed, build_features(parse_features([one()]))), field
+
+
+def test_monotone_features_only_grow_with_load() -> None:
+    constraints = dict(zip(FEATURE_NAMES, monotone_constraints(), strict=True))
+    base = build_features(parse_features([one()]))[0]
+    for field in (
+        "input_token_length",
+        "num_request_waiting",
+        "prefill_tokens_in_flight",
+        "decode_tokens_in_flight",
+    ):
+        more = build_features(parse_features([one(**{field: BASE.get(field, 0) + 50})]))[0]
+        for name, before, after in zip(FEATURE_NAMES, base, more, strict=True):
+            if after != before:
+                # a feature that moves with a load input must be constrained increasing
+                assert after > before and constraints[name] == 1, (field, name)
+
+
+def test_regimes_split_queue_depth_and_kv() -> None:
+    cols = parse_features(
+        [
+            one(num_request_waiting=0, kv_cache_percentage=0.1),
+            one(num_request_waiting=10, kv_cache_percentage=0.9),
+            one(num_request_waiting=10, kv_cache_percentage=0.1),
+        ]
+    )
+    ids = regimes(cols)
+    assert len(set(ids.tolist())) == 3
