@@ -194,8 +194,14 @@ class ServiceStack:
     def topic(self, suffix: str) -> str:
         return f"{self.namespace}.{suffix}"
 
-    def read_all(self, suffix: str, *, settle: float = 1.0, timeout: float = 20.0) -> list:
-        """Every message of a topic from the start (a fresh group per call)."""
+    def read_all(
+        self, suffix: str, *, at_least: int = 0, settle: float = 3.0, timeout: float = 30.0
+    ) -> list:
+        """Every message of a topic from the start (a fresh group per call).
+
+        Returns once ``at_least`` messages arrived and nothing more came for ``settle``
+        seconds after the partitions were assigned (or at ``timeout``).
+        """
         from confluent_kafka import Consumer
 
         consumer = Consumer(
@@ -221,7 +227,7 @@ class ServiceStack:
                 if msg is not None and not msg.error():
                     messages.append(msg)
                     last = time.monotonic()
-                elif assigned and time.monotonic() - last > settle:
+                elif assigned and len(messages) >= at_least and time.monotonic() - last > settle:
                     break
         finally:
             consumer.close()
@@ -278,6 +284,15 @@ class ServiceStack:
                 raise AssertionError(
                     f"service {name} exited with {code}; see {self.home / 'services.log'}"
                 )
+
+    def runs(self, dataset_id: str, role: str | None = None) -> list:
+        """This test's MLflow runs on a dataset (the server is shared by the session)."""
+        query = (
+            f"tags.`slocast.task` = '{self.task}' and tags.`slocast.dataset_id` = '{dataset_id}'"
+        )
+        if role:
+            query += f" and tags.`slocast.role` = '{role}'"
+        return self.state().runs(query)
 
     def registry(self):
         from slocast.core.registry import ModelRegistry

@@ -164,8 +164,11 @@ class Child:
     def _copy(self, sink: TextIO) -> None:
         assert self.popen.stdout is not None
         for line in self.popen.stdout:
-            sink.write(f"[{self.name}] {line}")
-            sink.flush()
+            try:
+                sink.write(f"[{self.name}] {line}")
+                sink.flush()
+            except ValueError:  # the sink was closed while the child still talks
+                return
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen.poll() is None:
