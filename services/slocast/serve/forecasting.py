@@ -8,12 +8,17 @@ forecast for the same window.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import numpy as np
 import orjson
 
 from slocast.core.features import target_times
 from slocast.serve.loading import ServedModel
 from slocast.serve.validation import InputError, ParsedRequest
+
+_EPOCH = datetime(1970, 1, 1)
+_PYTHON_TIMES_UP_TO = 32
 
 
 def compute(model: ServedModel, request: ParsedRequest) -> tuple[list, int]:
@@ -27,9 +32,7 @@ def compute(model: ServedModel, request: ParsedRequest) -> tuple[list, int]:
         field = "history" if request.ids is None else f"series[{s}].history"
         raise InputError(field, "values out of range: the forecast is not a finite number")
     h = request.horizon
-    when = np.datetime_as_string(
-        target_times(request.times, ends, h, model.bundle.spec.step_seconds), unit="s"
-    ).tolist()
+    when = _time_strings(request.times, ends, h, model.bundle.spec.step_seconds)
     targets = model.targets
     calibration = model.bundle.calibration
     keys = [model.rules.levels[q] for q in request.quantiles]
@@ -51,6 +54,23 @@ def compute(model: ServedModel, request: ParsedRequest) -> tuple[list, int]:
             )
         series.append(steps)
     return series, n_series
+
+
+def _time_strings(
+    times: np.ndarray, ends: np.ndarray, horizon: int, step_seconds: float
+) -> list[list[str]]:
+    """ISO-8601 (UTC, no suffix) forecast times, shape (series, horizon), as strings."""
+    if ends.size * horizon > _PYTHON_TIMES_UP_TO:
+        grid = target_times(times, ends, horizon, step_seconds)
+        return np.datetime_as_string(grid, unit="s").tolist()
+    # A handful of stamps: datetime arithmetic beats numpy's per-call overhead ~10x.
+    # Same grid as target_times: the last history time plus k steps.
+    step = timedelta(seconds=step_seconds)
+    out = []
+    for last_ns in times.view(np.int64)[ends - 1].tolist():
+        last = _EPOCH + timedelta(microseconds=last_ns // 1000)
+        out.append([(last + step * k).isoformat(timespec="seconds") for k in range(1, horizon + 1)])
+    return out
 
 
 def forecast_body(model: ServedModel, request: ParsedRequest) -> tuple[bytes, int]:
