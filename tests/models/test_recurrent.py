@@ -122,6 +122,7 @@ def test_serving_end_after_last_row(data, fitted):
     n = len(data.values)
     one = model.predict(data.times, data.values, np.array([n]))
     assert one.shape == (1, 1, 5) and np.isfinite(one).all()
+    assert model.predict(data.times, data.values, np.array([], np.int64)).shape == (0, 1, 5)
     # A batch of one gives the same forecast as inside a large batch.
     many = model.predict(data.times, data.values, np.arange(n - 999, n + 1))
     np.testing.assert_allclose(many[-1], one[0], rtol=1e-5)

@@ -56,6 +56,10 @@ _EXPORT_BATCH = 4
 class RecurrentParams:
     """Network and training settings (defaults chosen on PobleSec validation NRMSE).
 
+    Validation headline NRMSE, GRU, seed 0: batch 256 / lr 2e-3 1.0829; lr 1e-3 with
+    patience 8 1.0841; batch 512 1.0806 and about half the time per epoch, so 512.
+    One layer of 64 keeps a fit (~16 epochs) inside the 45 s budget on 2 cores.
+
     Attributes:
         hidden: units per recurrent layer.
         layers: stacked recurrent layers.
@@ -74,7 +78,7 @@ class RecurrentParams:
     hidden: int = 64
     layers: int = 1
     dropout: float = 0.0
-    batch_size: int = 256
+    batch_size: int = 512
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
     max_epochs: int = 40
@@ -133,6 +137,7 @@ class RecurrentForecaster(Forecaster):
         try:
             torch.manual_seed(seed)
             rng = np.random.default_rng(seed)
+            val_ends = data.ends("val")
             train = self._tensors(data, "train")
             val = self._tensors(data, "val")
             net = _build_net(self.cell, self.spec, p)
@@ -179,8 +184,13 @@ class RecurrentForecaster(Forecaster):
             torch.use_deterministic_algorithms(old_deterministic)
         self._session = _session(self._onnx)
         _check_dynamic_batch(self._session, self.spec)
-
-        val_ends = data.ends("val")
+        # Refuse an export that computes something else than the trained network.
+        served, reference = (
+            f(data.times, data.values, val_ends[:256]) for f in (self.predict, self.predict_torch)
+        )
+        scale = self.spec.scale_targets
+        if not np.allclose(scale(served), scale(reference), rtol=1e-4, atol=1e-4):
+            raise RuntimeError("ONNX forecasts differ from the PyTorch network's")
         val_pred = self.predict(data.times, data.values, val_ends)[:, 0]
         val_nrmse = nrmse(data.truth(val_ends)[:, 0], val_pred)
         metrics = {
@@ -220,6 +230,8 @@ class RecurrentForecaster(Forecaster):
     def predict(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         if self._session is None:
             raise RuntimeError(f"{self.family} forecaster is not fitted")
+        if len(ends) == 0:
+            return np.empty((0, self.spec.horizon, len(TARGET_INDEX)))
         sequence, context = model_inputs(self.spec, times, values, ends)
         out = self._session.run([OUTPUT_NAME], {INPUT_NAMES[0]: sequence, INPUT_NAMES[1]: context})[
             0
