@@ -22,6 +22,7 @@ from fastapi.openapi.utils import get_openapi
 
 from slocast import __version__
 from slocast.serve import schemas
+from slocast.serve.fastpath import FastPath, Handler, error_body, read_body
 from slocast.serve.forecasting import batch_body, forecast_body
 from slocast.serve.loading import ServedModel
 from slocast.serve.metrics import ServeMetrics
@@ -92,18 +93,9 @@ class MetricsMiddleware:
             )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InputError("body", f"{declared} bytes; at most {limit} (SLOCAST_MAX_BODY_BYTES)", 413)
-    chunks = []
-    size = 0
-    async for chunk in request.stream():  # also bounds chunked bodies without a length
-        size += len(chunk)
-        if size > limit:
-            raise InputError("body", f"more than {limit} bytes (SLOCAST_MAX_BODY_BYTES)", 413)
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+async def _body(request: Request, limit: int) -> bytes:
+    body = await read_body(request.scope, request.receive, limit)
+    return b"" if body is None else body
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
@@ -134,7 +126,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.holder = holder
     app.state.watcher = watcher
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     def _model() -> ServedModel:
         model = holder.current
@@ -142,16 +133,52 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             raise InputError("model", "no model loaded yet; retry when /readyz is 200", 503)
         return model
 
-    async def _forecast(request: Request, parse, render) -> Response:
-        try:
-            model = _model()  # read once: a concurrent swap cannot change it under us
-            parsed = parse(await _read_body(request, settings.max_body_bytes), model.rules)
-            body, windows = render(model, parsed)
-        except InputError as exc:
-            return _error(exc.status, exc.message, exc.field)
-        metrics.count_predictions(model.predictor.engine_for(windows), windows)
-        return Response(body, media_type=JSON)
+    def _forecast_handler(parse, render) -> Handler:
+        def handle(body: bytes) -> tuple[int, bytes]:
+            try:
+                model = _model()  # read once: a concurrent swap cannot change it under us
+                payload, windows = render(model, parse(body, model.rules))
+            except InputError as exc:
+                return error_body(exc)
+            metrics.count_predictions(model.predictor.engine_for(windows), windows)
+            return 200, payload
 
+        return handle
+
+    def _healthz(_: bytes) -> tuple[int, bytes]:
+        return 200, _HEALTHY
+
+    def _readyz(_: bytes) -> tuple[int, bytes]:
+        model = holder.current
+        if model is None:
+            return 503, orjson.dumps(
+                {"detail": holder.last_error or "loading the champion", "field": "model"}
+            )
+        return 200, orjson.dumps({"status": "ready", "version": model.version})
+
+    def _model_info(_: bytes) -> tuple[int, bytes]:
+        model = holder.current
+        if model is None:
+            return 503, orjson.dumps(
+                {"detail": holder.last_error or "no model loaded yet", "field": "model"}
+            )
+        return 200, orjson.dumps(model.info)
+
+    forecast_one = _forecast_handler(parse_forecast, forecast_body)
+    forecast_many = _forecast_handler(parse_batch, batch_body)
+    app.add_middleware(
+        FastPath,
+        post={"/v1/forecast": forecast_one, "/v1/forecast/batch": forecast_many},
+        get={"/healthz": _healthz, "/readyz": _readyz, "/v1/model": _model_info},
+        max_body_bytes=settings.max_body_bytes,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last = outermost
+
+    def _respond(result: tuple[int, bytes]) -> Response:
+        return Response(result[1], result[0], media_type=JSON)
+
+    # The routes below document the API; FastPath answers the hot ones first with
+    # the very same handlers.
     @app.post(
         "/v1/forecast",
         summary="Forecast one series",
@@ -160,7 +187,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         openapi_extra=_body_doc(schemas.ForecastRequest),
     )
     async def forecast(request: Request) -> Response:
-        return await _forecast(request, parse_forecast, forecast_body)
+        try:
+            return _respond(forecast_one(await _body(request, settings.max_body_bytes)))
+        except InputError as exc:
+            return _respond(error_body(exc))
 
     @app.post(
         "/v1/forecast/batch",
@@ -170,7 +200,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         openapi_extra=_body_doc(schemas.BatchForecastRequest),
     )
     async def forecast_batch(request: Request) -> Response:
-        return await _forecast(request, parse_batch, batch_body)
+        try:
+            return _respond(forecast_many(await _body(request, settings.max_body_bytes)))
+        except InputError as exc:
+            return _respond(error_body(exc))
 
     @app.get(
         "/v1/model",
@@ -179,10 +212,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         responses={503: _ERRORS[503]},
     )
     async def model_info() -> Response:
-        model = holder.current
-        if model is None:
-            return _error(503, holder.last_error or "no model loaded yet", "model")
-        return Response(orjson.dumps(model.info), media_type=JSON)
+        return _respond(_model_info(b""))
 
     @app.post(
         "/v1/reload",
@@ -207,7 +237,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @app.get("/healthz", summary="Liveness", response_model=schemas.Status)
     async def healthz() -> Response:
-        return Response(_HEALTHY, media_type=JSON)
+        return _respond(_healthz(b""))
 
     @app.get(
         "/readyz",
@@ -216,12 +246,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         responses={503: _ERRORS[503]},
     )
     async def readyz() -> Response:
-        model = holder.current
-        if model is None:
-            return _error(503, holder.last_error or "loading the champion", "model")
-        return Response(
-            orjson.dumps({"status": "ready", "version": model.version}), media_type=JSON
-        )
+        return _respond(_readyz(b""))
 
     @app.get("/metrics", summary="Prometheus metrics of this worker", response_class=Response)
     async def prometheus() -> Response:

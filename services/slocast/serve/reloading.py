@@ -103,7 +103,7 @@ class ModelHolder:
                 ref.task, ref.version, model.bundle.family, model.predictor.engine, ref.run_id
             )
             self.metrics.model_loaded_at.set(model.loaded_at)
-            if model.predictor.engine == "xgboost" and model.bundle.family == "xgboost":
+            if getattr(model.predictor, "fallback", False):
                 self.metrics.engine_fallbacks.inc()
             log.info(
                 "serving %s v%s (%s, engine %s), loaded in %.2fs",

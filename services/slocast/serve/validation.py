@@ -16,6 +16,8 @@ per request (they would cost more than the model).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
+from operator import eq
 
 import numpy as np
 import orjson
@@ -183,7 +185,11 @@ def _history(rows: object, field: str, rules: RequestRules) -> tuple[np.ndarray,
             status=413,
         )
     # Fast path: one C-level comparison per row; the slow path only names the culprit.
-    if not all(type(r) is dict and r.keys() == ROW_KEYS for r in rows):
+    try:
+        same_keys = all(map(eq, map(dict.keys, rows), repeat(ROW_KEYS)))
+    except TypeError:  # a row that is not an object
+        same_keys = False
+    if not same_keys:
         for i, row in enumerate(rows):
             if type(row) is not dict:
                 raise InputError(f"{field}[{i}]", f"expected an object, got {_kind(row)}")

@@ -1,0 +1,166 @@
+"""XGBoost champions served as compiled trees (Treelite/TL2cgen), faithfully.
+
+The forecast is computed exactly as :meth:`XGBoostForecaster.predict` computes it
+(same :meth:`features`, same :meth:`finish`), only the per-booster evaluation is
+swapped: every ``(step, target)`` booster is loaded through
+:mod:`slocast.core.compiled_trees`, which verifies or builds a shared library
+(cached by the booster's SHA-256) and falls back to XGBoost ``inplace_predict``
+when it cannot, logging it.
+
+Which engine serves a call is decided per batch size from a measurement taken at
+load time on this machine: both engines predict the whole forecast for 1, 10,
+100 and 1000 windows and the faster one wins that size class (TL2cgen has tiny
+per-call overhead; XGBoost's fixed ~250 us per call amortises on large batches).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from slocast.core.compiled_trees import (
+    ENGINE_TL2CGEN,
+    ENGINE_XGBOOST,
+    TreeModel,
+    load_tree_model,
+)
+from slocast.core.schema import FEATURE_COLUMNS
+from slocast.models.bundle import ModelBundle, read_manifest
+
+log = logging.getLogger(__name__)
+# Batch sizes (windows per call) timed at load; a call uses the choice of the
+# largest probed size not above its own size.
+PROBE_WINDOWS = (1, 10, 100, 1000)
+PROBE_REPEATS = 7
+# A compiled library shipped inside the bundle (built at promotion) lives here.
+BUNDLE_LIBRARY_DIR = "compiled"
+
+
+class CompiledTreesPredictor:
+    """Forecasts of an :class:`XGBoostForecaster` with a per-batch-size engine choice."""
+
+    def __init__(self, bundle: ModelBundle, trees: list[tuple[int, int, TreeModel]]) -> None:
+        self.forecaster = bundle.forecaster
+        self._horizon = bundle.spec.horizon
+        self._targets = len(bundle.spec.targets)
+        self._trees = trees  # (step index, target index, model)
+        compiled = all(t.engine == ENGINE_TL2CGEN for _, _, t in trees)
+        self._available = (ENGINE_TL2CGEN, ENGINE_XGBOOST) if compiled else (ENGINE_XGBOOST,)
+        self.engine = self._available[0]
+        self.timings_us: dict[int, dict[str, float]] = {}
+        self._choice: tuple[tuple[int, str], ...] = ((1, self.engine),)
+
+    @classmethod
+    def load(
+        cls, bundle: ModelBundle, bundle_dir: Path, compiled_dir: Path
+    ) -> CompiledTreesPredictor:
+        started = time.perf_counter()
+        compiled_dir.mkdir(parents=True, exist_ok=True)
+        _adopt_shipped_libraries(bundle_dir / BUNDLE_LIBRARY_DIR, compiled_dir)
+        hashes = read_manifest(bundle_dir)["files"]
+        targets = list(bundle.spec.targets)
+        trees = []
+        # One compiler at a time per cache: a second worker waits, then finds the
+        # library in the cache instead of compiling the same model again.
+        with open(compiled_dir / ".compile.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for entry in bundle.forecaster.boosters():
+                tree = load_tree_model(
+                    bundle_dir / entry.file,
+                    compiled_dir,
+                    expected_sha256=hashes.get(entry.file),
+                )
+                trees.append((entry.step - 1, targets.index(entry.target), tree))
+        predictor = cls(bundle, trees)
+        if predictor.fallback:
+            log.error(
+                "no compiled library for %s: serving with XGBoost inplace_predict", bundle_dir
+            )
+        predictor._measure()
+        log.info(
+            "tree engines ready in %.1fs: %d boosters, choice %s, timings (us) %s",
+            time.perf_counter() - started,
+            len(trees),
+            predictor._choice,
+            predictor.timings_us,
+        )
+        return predictor
+
+    @property
+    def fallback(self) -> bool:
+        """True when compiled trees could not be loaded and XGBoost serves everything."""
+        return ENGINE_TL2CGEN not in self._available
+
+    def engines(self) -> tuple[str, ...]:
+        return self._available
+
+    def predict(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        ends = np.asarray(ends, np.int64)
+        return self.predict_with(self.engine_for(ends.size), times, values, ends)
+
+    def predict_with(
+        self, engine: str, times: np.ndarray, values: np.ndarray, ends: np.ndarray
+    ) -> np.ndarray:
+        """The forecast computed by one named engine (agreement tests, benchmarks)."""
+        ends = np.asarray(ends, np.int64)
+        x = self.forecaster.features(times, values, ends)
+        raw = np.empty((ends.size, self._horizon, self._targets), np.float64)
+        for step, k, tree in self._trees:
+            raw[:, step, k] = tree.predict_with(engine, x)
+        return self.forecaster.finish(raw, values, ends)
+
+    def engine_for(self, windows: int) -> str:
+        engine = self._choice[0][1]
+        for size, choice in self._choice:
+            if windows >= size:
+                engine = choice
+        return engine
+
+    def describe(self) -> dict:
+        return {
+            "engine": self.engine,
+            "engines": list(self._available),
+            "engine_by_windows": {f">={size}": engine for size, engine in self._choice},
+            "engine_timings_us": {str(k): v for k, v in self.timings_us.items()},
+            "boosters": len(self._trees),
+            "trees_sha256": sorted({t.model_sha256[:16] for _, _, t in self._trees}),
+        }
+
+    def _measure(self) -> None:
+        """Time both engines on whole forecasts at each probe size; keep the faster."""
+        rows = self.forecaster.history_rows
+        rng = np.random.default_rng(0)
+        choice = []
+        for windows in PROBE_WINDOWS:
+            n = rows * windows
+            times = np.datetime64("2020-01-01", "ns") + np.arange(n) * np.timedelta64(
+                int(self.forecaster.spec.step_seconds * 1e9), "ns"
+            )
+            values = rng.random((n, len(FEATURE_COLUMNS))) * np.asarray(self.forecaster.spec.caps)
+            ends = np.arange(1, windows + 1, dtype=np.int64) * rows
+            timing = {}
+            for engine in self._available:
+                best = float("inf")
+                for _ in range(PROBE_REPEATS if windows < 1000 else 3):
+                    start = time.perf_counter()
+                    self.predict_with(engine, times, values, ends)
+                    best = min(best, time.perf_counter() - start)
+                timing[engine] = round(best * 1e6, 1)
+            self.timings_us[windows] = timing
+            choice.append((windows, min(timing, key=timing.get)))
+        self._choice = tuple(choice)
+        self.engine = self._choice[0][1]
+
+
+def _adopt_shipped_libraries(shipped: Path, cache: Path) -> None:
+    """Copy libraries built at promotion into the cache; load_tree_model verifies them."""
+    if not shipped.is_dir():
+        return
+    for path in shipped.iterdir():
+        if path.suffix in (".so", ".json") and not (cache / path.name).exists():
+            shutil.copy2(path, cache / path.name)
