@@ -1,0 +1,52 @@
+"""Compiled trees (TL2cgen) and XGBoost agree on the served XGBoost champion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def xgboost_champion(server, tmp_path_factory):
+    if server.home is None:
+        pytest.skip("needs the serving test's own SLOCAST_HOME")
+    from slocast.core.storage import LocalStore
+    from slocast.models.bundle import load_bundle
+    from slocast.preprocess.store import load_dataset
+
+    registry = server.registry()
+    ref = registry.champion(server.task)
+    if ref.family != "xgboost":
+        pytest.skip(f"the champion is {ref.family}, not xgboost")
+    bundle_dir = registry.download(ref, tmp_path_factory.mktemp("bundle"))
+    data = load_dataset(LocalStore(server.home / "artifacts"), ref.dataset_id)
+    return load_bundle(bundle_dir), bundle_dir, data
+
+
+def test_compiled_and_xgboost_agree(server, xgboost_champion) -> None:
+    from slocast.serve.tree_engine import CompiledTreesPredictor
+
+    bundle, bundle_dir, data = xgboost_champion
+    # The server's compile cache: the libraries it built are verified and reused.
+    predictor = CompiledTreesPredictor.load(
+        bundle, bundle_dir, server.home / "serving" / "compiled"
+    )
+    assert predictor.engines() == ("tl2cgen", "xgboost"), "the library did not compile/load"
+    ends = data.ends("test")
+    compiled = predictor.predict_with("tl2cgen", data.times, data.values, ends)
+    reference = predictor.predict_with("xgboost", data.times, data.values, ends)
+    offline = bundle.forecaster.predict(data.times, data.values, ends)
+    np.testing.assert_array_equal(reference, offline)  # same trees, same features, same finish
+    scale = np.abs(reference).max(axis=(0, 1))
+    np.testing.assert_allclose(compiled, reference, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_engine_choice_is_reported(model_info) -> None:
+    if model_info["family"] != "xgboost":
+        pytest.skip("not an xgboost champion")
+    assert model_info["engine"] in model_info["engines"]
+    timings = model_info["engine_timings_us"]
+    # The chosen engine at every probed size is the faster one measured there.
+    for size, engine in model_info["engine_by_windows"].items():
+        measured = timings[size.lstrip(">=")]
+        assert measured[engine] == min(measured.values())
