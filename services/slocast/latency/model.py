@@ -45,6 +45,7 @@ MIN_REGIME_CALIBRATION = 50
 # leaves), which does not respect monotone constraints; squared error does.
 OBJECTIVES = {
     "log_squared": lambda _q: {"objective": "reg:squarederror"},
+    "squared": lambda _q: {"objective": "reg:squarederror"},
     "quantile": lambda q: {"objective": "reg:quantileerror", "quantile_alpha": q},
 }
 LOG_FLOOR_MS = 1e-3
@@ -63,8 +64,8 @@ def point_from_raw(raw: np.ndarray, objective: str) -> np.ndarray:
 class TreeParams:
     """Booster hyper-parameters (chosen on protocol B, see docs/latency.md)."""
 
-    # "log_squared": squared error on log latency (a geometric-mean point model);
-    # "quantile": reg:quantileerror at the served level.
+    # "squared": squared error (a mean model); "log_squared": squared error on log
+    # latency (a geometric-mean model); "quantile": reg:quantileerror at the level.
     objective: str = "log_squared"
     n_estimators: int = 200
     max_depth: int = 6
