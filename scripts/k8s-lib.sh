@@ -1,6 +1,8 @@
 # Shared by the cluster scripts (sourced, not executed).
 # kubectl: $KUBECTL, else .tools/bin/kubectl (scripts/install-kubectl.sh), else PATH.
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# SLOCAST_MANIFESTS points the scripts at another copy of manifests/ (the tests use one).
+manifests_root="${SLOCAST_MANIFESTS:-$repo_root/manifests}"
 
 find_kubectl() {
   if [[ -n "${KUBECTL:-}" ]]; then
@@ -17,9 +19,9 @@ find_kubectl() {
 
 # overlay_dir NAME -> manifests/overlays/NAME (must exist)
 overlay_dir() {
-  local dir="$repo_root/manifests/overlays/$1"
+  local dir="$manifests_root/overlays/$1"
   if [[ ! -f "$dir/kustomization.yaml" ]]; then
-    echo "unknown overlay '$1' (have: $(ls "$repo_root/manifests/overlays" | tr '\n' ' '))" >&2
+    echo "unknown overlay '$1' (have: $(ls "$manifests_root/overlays" | tr '\n' ' '))" >&2
     return 1
   fi
   echo "$dir"
@@ -33,7 +35,7 @@ overlay_namespace() {
 # check_secrets DIR: the git-ignored secrets.env exists, has every key of the
 # example and no placeholder left.
 check_secrets() {
-  local file="$1/secrets.env" example="$repo_root/manifests/secrets.env.example" key
+  local file="$1/secrets.env" example="$manifests_root/secrets.env.example" key
   if [[ ! -f "$file" ]]; then
     echo "missing $file: run scripts/make-secrets.sh $(basename "$1") (or copy and edit $example)" >&2
     return 1

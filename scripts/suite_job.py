@@ -80,7 +80,7 @@ def wait_for(url: str, deadline: float, what: str) -> None:
                 flush=True,
             )
             last_report = now
-        time.sleep(2.0)
+        time.sleep(max(0.1, min(2.0, deadline - time.monotonic())))
 
 
 def require(names: list[str]) -> dict[str, str]:
@@ -176,16 +176,18 @@ def stress(workloads: list[str], deadline: float, extra: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Everything after "--" goes to pytest / locust unchanged.
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="arguments after -- go to pytest / locust"
+    )
     parser.add_argument("suite", choices=("functional", "stress"))
     parser.add_argument(
         "--only", choices=("serve", "latency"), help="run one workload instead of both"
     )
-    parser.add_argument(
-        "extra", nargs=argparse.REMAINDER, help="after --: passed on to pytest / locust"
-    )
-    args = parser.parse_args(argv)
-    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    args = parser.parse_args(own)
     workloads = [args.only] if args.only else ["serve", "latency"]
     try:
         timeout = float(os.environ.get("SLOCAST_WAIT_TIMEOUT_SECONDS", "600"))
