@@ -166,7 +166,11 @@ class ServiceStack:
             return exc.code, json.loads(exc.read())
 
     def stop_all(self) -> None:
-        for child in reversed(list(self.children.values())):
+        children = list(self.children.values())
+        for child in children:  # signal all first: they shut down in parallel
+            if child.popen.poll() is None:
+                child.popen.terminate()
+        for child in children:
             child.stop(timeout=10)
         self.children.clear()
         self.log.close()

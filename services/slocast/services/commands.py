@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 from pathlib import Path
 
 
@@ -113,10 +112,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _latency_trainer(args: argparse.Namespace) -> int:
-    import subprocess
+    from slocast.cli import main
 
-    # Delegates to the latency workload's own command (owned by slocast.latency).
-    return subprocess.call([sys.executable, "-m", "slocast.cli", "latency", *sys.argv[3:]])
+    # The latency workload owns its training server (`slocast latency-trainer`).
+    return main(["latency-trainer"])
 
 
 def _submit(args: argparse.Namespace) -> int:
