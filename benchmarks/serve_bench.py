@@ -72,7 +72,7 @@ def ensure_champion(home: Path, data: Path, test_data: Path) -> None:
 
     registry = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}")
     ref = registry.champion(TASK)
-    if ref is not None and ref.family == "xgboost":
+    if ref is not None and ref.family == "xgboost" and _loads(registry, ref):
         print(f"reusing champion {TASK} v{ref.version} (xgboost) in {home}", file=sys.stderr)
         return
     print(f"training an XGBoost champion on {data.name} in {home} ...", file=sys.stderr)
@@ -102,6 +102,18 @@ def ensure_champion(home: Path, data: Path, test_data: Path) -> None:
     if ref is None or ref.family != "xgboost":
         raise SystemExit(f"XGBoost did not become champion for {TASK} (champion: {ref})")
     print(f"trained in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+
+
+def _loads(registry, ref) -> bool:
+    """Whether the stored champion still loads with the current code (features may change)."""
+    from slocast.models.bundle import load_bundle
+
+    try:
+        load_bundle(registry.download(ref, Path(tempfile.mkdtemp(prefix="bench-check-"))))
+    except Exception as exc:  # noqa: BLE001 - any failure means: train again
+        print(f"stored champion v{ref.version} does not load ({exc}); retraining", file=sys.stderr)
+        return False
+    return True
 
 
 def request_bodies(test_data: Path, history_rows: int, out: Path) -> dict[str, Path]:
