@@ -1,0 +1,90 @@
+"""XGBoostForecaster on small synthetic data: accuracy, persistence, serving shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slocast.core.config import PipelineConfig
+from slocast.core.metrics import nrmse
+from slocast.core.synthetic import generate_lte
+from slocast.models.baselines import Persistence
+from slocast.models.xgboost_forecaster import XGBoostForecaster
+from slocast.preprocess.dataset import ProcessedDataset
+from slocast.preprocess.stage import preprocess
+
+# A high learning rate keeps the test fast; the defaults are tuned for PobleSec.
+FAST = {"eta": 0.3}
+
+
+def _dataset(rows: int, horizon: int) -> ProcessedDataset:
+    return preprocess(generate_lte(rows, seed=1), None, PipelineConfig(horizon=horizon))
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[ProcessedDataset, XGBoostForecaster]:
+    data = _dataset(3000, horizon=1)
+    # One thread: on a busy shared CI machine OpenMP threads spin against each other.
+    model = XGBoostForecaster(data.spec, FAST, n_jobs=1)
+    model.fit(data, seed=0)
+    return data, model
+
+
+def test_beats_persistence_on_held_out_windows(fitted: tuple) -> None:
+    data, model = fitted
+    ends = data.ends("test")
+    truth = data.truth(ends)[:, 0]
+    ours = nrmse(truth, model.predict(data.times, data.values, ends)[:, 0])
+    naive = nrmse(truth, Persistence(data.spec).predict(data.times, data.values, ends)[:, 0])
+    # down and up: the headline columns
+    assert ours[3:].mean() < 0.95 * naive[3:].mean()
+
+
+def test_save_load_round_trip_is_identical_and_pickle_free(fitted: tuple, tmp_path: Path) -> None:
+    data, model = fitted
+    files = model.save(tmp_path)
+    assert sorted(files) == sorted(p.name for p in tmp_path.iterdir())
+    assert all(name.endswith(".json") for name in files)
+    assert not any(p.suffix in {".pkl", ".pickle", ".joblib"} for p in tmp_path.iterdir())
+    loaded = XGBoostForecaster.load(tmp_path, data.spec)
+    ends = data.ends("val")
+    np.testing.assert_array_equal(
+        loaded.predict(data.times, data.values, ends), model.predict(data.times, data.values, ends)
+    )
+    assert [b.file for b in loaded.boosters()] == [n for n in files if n.startswith("xgb_")]
+
+
+def test_predictions_vary_and_serving_call_works(fitted: tuple) -> None:
+    data, model = fitted
+    pred = model.predict(data.times, data.values, data.ends("test"))
+    assert np.all(np.isfinite(pred))
+    assert np.all(pred.std(axis=0) > 0)
+    # Serving: forecast the row after the last one received.
+    serve = model.predict(data.times, data.values, np.array([len(data.values)]))
+    assert serve.shape == (1, 1, 5) and np.all(np.isfinite(serve))
+
+
+def test_features_and_finish_reproduce_predict(fitted: tuple) -> None:
+    # The serving engine compiles the boosters and calls features() and finish().
+    data, model = fitted
+    ends = data.ends("test")[:50]
+    x = model.features(data.times, data.values, ends)
+    assert x.dtype == np.float32 and x.shape[1] == len(model.feature_names())
+    raw = np.stack([b.inplace_predict(x) for b in model._models[0]], axis=-1)[:, None, :]
+    np.testing.assert_allclose(
+        model.finish(raw, data.values, ends), model.predict(data.times, data.values, ends)
+    )
+
+
+def test_horizon_above_one_shapes() -> None:
+    data = _dataset(1000, horizon=3)
+    model = XGBoostForecaster(data.spec, FAST, n_jobs=1)
+    model.fit(data, seed=0)
+    ends = data.ends("test")
+    assert model.predict(data.times, data.values, ends).shape == (ends.size, 3, 5)
+    assert model.predict(data.times, data.values, np.array([len(data.values)])).shape == (1, 3, 5)
+    assert {(b.step, b.target) for b in model.boosters()} == {
+        (s, t) for s in (1, 2, 3) for t in data.spec.targets
+    }
