@@ -32,10 +32,10 @@ import orjson
 
 from slocast.latency.bundle import publish, write_bundle
 from slocast.latency.features import build_features, regimes
-from slocast.latency.model import TARGET_COLUMNS, TARGETS, fit_target_model
+from slocast.latency.model import TARGET_COLUMNS, TARGET_PARAMS, TARGETS, fit_target_model
 from slocast.latency.synthetic import generate, to_records
 from slocast.latency.trace import load_trace
-from slocast.latency.trainer import MODEL_INFO, TREE_PARAMS
+from slocast.latency.trainer import MODEL_INFO
 
 WRK_SCRIPT = r"""
 wrk.method = "POST"
@@ -64,7 +64,15 @@ def build_bundle(model_dir: Path, data: Path | None) -> None:
         cut = int(0.8 * rows.shape[0])
         fit, cal = rows[:cut], rows[cut:]
         models[target] = fit_target_model(
-            target, x[fit], y[fit], x[cal], y[cal], regime_ids[cal], 0.9, TREE_PARAMS, seed=0
+            target,
+            x[fit],
+            y[fit],
+            x[cal],
+            y[cal],
+            regime_ids[cal],
+            0.9,
+            TARGET_PARAMS[target],
+            seed=0,
         )
     info = {**MODEL_INFO, "quantile": 0.9, "created_at": "benchmark"}
     publish(model_dir, write_bundle(model_dir, models, info, compile_trees=True))

@@ -46,6 +46,7 @@ MIN_REGIME_CALIBRATION = 50
 OBJECTIVES = {
     "log_squared": lambda _q: {"objective": "reg:squarederror"},
     "squared": lambda _q: {"objective": "reg:squarederror"},
+    "gamma": lambda _q: {"objective": "reg:gamma"},
     "quantile": lambda q: {"objective": "reg:quantileerror", "quantile_alpha": q},
 }
 LOG_FLOOR_MS = 1e-3
@@ -66,7 +67,7 @@ class TreeParams:
 
     # "squared": squared error (a mean model); "log_squared": squared error on log
     # latency (a geometric-mean model); "quantile": reg:quantileerror at the level.
-    objective: str = "log_squared"
+    objective: str = "squared"
     n_estimators: int = 200
     max_depth: int = 6
     learning_rate: float = 0.05
@@ -89,6 +90,16 @@ class TreeParams:
         if monotone:
             params["monotone_constraints"] = "(" + ",".join(map(str, monotone_constraints())) + ")"
         return params
+
+
+# Chosen per target on protocol B (docs/latency.md): a mean model for TTFT, whose
+# rare multi-second stalls a geometric mean ignores; the log model for TPOT, whose
+# noise is multiplicative around a stable level.
+TARGET_PARAMS: dict[str, TreeParams] = {
+    "ttft": TreeParams(objective="squared"),
+    "tpot": TreeParams(objective="log_squared"),
+}
+OBJECTIVE_TYPE = ",".join(f"{t}:{p.objective}" for t, p in TARGET_PARAMS.items()) + "+conformal"
 
 
 def fit_booster(

@@ -17,7 +17,13 @@ import xgboost as xgb
 
 from slocast.core.metrics import coverage, pinball_loss
 from slocast.latency.features import build_features, regimes
-from slocast.latency.model import TARGET_COLUMNS, TARGETS, TreeParams, fit_cross_conformal
+from slocast.latency.model import (
+    TARGET_COLUMNS,
+    TARGET_PARAMS,
+    TARGETS,
+    TreeParams,
+    fit_cross_conformal,
+)
 from slocast.latency.schema import Columns
 
 QUANTILE = 0.9
@@ -77,9 +83,9 @@ def _summary(results: list[SeedResult]) -> dict[str, dict[str, float]]:
     }
 
 
-def run_protocol_b(cols: Columns, seeds: int, params: TreeParams | None = None) -> dict:
+def run_protocol_b(cols: Columns, seeds: int, params: dict[str, TreeParams] | None = None) -> dict:
     """``{target: {"slocast": summary, "reference": summary}}`` over ``seeds`` splits."""
-    params = params or TreeParams()
+    params = params or TARGET_PARAMS
     features = build_features(cols)
     regime_ids = regimes(cols)
     report = {}
@@ -89,7 +95,7 @@ def run_protocol_b(cols: Columns, seeds: int, params: TreeParams | None = None) 
         if observed.sum() < 50:
             raise ValueError(f"only {int(observed.sum())} rows observe {target}; need 50")
         pairs = [
-            run_seed(features[observed], y[observed], regime_ids[observed], seed, params)
+            run_seed(features[observed], y[observed], regime_ids[observed], seed, params[target])
             for seed in range(seeds)
         ]
         report[target] = {

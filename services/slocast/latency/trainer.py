@@ -29,7 +29,14 @@ import numpy as np
 from slocast.core.metrics import coverage, pinball_loss
 from slocast.latency.bundle import Pointer, publish, write_bundle
 from slocast.latency.features import FEATURE_NAMES, build_features, regimes
-from slocast.latency.model import TARGET_COLUMNS, TARGETS, TargetModel, TreeParams, fit_target_model
+from slocast.latency.model import (
+    OBJECTIVE_TYPE,
+    TARGET_COLUMNS,
+    TARGET_PARAMS,
+    TARGETS,
+    TargetModel,
+    fit_target_model,
+)
 from slocast.latency.settings import TrainingSettings
 from slocast.latency.stream import SampleStream
 from slocast.latency.window import TargetWindow
@@ -41,10 +48,9 @@ log = logging.getLogger(__name__)
 CALIBRATION_EVERY = 10
 EVALUATION_EVERY = 7
 MIN_HELD_OUT = 30
-TREE_PARAMS = TreeParams()
 MODEL_INFO = {
     "model_type": "xgboost",
-    "objective_type": f"{TREE_PARAMS.objective}+conformal",
+    "objective_type": OBJECTIVE_TYPE,
     "features": list(FEATURE_NAMES),
 }
 
@@ -212,7 +218,7 @@ class StreamingTrainer:
                 calib.targets,
                 calib.regimes,
                 q,
-                TREE_PARAMS,
+                TARGET_PARAMS[target],
                 seed=int(time.time()) % 2**31,
             )
             cand_upper = candidate.predict(held.features, held.regimes)
