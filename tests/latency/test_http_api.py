@@ -56,10 +56,10 @@ def flush(servers: dict[str, str]) -> dict:
 
 
 def post_samples(servers: dict[str, str], records: list[dict]) -> None:
-    for start in range(0, len(records), 5000):
+    for start in range(0, len(records), 10_000):
         r = httpx.post(
             f"{servers['training']}/add_training_data_bulk",
-            json={"entries": records[start : start + 5000]},
+            json={"entries": records[start : start + 10_000]},
             timeout=30,
         )
         assert r.status_code == 202, r.text

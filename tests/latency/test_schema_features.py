@@ -138,3 +138,16 @@ def test_regimes_split_queue_depth_and_kv() -> None:
     )
     ids = regimes(cols)
     assert len(set(ids.tolist())) == 3
+
+
+def test_fast_and_reference_validators_agree_on_valid_input() -> None:
+    from slocast.latency.schema import _parse_features_slow
+    from slocast.latency.synthetic import generate, to_records
+
+    items = to_records(generate("long-prompts", 300, seed=4))
+    items[0]["pod_type"] = "prefill"
+    fast, slow = parse_features(items), _parse_features_slow(items, ())
+    assert fast.keys() == slow.keys()
+    for name in fast:
+        np.testing.assert_array_equal(fast[name], slow[name])
+        assert fast[name].flags.c_contiguous

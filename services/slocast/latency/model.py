@@ -96,8 +96,8 @@ class TreeParams:
 # rare multi-second stalls a geometric mean ignores; the log model for TPOT, whose
 # noise is multiplicative around a stable level.
 TARGET_PARAMS: dict[str, TreeParams] = {
-    "ttft": TreeParams(objective="squared"),
-    "tpot": TreeParams(objective="log_squared"),
+    "ttft": TreeParams(objective="squared", max_depth=4),
+    "tpot": TreeParams(objective="log_squared", max_depth=3),
 }
 OBJECTIVE_TYPE = ",".join(f"{t}:{p.objective}" for t, p in TARGET_PARAMS.items()) + "+conformal"
 
