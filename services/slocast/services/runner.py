@@ -66,8 +66,11 @@ class ServiceContext:
         self.name = name
         self.settings = settings
         self.stop = threading.Event()
-        self.store: ArtifactStore = open_store(
-            settings.store_uri, endpoint_url=settings.s3_endpoint_url
+        # The prediction listener never touches the store; the others cannot work without it.
+        self.store: ArtifactStore = (
+            open_store(settings.store_uri, endpoint_url=settings.s3_endpoint_url)
+            if needs_store
+            else None  # type: ignore[assignment]
         )
         self.admin = AdminClient(base_config(settings.kafka_bootstrap))
         self.producer = EventProducer(settings.kafka_bootstrap)
