@@ -144,6 +144,14 @@ def compile_booster(model_path: Path, lib_dir: Path) -> CompiledLibrary:
     return paths
 
 
+def ensure_compiled(model_path: Path, lib_dir: Path) -> CompiledLibrary:
+    """The verified cached library of this model in ``lib_dir``, compiling if needed."""
+    paths = library_paths(sha256_file(model_path), lib_dir)
+    if _verified_library(sha256_file(model_path), lib_dir) is not None:
+        return paths
+    return compile_booster(model_path, lib_dir)
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slocast.core.compiled_trees import compile_booster, sha256_file
+from slocast.core.compiled_trees import ensure_compiled, sha256_file
 from slocast.latency.model import TARGETS, TargetModel
 
 POINTER = "CURRENT"
@@ -60,9 +60,13 @@ def write_bundle(
     models: dict[str, TargetModel],
     info: dict,
     *,
-    compile_trees: bool,
+    compile_cache: Path | None,
 ) -> Path:
-    """Write a complete bundle (not yet published); returns its directory."""
+    """Write a complete bundle (not yet published); returns its directory.
+
+    With ``compile_cache``, each target's trees are compiled there (once per tree
+    hash: a recalibrated bundle reuses its trees' library) and copied in.
+    """
     bundles = model_dir / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
     version = new_version()
@@ -71,9 +75,12 @@ def write_bundle(
         targets = {}
         for target in TARGETS:
             targets[target] = models[target].save(tmp)
-        if compile_trees:
+        if compile_cache is not None:
+            (tmp / LIB_DIR).mkdir()
             for target in TARGETS:
-                compile_booster(tmp / targets[target]["trees"], tmp / LIB_DIR)
+                compiled = ensure_compiled(tmp / targets[target]["trees"], compile_cache)
+                for path in (compiled.library, compiled.manifest):
+                    shutil.copy2(path, tmp / LIB_DIR / path.name)
         files = {
             str(path.relative_to(tmp)): sha256_file(path)
             for path in sorted(tmp.rglob("*"))

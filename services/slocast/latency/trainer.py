@@ -21,11 +21,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
 
+from slocast.core.conformal import AdaptiveConformal, MondrianCalibration
 from slocast.core.metrics import coverage, pinball_loss
 from slocast.latency.bundle import Pointer, publish, write_bundle
 from slocast.latency.features import FEATURE_NAMES, build_features, regimes
@@ -36,9 +37,12 @@ from slocast.latency.model import (
     TARGETS,
     TargetModel,
     fit_target_model,
+    predict_booster,
+    scale_of,
 )
+from slocast.latency.schema import Columns
 from slocast.latency.settings import TrainingSettings
-from slocast.latency.stream import SampleStream
+from slocast.latency.stream import SampleBatch, SampleStream
 from slocast.latency.window import TargetWindow
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,14 @@ log = logging.getLogger(__name__)
 CALIBRATION_EVERY = 10
 EVALUATION_EVERY = 7
 MIN_HELD_OUT = 30
+TRAINER_COMPILE_CACHE = ".trainer-compile-cache"
+# Adaptive conformal inference on the serving model's observed misses: step size,
+# residual window, residuals needed before acting, and the shift of the normalised
+# offset (a fraction of the point prediction) that triggers a recalibrated bundle.
+ACI_GAMMA = 0.005
+ACI_WINDOW = 2000
+ACI_MIN_RESIDUALS = 500
+ACI_TOLERANCE = 0.02
 MODEL_INFO = {
     "model_type": "xgboost",
     "objective_type": OBJECTIVE_TYPE,
@@ -93,6 +105,9 @@ class StreamingTrainer:
         self.samples_ingested = 0
         self.samples_dropped_by_flush = 0
         self._flushed_at = 0.0
+        self._aci = {
+            t: AdaptiveConformal(settings.quantile, ACI_GAMMA, ACI_WINDOW) for t in TARGETS
+        }
         self._lock = threading.Lock()  # guards state and flush time
         self._stop = threading.Event()
         self._threads = [
@@ -116,21 +131,46 @@ class StreamingTrainer:
     def _ingest_loop(self) -> None:
         while not self._stop.is_set():
             batch = self.stream.poll(0.1)
-            if batch is None:
+            if batch is not None:
+                self.ingest(batch)
+
+    def ingest(self, batch: SampleBatch) -> None:
+        """Add one consumed batch to the windows (unless a later flush dropped it)."""
+        with self._lock:
+            stale = batch.published_at < self._flushed_at
+        rows = int(batch.columns["kv_cache_percentage"].shape[0])
+        if stale:
+            self.samples_dropped_by_flush += rows
+            return
+        features = build_features(batch.columns)
+        regime_ids = regimes(batch.columns)
+        self._track_misses(features, batch.columns, regime_ids)
+        for target in TARGETS:
+            self.windows[target].add(features, batch.columns[TARGET_COLUMNS[target]], regime_ids)
+        self.samples_ingested += rows
+
+    def _track_misses(self, features: np.ndarray, columns: Columns, regime_ids: np.ndarray) -> None:
+        """Feed the serving model's residuals beyond its bound to ACI, per target.
+
+        The tracked value is the normalised residual minus the regime's offset: > 0
+        means the actual exceeded the served bound. ACI finds the shift of all
+        offsets that restores the target coverage on the newest observations.
+        """
+        for target, model in self.state.serving.items():
+            y = columns[TARGET_COLUMNS[target]]
+            observed = y > 0
+            if not observed.any():
                 continue
-            with self._lock:
-                stale = batch.published_at < self._flushed_at
-            rows = int(batch.columns["kv_cache_percentage"].shape[0])
-            if stale:
-                self.samples_dropped_by_flush += rows
-                continue
-            features = build_features(batch.columns)
-            regime_ids = regimes(batch.columns)
-            for target in TARGETS:
-                self.windows[target].add(
-                    features, batch.columns[TARGET_COLUMNS[target]], regime_ids
-                )
-            self.samples_ingested += rows
+            point = predict_booster(model.booster, features[observed], model.objective)
+            excess = (y[observed] - point) / scale_of(point) - model.calibration.offsets_for(
+                regime_ids[observed]
+            )
+            self._aci[target].update(excess)
+
+    def aci_shift(self, target: str) -> float | None:
+        """Current ACI shift of ``target``'s offsets (None: not enough residuals)."""
+        aci = self._aci[target]
+        return aci.offset if len(aci._residuals) >= ACI_MIN_RESIDUALS else None
 
     def flush(
         self, training: bool, test: bool, metrics: bool
@@ -143,6 +183,7 @@ class StreamingTrainer:
                 # Batches published before now are dropped when consumed, and
                 # retrains that started before now are discarded.
                 self._flushed_at = now
+                self._reset_aci(TARGETS)
             if metrics:
                 self.state.last_evaluations = {}
             return now, {t: self.windows[t].clear(splits) for t in TARGETS}
@@ -177,28 +218,76 @@ class StreamingTrainer:
         """
         model_dir = self.settings.model_dir
         if not self.settings.compile_trees:  # workers compile for their own platform
-            self._set_version(
-                publish(model_dir, write_bundle(model_dir, serving, info, compile_trees=False))
-            )
+            bundle = write_bundle(model_dir, serving, info, compile_cache=None)
+            self._set_version(publish(model_dir, bundle), data_epoch)
             return
         first = write_bundle(
-            model_dir, serving, {**info, "library_pending": True}, compile_trees=False
+            model_dir, serving, {**info, "library_pending": True}, compile_cache=None
         )
         self._set_version(publish(model_dir, first), data_epoch)
         compiled = write_bundle(
-            model_dir, serving, {**info, "trees_first_served_as": first.name}, compile_trees=True
+            model_dir,
+            serving,
+            {**info, "trees_first_served_as": first.name},
+            compile_cache=model_dir / TRAINER_COMPILE_CACHE,
         )
         self._set_version(publish(model_dir, compiled), data_epoch)
+
+    def _reset_aci(self, targets) -> None:
+        for target in targets:
+            self._aci[target] = AdaptiveConformal(self.settings.quantile, ACI_GAMMA, ACI_WINDOW)
+
+    def _recalibrated(self) -> dict[str, TargetModel]:
+        """Serving models whose offsets ACI says have drifted, with shifted offsets."""
+        shifted = {}
+        for target, model in self.state.serving.items():
+            shift = self.aci_shift(target)
+            if shift is None or abs(shift) <= ACI_TOLERANCE:
+                continue
+            calib = model.calibration
+            shifted[target] = replace(
+                model,
+                calibration=MondrianCalibration(
+                    q=calib.q,
+                    pooled=calib.pooled + shift,
+                    per_group={g: v + shift for g, v in calib.per_group.items()},
+                ),
+            )
+        return shifted
 
     def _set_version(self, pointer: Pointer, data_epoch: float) -> None:
         with self._lock:
             self.state.serving_version = pointer.version
             self.state.serving_data_since = data_epoch
 
+    def recalibrate_once(self) -> dict[str, float]:
+        """Publish the serving trees with ACI-shifted offsets when coverage drifted."""
+        with self._lock:
+            data_epoch = self._flushed_at
+        shifted = self._recalibrated()
+        if not shifted or not all(t in self.state.serving for t in TARGETS):
+            return {}
+        shifts = {t: self.aci_shift(t) for t in shifted}
+        with self._lock:
+            if self._flushed_at != data_epoch:
+                return {}
+            self.state.serving = {**self.state.serving, **shifted}
+            self._reset_aci(shifted)
+        info = {
+            **MODEL_INFO,
+            "quantile": self.settings.quantile,
+            "created_at": datetime.now(UTC).isoformat(),
+            "aci_shift": shifts,
+        }
+        self._publish(self.state.serving, info, data_epoch)
+        log.info("recalibrated by ACI: %s", shifts)
+        return shifts
+
     def retrain_once(self) -> list[Evaluation]:
         """Fit, evaluate and maybe promote every due target; returns the evaluations."""
         due = [t for t in TARGETS if self._due(t)]
         if not due:
+            self.recalibrate_once()
             return []
         started = time.perf_counter()
         with self._lock:
@@ -254,6 +343,7 @@ class StreamingTrainer:
                 return []
             # A target model waiting for its partner is kept but not yet published.
             self.state.serving = serving
+            self._reset_aci(winners)
             self.state.last_retrain = datetime.now(UTC).isoformat()
             for e in evaluations:
                 self.state.last_evaluations[e.target] = e

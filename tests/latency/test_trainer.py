@@ -1,0 +1,127 @@
+"""The streaming trainer in-process: promotion rule, bundles, ACI under drift."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+
+from slocast.core.metrics import coverage
+from slocast.latency import trainer as trainer_module
+from slocast.latency.bundle import read_manifest, read_pointer
+from slocast.latency.features import build_features, regimes
+from slocast.latency.model import TARGET_COLUMNS
+from slocast.latency.settings import TrainingSettings
+from slocast.latency.stream import InProcessStream, SampleBatch
+from slocast.latency.synthetic import generate
+from slocast.latency.trainer import StreamingTrainer
+
+
+def make_trainer(tmp_path: Path, **overrides) -> StreamingTrainer:
+    settings = TrainingSettings(
+        host="127.0.0.1",
+        port=0,
+        model_dir=tmp_path / "models",
+        admin_token=None,
+        quantile=0.9,
+        retrain_interval_s=1.0,
+        min_new_samples=100,
+        min_train_samples=200,
+        window_per_regime=5000,
+        compile_trees=False,  # compile paths are covered by test_compiled_trees
+        queue_batches=10,
+        kafka_bootstrap=None,
+        kafka_topic="unused",
+    )
+    return StreamingTrainer(dataclasses.replace(settings, **overrides), InProcessStream(10))
+
+
+def feed(
+    trainer: StreamingTrainer, workload: str, n: int, seed: int, slowdown: float = 1.0
+) -> None:
+    trainer.ingest(SampleBatch(time.time(), generate(workload, n, seed, slowdown)))
+
+
+def served_coverage(trainer: StreamingTrainer, seed: int, slowdown: float) -> dict:
+    """Coverage of the trainer's serving models on fresh samples of the workload."""
+    fresh = generate("extreme-contention", 4000, seed, slowdown)
+    x, regime_ids = build_features(fresh), regimes(fresh)
+    out = {}
+    for target, model in trainer.state.serving.items():
+        y = fresh[TARGET_COLUMNS[target]]
+        observed = y > 0
+        bound = model.predict(x[observed], regime_ids[observed])
+        out[target] = float(coverage(y[observed], bound))
+    return out
+
+
+def test_first_model_published_and_calibrated(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path)
+    feed(trainer, "extreme-contention", 6000, seed=1)
+    evaluations = trainer.retrain_once()
+    assert {e.target for e in evaluations} == {"ttft", "tpot"}
+    assert all(e.promoted and e.candidate_pinball < e.incumbent_pinball for e in evaluations)
+    model_dir = trainer.settings.model_dir
+    pointer = read_pointer(model_dir)
+    assert trainer.state.serving_version == pointer.version
+    _, manifest = read_manifest(model_dir, pointer)  # hashes verified
+    assert set(manifest["targets"]) == {"ttft", "tpot"} and manifest["evaluation"]
+    for target, cover in served_coverage(trainer, seed=2, slowdown=1.0).items():
+        assert 0.86 <= cover <= 0.94, (target, cover)
+    # nothing new arrived: no retrain
+    assert trainer.retrain_once() == []
+
+
+def test_worse_candidate_is_not_promoted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = make_trainer(tmp_path)
+    feed(trainer, "extreme-contention", 6000, seed=1)
+    trainer.retrain_once()
+    version = trainer.state.serving_version
+    real_fit = trainer_module.fit_target_model
+
+    def sabotaged(*args, **kwargs):
+        model = real_fit(*args, **kwargs)
+        calib = model.calibration
+        wide = dataclasses.replace(
+            calib,
+            pooled=calib.pooled + 5,
+            per_group={g: v + 5 for g, v in calib.per_group.items()},
+        )
+        return dataclasses.replace(model, calibration=wide)
+
+    monkeypatch.setattr(trainer_module, "fit_target_model", sabotaged)
+    feed(trainer, "extreme-contention", 3000, seed=3)
+    evaluations = trainer.retrain_once()
+    assert evaluations and not any(e.promoted for e in evaluations)
+    assert trainer.state.serving_version == version
+
+
+def test_aci_recalibrates_under_drift(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path)
+    feed(trainer, "extreme-contention", 6000, seed=1)
+    trainer.retrain_once()
+    version = trainer.state.serving_version
+    before = served_coverage(trainer, seed=5, slowdown=1.4)
+    # the server got 40% slower; too few samples to retrain (min_new_samples)
+    trainer.settings = dataclasses.replace(trainer.settings, min_new_samples=10**6)
+    for seed in range(10, 16):
+        feed(trainer, "extreme-contention", 500, seed=seed, slowdown=1.4)
+    shifts = trainer.recalibrate_once()
+    assert shifts and all(s > 0 for s in shifts.values())
+    assert trainer.state.serving_version != version
+    after = served_coverage(trainer, seed=5, slowdown=1.4)
+    for target in ("ttft", "tpot"):
+        assert before[target] < 0.8, before
+        assert abs(after[target] - 0.9) < abs(before[target] - 0.9), (before, after)
+
+
+def test_flush_discards_stale_batches(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path)
+    stale = SampleBatch(time.time() - 1.0, generate("sharegpt-like", 100, seed=1))
+    trainer.flush(True, True, True)
+    trainer.ingest(stale)
+    assert trainer.samples_dropped_by_flush == 100
+    assert sum(trainer.windows["ttft"].counts().values()) == 0
+    assert trainer.samples_ingested == 0
