@@ -5,7 +5,8 @@ in-cluster Job); tests that must move the registry alias also need
 ``MLFLOW_TRACKING_URI`` (and ``SLOCAST_TASK``, ``SLOCAST_ADMIN_TOKEN`` as the
 server has them) and are skipped without it.
 
-Without ``SLOCAST_URL`` a session fixture trains a small synthetic pipeline in a
+Without ``SLOCAST_URL`` a session fixture (or ``SLOCAST_TEST_HOME``, a home an
+earlier run kept with ``SLOCAST_KEEP_TEST_HOME=1``, to skip training) trains a small synthetic pipeline in a
 temporary ``SLOCAST_HOME`` (XGBoost when that family is installed, else only the
 baselines, with persistence promoted by hand because baselines never win the
 promotion rule) and starts ``slocast serve --workers 2`` on a free local port.
@@ -139,8 +140,10 @@ def server() -> Iterator[Server]:
             workers=None,
         )
         return
-    home = Path(tempfile.mkdtemp(prefix="slocast-serve-test-"))
-    _train(home)
+    reuse = os.environ.get("SLOCAST_TEST_HOME")  # a home trained by an earlier run
+    home = Path(reuse) if reuse else Path(tempfile.mkdtemp(prefix="slocast-serve-test-"))
+    if not (reuse and (home / "mlflow.db").exists()):
+        _train(home)
     port = _free_port()
     env = {
         **os.environ,
@@ -189,7 +192,7 @@ def server() -> Iterator[Server]:
             process.kill()
             process.wait(10)
         log.close()
-        if os.environ.get("SLOCAST_KEEP_TEST_HOME"):
+        if reuse or os.environ.get("SLOCAST_KEEP_TEST_HOME"):
             print(f"serve test home kept at {home}", file=sys.stderr)
         else:
             shutil.rmtree(home, ignore_errors=True)
