@@ -25,12 +25,12 @@ def offline(server, tmp_path_factory):
     ref = registry.champion(server.task)
     bundle = load_bundle(registry.download(ref, tmp_path_factory.mktemp("bundle")))
     data = load_dataset(LocalStore(server.home / "artifacts"), ref.dataset_id)
-    prediction, _, _ = forecast_test(bundle, data)
-    return ref, bundle, data, prediction
+    return ref, bundle, data, forecast_test(bundle, data)
 
 
 def test_served_equals_offline(server, model_info, offline, make_history) -> None:
-    ref, bundle, data, prediction = offline
+    ref, bundle, data, forecast = offline
+    prediction = forecast.prediction
     assert model_info["version"] == ref.version
     ends = data.ends("test")
     pick = np.unique(np.linspace(0, ends.size - 1, WINDOWS).astype(int))
@@ -70,7 +70,7 @@ def test_served_equals_offline(server, model_info, offline, make_history) -> Non
         )
         np.testing.assert_allclose(
             upper / scale,
-            bundle.calibration.upper(prediction, q)[pick] / scale,
+            forecast.uppers[q][pick] / scale,
             rtol=rtol,
             atol=atol,
         )

@@ -26,7 +26,7 @@ from slocast.serve.fastpath import FastPath, Handler, error_body, read_body
 from slocast.serve.forecasting import batch_body, forecast_body
 from slocast.serve.loading import ServedModel
 from slocast.serve.metrics import ServeMetrics
-from slocast.serve.reloading import ModelHolder, ReloadWatcher, request_reload
+from slocast.serve.reloading import ModelHolder, ReloadOutcome, ReloadWatcher, request_reload
 from slocast.serve.settings import ServeSettings
 from slocast.serve.validation import InputError, parse_batch, parse_forecast
 
@@ -133,14 +133,18 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             raise InputError("model", "no model loaded yet; retry when /readyz is 200", 503)
         return model
 
-    def _forecast_handler(parse, render) -> Handler:
+    def _forecast_handler(route: str, parse, render) -> Handler:
+        service_time = metrics.handler_timer(route)
+
         def handle(body: bytes) -> tuple[int, bytes]:
+            started = time.perf_counter()
             try:
                 model = _model()  # read once: a concurrent swap cannot change it under us
                 payload, windows = render(model, parse(body, model.rules))
             except InputError as exc:
                 return error_body(exc)
             metrics.count_predictions(model.predictor.engine_for(windows), windows)
+            service_time.observe(time.perf_counter() - started)
             return 200, payload
 
         return handle
@@ -164,8 +168,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             )
         return 200, orjson.dumps(model.info)
 
-    forecast_one = _forecast_handler(parse_forecast, forecast_body)
-    forecast_many = _forecast_handler(parse_batch, batch_body)
+    forecast_one = _forecast_handler("/v1/forecast", parse_forecast, forecast_body)
+    forecast_many = _forecast_handler("/v1/forecast/batch", parse_batch, batch_body)
     app.add_middleware(
         FastPath,
         post={"/v1/forecast": forecast_one, "/v1/forecast/batch": forecast_many},
@@ -228,9 +232,14 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                 response = _error(401, "missing or wrong bearer token", "authorization")
                 response.headers["WWW-Authenticate"] = "Bearer"
                 return response
+        served = holder.current
+        before = served.version if served else None
         generation = request_reload(settings)
         watcher.seen_generation = generation  # this worker reloads right here
         outcome = await run_in_threadpool(holder.refresh)
+        if outcome.outcome == "unchanged" and outcome.version != before:
+            # This worker's watcher saw the new generation first and swapped already.
+            outcome = ReloadOutcome("swapped", outcome.version, before)
         return Response(
             orjson.dumps({**outcome.to_dict(), "generation": generation}), media_type=JSON
         )

@@ -2,7 +2,7 @@
 
 Calls the same :meth:`Forecaster.predict` contract (via the predictor), the same
 :func:`slocast.core.features.target_times` and the same
-:meth:`Calibration.upper` as the evaluator, so a served forecast is the offline
+:meth:`ModelBundle.upper` as the evaluator, so a served forecast is the offline
 forecast for the same window.
 """
 
@@ -34,9 +34,11 @@ def compute(model: ServedModel, request: ParsedRequest) -> tuple[list, int]:
     h = request.horizon
     when = _time_strings(request.times, ends, h, model.bundle.spec.step_seconds)
     targets = model.targets
-    calibration = model.bundle.calibration
     keys = [model.rules.levels[q] for q in request.quantiles]
-    uppers = [calibration.upper(point, q)[:, :h].tolist() for q in request.quantiles]
+    bundle = model.bundle
+    uppers = [
+        bundle.upper(point, q, request.values, ends)[:, :h].tolist() for q in request.quantiles
+    ]
     points = point[:, :h].tolist()
     series = []
     for s in range(n_series):

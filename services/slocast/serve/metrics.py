@@ -62,6 +62,14 @@ class ServeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.handler_time = Histogram(
+            "slocast_forecast_handler_seconds",
+            "CPU-bound time of a forecast handler (parse, validate, predict, serialise), "
+            "without waiting in the event loop or for the body: the service time.",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.predictions = Counter(
             "slocast_predictions",
             "Forecast windows computed, by the engine that computed them.",
@@ -108,6 +116,9 @@ class ServeMetrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def handler_timer(self, route: str) -> Histogram:
+        return self.handler_time.labels(route)
 
     def count_predictions(self, engine: str, windows: int) -> None:
         child = self._prediction_children.get(engine)
