@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 SHARED ?= ../shared
 LTE := $(SHARED)/datasets/lte
 
-.PHONY: install run run-poblesec test test-fast lint format bench-pipeline clean
+.PHONY: install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(BIN)/python:
 # (an unpinned torch pulls a multi-GB CUDA build).
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[train,test]'
+	$(BIN)/pip install -q -e '.[train,stack,test]'
 
 # The main job on the embedded default: synthetic data, every family, local MLflow.
 run:
@@ -33,6 +33,9 @@ test:
 test-fast:
 	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
+test-integration:
+	$(BIN)/python -m pytest -m integration tests/integration $(PYTEST_ARGS)
+
 lint:
 	$(BIN)/ruff check services tests benchmarks loadtest
 	$(BIN)/ruff format --check services tests benchmarks loadtest
@@ -43,6 +46,9 @@ format:
 
 bench-pipeline:
 	$(BIN)/python benchmarks/pipeline_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv
+
+bench-services:
+	$(BIN)/python benchmarks/services_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv
 
 clean:
 	rm -rf $(OUT) .slocast .pytest_cache .ruff_cache

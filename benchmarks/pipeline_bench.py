@@ -61,12 +61,18 @@ def main() -> int:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     walls = [w for _, w, _ in runs]
     site = args.data.stem
-    print(f"\npeak RSS {peak_mb:.0f} MB; wall per run {statistics.mean(walls):.1f} s "
-          f"= {statistics.mean(walls) / TARGET_SECONDS:.2f} x the {TARGET_SECONDS:.0f} s target")
+    print(
+        f"\npeak RSS {peak_mb:.0f} MB; wall per run {statistics.mean(walls):.1f} s "
+        f"= {statistics.mean(walls) / TARGET_SECONDS:.2f} x the {TARGET_SECONDS:.0f} s target"
+    )
     summary = {}
     for name in runs[0][2]["models"]:
         values = [r["models"][name]["nrmse"]["avg"] for _, _, r in runs if name in r["models"]]
-        cov = [min(r["models"][name]["coverage"]["0.9"].values()) for _, _, r in runs if name in r["models"]]
+        cov = [
+            min(r["models"][name]["coverage"]["0.9"].values())
+            for _, _, r in runs
+            if name in r["models"]
+        ]
         summary[name] = {
             "nrmse_mean": statistics.mean(values),
             "nrmse_std": statistics.pstdev(values) if len(values) > 1 else 0.0,
@@ -77,7 +83,17 @@ def main() -> int:
             line += f"  ({summary[name]['nrmse_mean'] / PUBLISHED[site]:.3f} x best published {PUBLISHED[site]})"
         print(line)
     if args.json:
-        args.json.write_text(json.dumps({"runs": [r for _, _, r in runs], "walls": walls, "peak_rss_mb": peak_mb, "summary": summary}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "runs": [r for _, _, r in runs],
+                    "walls": walls,
+                    "peak_rss_mb": peak_mb,
+                    "summary": summary,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from slocast import __version__
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads busy-wait by default; on a shared 2-core machine that made
+    # XGBoost training ~10x slower. It must be set before libgomp loads, i.e.
+    # before the first XGBoost/torch import, which only happens inside handlers.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slocast.core.conformal import AdaptiveConformal, Calibration, MondrianCalibration, conformal_offset, rank_for
+from slocast.core.conformal import (
+    AdaptiveConformal,
+    Calibration,
+    MondrianCalibration,
+    conformal_offset,
+    rank_for,
+)
 
 
 def test_rank_is_the_finite_sample_order_statistic():
@@ -24,7 +30,9 @@ def test_coverage_holds_over_many_trials(q):
     trials, n_cal, n_test = 400, 200, 200
     covered = np.empty(trials)
     for t in range(trials):
-        noise = rng.standard_t(df=4, size=n_cal + n_test) * 3.0 + 1.0  # skewed location, heavy tails
+        noise = (
+            rng.standard_t(df=4, size=n_cal + n_test) * 3.0 + 1.0
+        )  # skewed location, heavy tails
         cal, test = noise[:n_cal], noise[n_cal:]
         calibration = Calibration.fit(cal[:, None], np.zeros((n_cal, 1)), [q])
         covered[t] = np.mean(test <= calibration.upper(np.zeros((n_test, 1)), q)[:, 0])
@@ -86,3 +94,25 @@ def test_adaptive_conformal_recovers_coverage_after_drift():
         hits.append(r <= aci.offset)
         aci.update(np.array([r]))
     assert np.mean(hits[-3000:]) == pytest.approx(0.9, abs=0.03)
+
+
+def test_normalised_offsets_hold_coverage_when_noise_scales_with_level():
+    rng = np.random.default_rng(9)
+    level = rng.choice([1.0, 10.0], size=40000, p=[0.5, 0.5])
+    y = level * (1 + 0.3 * rng.normal(size=level.size))
+    cal, test = slice(0, 20000), slice(20000, None)
+    point = level  # a perfect mean model
+    scale = level[:, None]
+    normalised = Calibration.fit(y[cal, None], point[cal, None], [0.9], scale=scale[cal])
+    upper = normalised.upper(point[test, None], 0.9, scale[test])[:, 0]
+    for lv in (1.0, 10.0):
+        mask = level[test] == lv
+        assert np.mean(y[test][mask] <= upper[mask]) == pytest.approx(0.9, abs=0.015)
+    pooled = Calibration.fit(y[cal, None], point[cal, None], [0.9])
+    low = level[test] == 1.0
+    pooled_upper = pooled.upper(point[test, None], 0.9)[:, 0]
+    assert np.mean(y[test][low] <= pooled_upper[low]) > 0.97  # pooled over-covers quiet rows...
+    assert np.mean(y[test][~low] <= pooled_upper[~low]) < 0.85  # ...and under-covers busy ones
+    with pytest.raises(ValueError, match="normalised"):
+        normalised.upper(point[:3, None], 0.9)
+    assert Calibration.from_dict(normalised.to_dict()).normalised

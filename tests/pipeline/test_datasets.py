@@ -129,7 +129,17 @@ def test_missing_file_and_unknown_type(tmp_path):
 def test_cli_exits_2_with_one_line_error(tmp_path, frame):
     path = _write(tmp_path, frame.drop(columns=["up"]))
     proc = subprocess.run(
-        [sys.executable, "-m", "slocast.cli", "run", "--data", str(path), "--out", str(tmp_path / "o"), "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "slocast.cli",
+            "run",
+            "--data",
+            str(path),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
         capture_output=True,
         text=True,
         env={"SLOCAST_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},

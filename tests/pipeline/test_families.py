@@ -36,7 +36,11 @@ def persistence(data):
 def test_family_beats_persistence_on_held_out_windows(family, data, persistence, tmp_path):
     trained = train_family(data, family, seed=0)
     evaluation = score(trained.bundle, data)
-    assert evaluation.nrmse["avg"] < 0.97 * persistence.nrmse["avg"], (family, evaluation.nrmse, persistence.nrmse)
+    assert evaluation.nrmse["avg"] < 0.97 * persistence.nrmse["avg"], (
+        family,
+        evaluation.nrmse,
+        persistence.nrmse,
+    )
     for target, cov in evaluation.coverage["0.9"].items():
         assert 0.8 <= cov <= 0.98, (family, target, cov)
     # What is served is what was evaluated: a saved bundle predicts identically.
@@ -48,7 +52,9 @@ def test_family_beats_persistence_on_held_out_windows(family, data, persistence,
         trained.bundle.forecaster.predict(data.times, data.values, ends),
         rtol=1e-5,
     )
-    assert not list(Path(tmp_path / family).rglob("*.pkl")) and not list(Path(tmp_path / family).rglob("*.pickle"))
+    assert not list(Path(tmp_path / family).rglob("*.pkl")) and not list(
+        Path(tmp_path / family).rglob("*.pickle")
+    )
 
 
 class _ConstantStub(Forecaster):

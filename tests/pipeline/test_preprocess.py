@@ -8,7 +8,14 @@ import pytest
 
 from slocast.core.config import PipelineConfig
 from slocast.core.errors import DatasetError
-from slocast.core.features import FeatureSpec, fill_missing, gather_targets, gather_windows, target_times, window_ends
+from slocast.core.features import (
+    FeatureSpec,
+    fill_missing,
+    gather_targets,
+    gather_windows,
+    target_times,
+    window_ends,
+)
 from slocast.core.schema import FEATURE_COLUMNS, TARGET_INDEX
 from slocast.core.storage import LocalStore
 from slocast.core.synthetic import generate_lte
@@ -51,7 +58,9 @@ def test_scaler_and_caps_fitted_on_training_rows_only(frame):
     other = preprocess(tampered, None, PipelineConfig())
     assert other.spec == data.spec
     train_rows = fill_missing(data.raw[data.rows("train")])
-    expected = FeatureSpec.fit(train_rows, window=10, horizon=1, step_seconds=120, cap_quantile=0.999)
+    expected = FeatureSpec.fit(
+        train_rows, window=10, horizon=1, step_seconds=120, cap_quantile=0.999
+    )
     assert data.spec == expected
 
 
@@ -87,7 +96,9 @@ def test_windowing_equals_naive_reference():
     targets = gather_targets(values, ends, horizon)
     when = target_times(times, ends, horizon, 120)
     for n, end in enumerate(ends):
-        assert np.array_equal(windows[n], np.stack([values[end - window + i] for i in range(window)]))
+        assert np.array_equal(
+            windows[n], np.stack([values[end - window + i] for i in range(window)])
+        )
         for h in range(horizon):
             assert np.array_equal(targets[n, h], values[end + h][list(TARGET_INDEX)])
             assert when[n, h] == times[end - 1] + (h + 1) * np.timedelta64(120, "s")

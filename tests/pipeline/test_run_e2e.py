@@ -42,7 +42,9 @@ def test_run_end_to_end_then_reuse(tmp_path):
         assert m["train_seconds"] >= 0, name
     champion = report["champion"]
     assert champion in REPORT_MODELS - {"persistence", "seasonal_naive"}
-    assert report["models"][champion]["nrmse"]["avg"] < report["models"]["persistence"]["nrmse"]["avg"]
+    assert (
+        report["models"][champion]["nrmse"]["avg"] < report["models"]["persistence"]["nrmse"]["avg"]
+    )
     assert report["timings"]["total_seconds"] > 0
     html = (tmp_path / "out1" / "report.html").read_text()
     assert "data:image/png;base64," in html and champion in html
@@ -54,7 +56,7 @@ def test_run_end_to_end_then_reuse(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     version = client.get_model_version_by_alias("slocast-synthetic", "champion")
     assert version.tags["slocast.family"] == champion
-    assert version.version == report["models"][champion]["registry"]["version"]
+    assert str(version.version) == report["models"][champion]["registry"]["version"]
     assert "test.nrmse_avg" in version.tags
 
     # Identical input and config: the processed dataset is reused, the champion is kept.

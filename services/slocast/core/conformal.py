@@ -60,10 +60,15 @@ class Calibration:
     """Offsets per quantile level for one model version (never reuse across versions).
 
     ``offsets[q]`` has the shape of one prediction (e.g. ``(horizon, targets)``).
+    When ``normalised`` is true the offsets are in units of a per-row ``scale``
+    (e.g. the recent load level): ``upper = point + offset * scale``. The bound
+    then widens where the noise is larger, so coverage holds across regimes
+    instead of only on average.
     """
 
     offsets: dict[float, np.ndarray]
     n_calibration: int
+    normalised: bool = False
 
     @classmethod
     def fit(
@@ -71,28 +76,37 @@ class Calibration:
         y_true: np.ndarray,
         y_pred: np.ndarray,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
+        scale: np.ndarray | None = None,
     ) -> Calibration:
         residuals = np.asarray(y_true, np.float64) - np.asarray(y_pred, np.float64)
+        if scale is not None:
+            residuals = residuals / _positive(scale)
         return cls(
             offsets={float(q): conformal_offset(residuals, q) for q in quantiles},
             n_calibration=int(residuals.shape[0]),
+            normalised=scale is not None,
         )
 
     @property
     def levels(self) -> list[float]:
         return sorted(self.offsets)
 
-    def upper(self, point: np.ndarray, q: float) -> np.ndarray:
+    def upper(self, point: np.ndarray, q: float, scale: np.ndarray | None = None) -> np.ndarray:
         """Upper bound at level ``q`` for point forecasts shaped ``(N, *offset_shape)``."""
         try:
             offset = self.offsets[float(q)]
         except KeyError:
             raise KeyError(f"quantile {q} is not calibrated; available: {self.levels}") from None
+        if self.normalised:
+            if scale is None:
+                raise ValueError("this calibration is normalised: pass the rows' scale")
+            return np.asarray(point) + offset * _positive(scale)
         return np.asarray(point) + offset
 
     def to_dict(self) -> dict:
         return {
             "n_calibration": self.n_calibration,
+            "normalised": self.normalised,
             "offsets": {str(q): np.asarray(v).tolist() for q, v in self.offsets.items()},
         }
 
@@ -101,7 +115,15 @@ class Calibration:
         return cls(
             offsets={float(q): np.asarray(v, np.float64) for q, v in data["offsets"].items()},
             n_calibration=int(data["n_calibration"]),
+            normalised=bool(data.get("normalised", False)),
         )
+
+
+def _positive(scale: np.ndarray) -> np.ndarray:
+    s = np.asarray(scale, np.float64)
+    if not (np.isfinite(s).all() and (s > 0).all()):
+        raise ValueError("conformal scale must be finite and positive")
+    return s
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,21 @@ def _log_columns(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def residual_scale(spec: FeatureSpec, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per-window scale of forecast errors, shape (N, 1, K): the recent load level.
+
+    Errors of traffic forecasts grow with the traffic itself, so conformal
+    residuals are divided by this scale and bounds multiplied by it. It is the
+    window mean of each target (inputs clipped to the training caps) plus a floor
+    of 5% of the target's training mean (+ its spread), so an idle window still
+    gets a bound of sensible width.
+    """
+    windows = np.minimum(gather_windows(values, ends, spec.window), np.asarray(spec.caps))
+    level = np.abs(windows[..., list(TARGET_INDEX)]).mean(axis=1)
+    floor = 0.05 * (np.abs(np.asarray(spec.target_center)) + np.asarray(spec.target_scale))
+    return (level + floor)[:, None, :]
+
+
 def tabular_features(
     spec: FeatureSpec, times: np.ndarray, values: np.ndarray, ends: np.ndarray
 ) -> np.ndarray:

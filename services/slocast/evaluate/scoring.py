@@ -49,40 +49,46 @@ class Evaluation:
         return out
 
 
-def forecast_test(
-    bundle: ModelBundle, data: ProcessedDataset
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Point forecasts and truth for every test window, plus prediction seconds."""
+@dataclass
+class TestForecast:
+    """Point forecasts, calibrated upper bounds and truth for every test window."""
+
+    prediction: np.ndarray
+    uppers: dict[float, np.ndarray]
+    truth: np.ndarray
+    seconds: float
+
+
+def forecast_test(bundle: ModelBundle, data: ProcessedDataset) -> TestForecast:
+    """Forecast every test window exactly as the server would (same predict, same bounds)."""
     ends = data.ends("test")
     started = time.perf_counter()
     prediction = bundle.forecaster.predict(data.times, data.values, ends)
-    return prediction, data.truth(ends), time.perf_counter() - started
+    uppers = {q: bundle.upper(prediction, q, data.values, ends) for q in bundle.calibration.levels}
+    return TestForecast(prediction, uppers, data.truth(ends), time.perf_counter() - started)
 
 
 def score(bundle: ModelBundle, data: ProcessedDataset) -> Evaluation:
-    prediction, truth, seconds = forecast_test(bundle, data)
-    return score_predictions(bundle, prediction, truth, seconds)
+    return score_forecast(bundle.family, forecast_test(bundle, data))
 
 
-def score_predictions(
-    bundle: ModelBundle, prediction: np.ndarray, truth: np.ndarray, seconds: float = 0.0
-) -> Evaluation:
+def score_forecast(family: str, forecast: TestForecast) -> Evaluation:
     """Protocol-A metrics at step 1, plus the headline NRMSE per horizon step."""
+    prediction, truth = forecast.prediction, forecast.truth
     p1, y1 = prediction[:, 0], truth[:, 0]
     per_target = metrics.nrmse(y1, p1)
     nrmse_map = {t: float(v) for t, v in zip(TARGET_COLUMNS, per_target, strict=True)}
     headline_idx = [TARGET_COLUMNS.index(c) for c in HEADLINE_COLUMNS]
     coverage, width = {}, {}
-    for level in bundle.calibration.levels:
-        upper = bundle.calibration.upper(prediction, level)[:, 0]
-        coverage[_level(level)] = _by_target(metrics.coverage(y1, upper))
-        width[_level(level)] = _by_target(metrics.mean_width(p1, upper))
+    for level, upper in sorted(forecast.uppers.items()):
+        coverage[_level(level)] = _by_target(metrics.coverage(y1, upper[:, 0]))
+        width[_level(level)] = _by_target(metrics.mean_width(p1, upper[:, 0]))
     by_step = [
         float(np.mean(metrics.nrmse(truth[:, h], prediction[:, h])[headline_idx]))
         for h in range(prediction.shape[1])
     ]
     return Evaluation(
-        family=bundle.family,
+        family=family,
         nrmse={
             **{c: nrmse_map[c] for c in HEADLINE_COLUMNS},
             "avg": float(np.mean([nrmse_map[c] for c in HEADLINE_COLUMNS])),
@@ -93,7 +99,7 @@ def score_predictions(
         coverage=coverage,
         width=width,
         nrmse_by_step=by_step,
-        predict_seconds=seconds,
+        predict_seconds=forecast.seconds,
     )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from slocast.core.registry import ModelRegistry, VersionRef
 from slocast.core.storage import ArtifactStore
 from slocast.evaluate.promotion import Decision, decide
-from slocast.evaluate.scoring import Evaluation, forecast_test, score_predictions
+from slocast.evaluate.scoring import Evaluation, TestForecast, forecast_test, score_forecast
 from slocast.models import BASELINES
 from slocast.models.bundle import BundleError, ModelBundle, load_bundle
 from slocast.preprocess.dataset import ProcessedDataset
@@ -123,11 +123,10 @@ def assess(
     """
     evaluations: dict[str, Evaluation] = {}
     forecasts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    truth = None
     for name, (bundle, _) in models.items():
-        prediction, truth, seconds = forecast_test(bundle, dataset)
-        evaluations[name] = score_predictions(bundle, prediction, truth, seconds)
-        forecasts[name] = _step1(bundle, prediction)
+        forecast = forecast_test(bundle, dataset)
+        evaluations[name] = score_forecast(bundle.family, forecast)
+        forecasts[name] = _step1(forecast)
 
     champion_ref = registry.champion(task)
     champion_score = None
@@ -137,11 +136,11 @@ def assess(
     }:
         try:
             bundle = load_bundle(registry.download(champion_ref, scratch / "champion"))
-            prediction, truth, seconds = forecast_test(bundle, dataset)
-            champion_eval = score_predictions(bundle, prediction, truth, seconds)
+            forecast = forecast_test(bundle, dataset)
+            champion_eval = score_forecast(bundle.family, forecast)
             label = f"{champion_ref.family} v{champion_ref.version}"
             champion_score = (label, champion_eval.headline)
-            forecasts[CHAMPION_LABEL] = _step1(bundle, prediction)
+            forecasts[CHAMPION_LABEL] = _step1(forecast)
         except (BundleError, OSError, KeyError, ValueError) as exc:
             # An unloadable champion cannot block a valid candidate; the record says why.
             log.error("current champion v%s cannot be evaluated: %s", champion_ref.version, exc)
@@ -170,12 +169,12 @@ def assess(
         decision=decision,
         champion_name=champion_name,
         test_times=dataset.times[ends],
-        truth=dataset.truth(ends)[:, 0] if truth is None else truth[:, 0],
+        truth=dataset.truth(ends)[:, 0],
         forecasts=forecasts,
     )
 
 
-def _step1(bundle: ModelBundle, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    levels = bundle.calibration.levels
+def _step1(forecast: TestForecast) -> tuple[np.ndarray, np.ndarray]:
+    levels = sorted(forecast.uppers)
     level = 0.9 if 0.9 in levels else levels[-1]
-    return prediction[:, 0], bundle.calibration.upper(prediction, level)[:, 0]
+    return forecast.prediction[:, 0], forecast.uppers[level][:, 0]

@@ -18,9 +18,10 @@ FAMILIES: dict[str, str] = {
     "gru": "slocast.models.recurrent:GRUForecaster",
     "lstm": "slocast.models.recurrent:LSTMForecaster",
     "prophet": "slocast.models.prophet_forecaster:ProphetForecaster",
+    "ensemble": "slocast.models.ensemble:EnsembleForecaster",
 }
 BASELINES: tuple[str, ...] = ("persistence", "seasonal_naive")
-CANDIDATES: tuple[str, ...] = ("xgboost", "gru", "lstm", "prophet")
+CANDIDATES: tuple[str, ...] = ("xgboost", "gru", "lstm", "prophet", "ensemble")
 
 
 def family_class(name: str) -> type[Forecaster]:

@@ -2,7 +2,8 @@
 
 ``manifest.json`` lists every file with its SHA-256; loading verifies them
 before anything is parsed, so a truncated or tampered artifact is refused. Only
-safe formats are written (JSON, UBJ, ONNX, Prophet's JSON): nothing is unpickled.
+safe formats are written (JSON, UBJ, ONNX, NPZ without pickle, Prophet's JSON):
+nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from slocast import __version__
 from slocast.core.conformal import Calibration
-from slocast.core.features import FeatureSpec
+from slocast.core.features import FeatureSpec, residual_scale
 from slocast.models import family_class
 from slocast.models.base import Forecaster
 
@@ -40,6 +43,17 @@ class ModelBundle:
     @property
     def spec(self) -> FeatureSpec:
         return self.forecaster.spec
+
+    def upper(
+        self, point: np.ndarray, q: float, values: np.ndarray, ends: np.ndarray
+    ) -> np.ndarray:
+        """Calibrated upper bound at level ``q`` for forecasts made at ``ends`` of ``values``.
+
+        The evaluator and the server both call this, so served bounds are the
+        bounds whose coverage was measured.
+        """
+        scale = residual_scale(self.spec, values, ends) if self.calibration.normalised else None
+        return self.calibration.upper(point, q, scale)
 
 
 def save_bundle(bundle: ModelBundle, directory: str | Path) -> dict:

@@ -22,11 +22,12 @@ from slocast.core.storage import LocalStore
 from slocast.core.synthetic import generate_lte
 from slocast.evaluate.stage import EvaluationResult, evaluate_run
 from slocast.models import BASELINES
+from slocast.models.ensemble import MEMBER_POOL
 from slocast.preprocess.dataset import ProcessedDataset
 from slocast.preprocess.stage import min_rows, preprocess
 from slocast.preprocess.store import has_dataset, load_dataset, save_dataset
 from slocast.runtime.settings import RunSettings
-from slocast.train.stage import TrainedModel, TrainingError, train_family
+from slocast.train.stage import TrainedModel, TrainingError, train_ensemble, train_family
 from slocast.train.tracking import log_trained_model
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ def run_pipeline(settings: RunSettings, *, show_progress: bool = True) -> RunRes
         show_progress,
     )
 
-    families = list(dict.fromkeys([*BASELINES, *settings.models]))
+    # The ensemble goes last so it can weight the members this run trained.
+    families = sorted(dict.fromkeys([*BASELINES, *settings.models]), key=lambda f: f == "ensemble")
     trained: dict[str, tuple[TrainedModel, VersionRef]] = {}
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="slocast-run-") as scratch:
@@ -109,7 +111,13 @@ def run_pipeline(settings: RunSettings, *, show_progress: bool = True) -> RunRes
                 leave=True,
             )
             try:
-                model = train_family(dataset, family, seed=settings.seed, progress=_progress(bar))
+                members = {f: m for f, (m, _) in trained.items() if f in MEMBER_POOL}
+                if family == "ensemble" and members:
+                    model = train_ensemble(dataset, members, seed=settings.seed)
+                else:
+                    model = train_family(
+                        dataset, family, seed=settings.seed, progress=_progress(bar)
+                    )
             except (TrainingError, ValueError, RuntimeError) as exc:
                 failures[family] = f"{type(exc).__name__}: {exc}"
                 bar.set_postfix_str("FAILED")

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from slocast.core.conformal import Calibration
+from slocast.core.features import residual_scale
 from slocast.core.metrics import nrmse
 from slocast.core.schema import HEADLINE_COLUMNS, TARGET_COLUMNS
 from slocast.models import family_class
-from slocast.models.base import FitReport, Progress
+from slocast.models.base import FitReport, Forecaster, Progress
 from slocast.models.bundle import ModelBundle
 from slocast.preprocess.dataset import ProcessedDataset
 
@@ -48,13 +49,36 @@ def train_family(
     started = time.perf_counter()
     model = family_class(family)(data.spec)
     report = model.fit(data, seed=seed, progress=progress)
-    seconds = time.perf_counter() - started
+    return calibrate(data, model, report, seconds=time.perf_counter() - started, seed=seed)
 
+
+def train_ensemble(
+    data: ProcessedDataset, members: dict[str, TrainedModel], *, seed: int = 0
+) -> TrainedModel:
+    """The ensemble of already-trained members, weighted on validation (nothing is refitted)."""
+    from slocast.models.ensemble import EnsembleForecaster
+
+    started = time.perf_counter()
+    model, report = EnsembleForecaster.from_members(
+        data, {name: m.bundle.forecaster for name, m in members.items()}
+    )
+    seconds = (
+        time.perf_counter() - started + sum(members[name].train_seconds for name in model.weights)
+    )
+    return calibrate(data, model, report, seconds=seconds, seed=seed)
+
+
+def calibrate(
+    data: ProcessedDataset, model: Forecaster, report: FitReport, *, seconds: float, seed: int
+) -> TrainedModel:
+    """Check the fitted model's validation forecasts and derive its conformal offsets."""
+    family = model.family
     ends = data.ends("val")
     prediction = model.predict(data.times, data.values, ends)
     truth = data.truth(ends)
     check_predictions(family, prediction, truth)
-    calibration = Calibration.fit(truth, prediction, data.config.quantiles)
+    scale = residual_scale(data.spec, data.values, ends)
+    calibration = Calibration.fit(truth, prediction, data.config.quantiles, scale=scale)
     bundle = ModelBundle(
         forecaster=model,
         calibration=calibration,

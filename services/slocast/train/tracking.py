@@ -67,7 +67,7 @@ def validation_figure(dataset: ProcessedDataset, model: TrainedModel):
     truth = dataset.truth(ends)[:, 0]
     point = model.val_prediction[:, 0]
     upper = (
-        model.bundle.calibration.upper(model.val_prediction, 0.9)[:, 0]
+        model.bundle.upper(model.val_prediction, 0.9, dataset.values, ends)[:, 0]
         if 0.9 in model.bundle.calibration.offsets
         else None
     )
