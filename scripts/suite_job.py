@@ -1,6 +1,6 @@
 """Entry point of the test image: wait for the services (bounded), then run a suite.
 
-    python scripts/suite_job.py functional   # tests/serve + tests/latency (pytest)
+    python scripts/suite_job.py functional   # tests/serve + tests/latency/test_http_api.py
     python scripts/suite_job.py stress       # headless Locust with enforced thresholds
 
 The in-cluster test Jobs run exactly this, and so does tests/k8s against a local
@@ -36,6 +36,9 @@ import urllib.request
 from pathlib import Path
 
 APP = Path(__file__).resolve().parents[1]
+# The black-box HTTP suites (they read the URLs above); the other modules under
+# tests/latency are unit tests of the library and need no deployment.
+FUNCTIONAL_SUITES = {"serve": ["tests/serve"], "latency": ["tests/latency/test_http_api.py"]}
 
 SERVE_URL = "SLOCAST_URL"
 TRAINING_URL = "SLOCAST_LATENCY_TRAINING_URL"
@@ -123,13 +126,13 @@ def functional(workloads: list[str], deadline: float, extra: list[str]) -> int:
     if "serve" in workloads:
         urls = require([SERVE_URL])
         wait_for(f"{urls[SERVE_URL]}/readyz", deadline, "LTE prediction server (champion loaded)")
-        paths.append("tests/serve")
+        paths += FUNCTIONAL_SUITES["serve"]
     if "latency" in workloads:
         urls = require([TRAINING_URL, PREDICTION_URL])
         wait_for(f"{urls[TRAINING_URL]}/readyz", deadline, "latency training server")
         # The latency suite trains its own models (flush + samples): alive is enough.
         wait_for(f"{urls[PREDICTION_URL]}/healthz", deadline, "latency prediction server")
-        paths.append("tests/latency")
+        paths += FUNCTIONAL_SUITES["latency"]
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *paths, *extra]
     print("running:", " ".join(command), flush=True)
     return subprocess.call(command, cwd=APP)

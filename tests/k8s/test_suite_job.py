@@ -111,10 +111,12 @@ def stack() -> Iterator[dict[str, str]]:
             SLOCAST_ADMIN_TOKEN=ADMIN_TOKEN,
             SLOCAST_LATENCY_HOST="127.0.0.1",
             SLOCAST_LATENCY_MODEL_DIR=str(root / "latency-models"),
+            # as tests/latency/conftest.py starts its own servers
             SLOCAST_LATENCY_RETRAIN_INTERVAL_S="1",
+            SLOCAST_LATENCY_MIN_NEW_SAMPLES="200",
             SLOCAST_LATENCY_TRAINING_PORT=str(train_port),
             SLOCAST_LATENCY_PREDICTION_PORT=str(predict_port),
-            SLOCAST_LATENCY_WORKERS="1",
+            SLOCAST_LATENCY_WORKERS="2",
         )
         commands = {
             "serve": ["serve", "--host", "127.0.0.1", "--port", str(serve_port), "--workers", "1"],
@@ -222,12 +224,13 @@ def test_thresholds_fail_a_run_that_breaks_them(stack, tmp_path):
 
 
 @pytest.mark.slow
-def test_functional_suites_pass_through_the_job_command(stack):
+def test_latency_functional_suite_passes_through_the_job_command(stack):
+    """tests/latency via the Job's command (the serve suite: against `slocast up` below)."""
     env = clean_env(
         **{k: v for k, v in stack.items() if k.isupper()},
         SLOCAST_WAIT_TIMEOUT_SECONDS="180",
     )
-    result = run_job(["functional"], env, timeout=1500)
+    result = run_job(["functional", "--only", "latency"], env, timeout=1500)
     tail = result.stdout[-4000:] + result.stderr[-2000:]
     assert result.returncode == 0, tail
     assert " passed" in result.stdout and " failed" not in result.stdout, tail
