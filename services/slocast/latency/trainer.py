@@ -109,6 +109,9 @@ class StreamingTrainer:
             t: AdaptiveConformal(settings.quantile, ACI_GAMMA, ACI_WINDOW) for t in TARGETS
         }
         self._lock = threading.Lock()  # guards state and flush time
+        self._window_lock = threading.Lock()  # a batch enters all windows at once
+        # The flush epoch each serving target's data came after.
+        self._data_epochs: dict[str, float] = {}
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._ingest_loop, name="ingest", daemon=True),
@@ -144,9 +147,12 @@ class StreamingTrainer:
             return
         features = build_features(batch.columns)
         regime_ids = regimes(batch.columns)
-        self._track_misses(features, batch.columns, regime_ids)
-        for target in TARGETS:
-            self.windows[target].add(features, batch.columns[TARGET_COLUMNS[target]], regime_ids)
+        with self._window_lock:
+            self._track_misses(features, batch.columns, regime_ids)
+            for target in TARGETS:
+                self.windows[target].add(
+                    features, batch.columns[TARGET_COLUMNS[target]], regime_ids
+                )
         self.samples_ingested += rows
 
     def _track_misses(self, features: np.ndarray, columns: Columns, regime_ids: np.ndarray) -> None:
@@ -209,7 +215,7 @@ class StreamingTrainer:
             and counts["evaluation"] >= MIN_HELD_OUT
         )
 
-    def _publish(self, serving: dict[str, TargetModel], info: dict, data_epoch: float) -> None:
+    def _publish(self, serving: dict[str, TargetModel], info: dict) -> None:
         """Publish in two steps so a new model serves within a second of promotion.
 
         First the bundle without native code (workers serve it with XGBoost and do
@@ -217,6 +223,8 @@ class StreamingTrainer:
         of seconds), the same trees and offsets with their compiled libraries.
         """
         model_dir = self.settings.model_dir
+        # The bundle is as fresh as its oldest target's data.
+        data_epoch = min(self._data_epochs[t] for t in TARGETS)
         if not self.settings.compile_trees:  # workers compile for their own platform
             bundle = write_bundle(model_dir, serving, info, compile_cache=None)
             self._set_version(publish(model_dir, bundle), data_epoch)
@@ -279,13 +287,24 @@ class StreamingTrainer:
             "created_at": datetime.now(UTC).isoformat(),
             "aci_shift": shifts,
         }
-        self._publish(self.state.serving, info, data_epoch)
+        self._publish(self.state.serving, info)
         log.info("recalibrated by ACI: %s", shifts)
         return shifts
 
     def retrain_once(self) -> list[Evaluation]:
         """Fit, evaluate and maybe promote every due target; returns the evaluations."""
-        due = [t for t in TARGETS if self._due(t)]
+        # Snapshot every due target at once, between two ingested batches, so a
+        # batch is never half in one target's fit and missing from the other's.
+        with self._window_lock:
+            due = [t for t in TARGETS if self._due(t)]
+            snapshots = {
+                t: (
+                    self.windows[t].snapshot("train", reset_new=True),
+                    self.windows[t].snapshot("calibration"),
+                    self.windows[t].snapshot("evaluation"),
+                )
+                for t in due
+            }
         if not due:
             self.recalibrate_once()
             return []
@@ -294,11 +313,7 @@ class StreamingTrainer:
             data_epoch = self._flushed_at
         q = self.settings.quantile
         evaluations, winners = [], {}
-        for target in due:
-            window = self.windows[target]
-            train = window.snapshot("train", reset_new=True)
-            calib = window.snapshot("calibration")
-            held = window.snapshot("evaluation")
+        for target, (train, calib, held) in snapshots.items():
             candidate = fit_target_model(
                 target,
                 train.features,
@@ -344,6 +359,7 @@ class StreamingTrainer:
             # A target model waiting for its partner is kept but not yet published.
             self.state.serving = serving
             self._reset_aci(winners)
+            self._data_epochs.update({t: data_epoch for t in winners})
             self.state.last_retrain = datetime.now(UTC).isoformat()
             for e in evaluations:
                 self.state.last_evaluations[e.target] = e
@@ -355,7 +371,7 @@ class StreamingTrainer:
                 "created_at": datetime.now(UTC).isoformat(),
                 "evaluation": {e.target: e.__dict__ for e in evaluations},
             }
-            self._publish(serving, info, data_epoch)
+            self._publish(serving, info)
         elapsed = time.perf_counter() - started
         with self._lock:
             self.retrain_seconds = [*self.retrain_seconds[-99:], elapsed]
