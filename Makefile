@@ -5,9 +5,11 @@ BIN := $(VENV)/bin
 OUT ?= out
 PYTEST_ARGS ?=
 SHARED ?= ../shared
+OVERLAY ?= dev
+IMAGE_TAG ?= dev
 LTE := $(SHARED)/datasets/lte
 
-.PHONY: install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-services clean
+.PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +20,7 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[train,stack,test]'
+	scripts/install-kubectl.sh
 
 # The main job on the embedded default: synthetic data, every family, local MLflow.
 run:
@@ -37,12 +40,12 @@ test-integration:
 	$(BIN)/python -m pytest -m integration tests/integration $(PYTEST_ARGS)
 
 lint:
-	$(BIN)/ruff check services tests benchmarks loadtest
-	$(BIN)/ruff format --check services tests benchmarks loadtest
+	$(BIN)/ruff check services tests benchmarks loadtest scripts
+	$(BIN)/ruff format --check services tests benchmarks loadtest scripts
 
 format:
-	$(BIN)/ruff format services tests benchmarks loadtest
-	$(BIN)/ruff check --fix services tests benchmarks loadtest
+	$(BIN)/ruff format services tests benchmarks loadtest scripts
+	$(BIN)/ruff check --fix services tests benchmarks loadtest scripts
 
 bench-pipeline:
 	$(BIN)/python benchmarks/pipeline_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv
@@ -52,3 +55,22 @@ bench-services:
 
 clean:
 	rm -rf $(OUT) .slocast .pytest_cache .ruff_cache
+
+# Kubernetes (see docs/deploy.md). Rendering and validation need no cluster.
+kubectl:
+	scripts/install-kubectl.sh
+
+images:
+	scripts/images.sh $(IMAGE_TAG)
+
+deploy:
+	scripts/deploy.sh $(OVERLAY)
+
+test-cluster:
+	scripts/test-cluster.sh $(OVERLAY)
+
+undeploy:
+	scripts/undeploy.sh $(OVERLAY)
+
+k8s-check: kubectl
+	$(BIN)/python -m pytest tests/k8s $(PYTEST_ARGS)
