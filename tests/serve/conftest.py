@@ -113,18 +113,30 @@ def _train(home: Path) -> str:
     return champion.family
 
 
-def wait_ready(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+def wait_ready(
+    url: str, timeout: float, process: subprocess.Popen | None = None, workers: int = 1
+) -> None:
+    """Until ``workers`` distinct worker processes answer /v1/model with 200.
+
+    Each probe is a new connection: uvicorn's workers share the listening socket,
+    and one ready worker says nothing about the others.
+    """
     deadline = time.monotonic() + timeout
+    ready: set[int] = set()
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"slocast serve exited with {process.returncode}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
-                return
+            response = httpx.get(f"{url}/v1/model", timeout=5.0)
+            if response.status_code == 200:
+                ready.add(response.json()["pid"])
+                if len(ready) >= workers:
+                    return
+                continue
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
+    raise TimeoutError(f"{url}: {len(ready)} of {workers} workers ready after {timeout}s")
 
 
 @pytest.fixture(scope="session")
@@ -175,7 +187,7 @@ def server() -> Iterator[Server]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, 180.0, process)
+        wait_ready(url, 300.0, process, WORKERS)
         yield Server(
             url=url,
             task="synthetic",

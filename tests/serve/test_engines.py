@@ -48,7 +48,12 @@ def test_engine_choice_is_reported(model_info) -> None:
         pytest.skip("not an xgboost champion")
     assert model_info["engine"] in model_info["engines"]
     timings = model_info["engine_timings_us"]
-    # The chosen engine at every probed size is the faster one measured there.
+    # The compiled engine is never chosen where XGBoost measured faster, and XGBoost
+    # only where it measured clearly (10%) faster.
     for size, engine in model_info["engine_by_windows"].items():
         measured = timings[size.lstrip(">=")]
-        assert measured[engine] == min(measured.values())
+        other = "xgboost" if engine == "tl2cgen" else "tl2cgen"
+        if engine == "tl2cgen":
+            assert measured["tl2cgen"] <= measured["xgboost"] / 0.9
+        else:
+            assert measured["xgboost"] <= measured[other] * 0.9
