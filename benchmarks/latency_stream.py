@@ -6,9 +6,9 @@ seconds (default 60; the issue's soak is ``--duration 600``):
 
 - posts synthetic samples at ``--rate`` per second (default 1000) in batches;
 - runs closed-loop ``/predict/bulk/strict`` calls (100 candidates) and counts errors;
-- polls each worker's ``/status`` to see when it serves each published version, and
-  the pointer file to see when the version was published: the promotion-to-served
-  time is the worst worker's;
+- polls ``/status`` on fresh connections to collect, per worker, the time it loaded
+  each version (``last_model_load``), and the pointer file to see when the version
+  was published: the promotion-to-served time is the worst worker's;
 - samples the resident memory of the trainer and of every prediction process.
 
 Prints a summary and optionally writes it as JSON. Every loop is bounded by the
@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -145,12 +146,14 @@ def main() -> int:
                         stats["predict_errors"] += 1
 
         def status_watch() -> None:
-            with httpx.Client(timeout=5) as client:
-                while not stop.is_set():
-                    body = client.get(f"{prediction}/status").json()
-                    if body.get("model_version"):
-                        served.setdefault((body["worker_pid"], body["model_version"]), time.time())
-                    stop.wait(0.01)
+            # A new connection per call: a kept-alive one always reaches the same worker.
+            while not stop.is_set():
+                body = httpx.get(f"{prediction}/status", timeout=5).json()
+                if body.get("model_version"):
+                    # the worker's own load time: exact whenever we happen to ask it
+                    loaded = datetime.fromisoformat(body["last_model_load"]).timestamp()
+                    served.setdefault((body["worker_pid"], body["model_version"]), loaded)
+                stop.wait(0.01)
 
         def pointer_watch() -> None:
             last = None
