@@ -15,6 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "SLOCAST_TASK, SLOCAST_ADMIN_TOKEN, ...; see docs/serving.md); flags set the listen "
         "address and worker processes.",
     )
+    from slocast.serve.settings import ENVIRONMENT
+
+    serve.epilog = "environment:\n" + "\n".join(
+        f"  {name:32} {meaning}" for name, meaning in ENVIRONMENT.items()
+    )
+    serve.formatter_class = argparse.RawDescriptionHelpFormatter
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from slocast.core.errors import ConfigError
 
-# name -> what it sets; the README/docs table is generated from the same text.
+# name -> what it sets; printed by `slocast serve --help` (docs/serving.md has the table).
 ENVIRONMENT: dict[str, str] = {
     "SLOCAST_HOME": "embedded store directory (mlflow.db, mlruns/); default ./.slocast",
     "MLFLOW_TRACKING_URI": "MLflow tracking/registry URI; default sqlite:///$SLOCAST_HOME/mlflow.db",
