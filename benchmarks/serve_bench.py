@@ -344,7 +344,7 @@ def main() -> int:
         info = wait_workers(url, args.workers)
         results["model"] = {k: info.get(k) for k in ("name", "version", "family", "engine")}
         results["engine_detail"] = {
-            k: info.get(k) for k in ("engines", "xgboost_from_windows", "engine_timings_us")
+            k: info.get(k) for k in ("engines", "engine_by_windows", "engine_timings_us")
         }
         scratch = Path(tempfile.mkdtemp(prefix="serve-bench-"))
         bodies = request_bodies(args.test_data, info["history_rows"], scratch)
