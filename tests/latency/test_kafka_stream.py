@@ -89,3 +89,53 @@ def test_every_replica_sees_every_batch(broker: str) -> None:
     finally:
         for stream in (producer, *replicas):
             stream.close()
+
+
+def test_training_server_consumes_from_kafka(broker: str, tmp_path: Path) -> None:
+    """The training server publishes accepted samples to the topic and its trainer
+    consumes them from there (not from memory)."""
+    import os
+    import sys
+
+    import httpx
+
+    from slocast.latency.synthetic import to_records
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "SLOCAST_LATENCY_HOST": "127.0.0.1",
+        "SLOCAST_LATENCY_TRAINING_PORT": str(port),
+        "SLOCAST_LATENCY_MODEL_DIR": str(tmp_path / "models"),
+        "SLOCAST_KAFKA_BOOTSTRAP": broker,
+        "SLOCAST_LATENCY_TOPIC": f"latency-samples-{uuid.uuid4().hex[:8]}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slocast.cli", "latency-trainer"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "trainer.log", "wb"),  # noqa: SIM115 - closed with the process
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        records = to_records(generate("sharegpt-like", 300, seed=9))
+        r = httpx.post(f"{url}/add_training_data_bulk", json={"entries": records}, timeout=10)
+        assert r.status_code == 202
+        deadline = time.monotonic() + 30
+        ingested = 0
+        while time.monotonic() < deadline and ingested < 300:
+            ingested = httpx.get(f"{url}/data/status").json()["samples_ingested"]
+            time.sleep(0.2)
+        assert ingested == 300
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -77,6 +77,26 @@ def decode_batch(payload: bytes) -> SampleBatch:
     return SampleBatch(float(data["published_at"]), columns)
 
 
+# Partitions of the sample topic when this service creates it: batches carry no
+# ordering requirement, and more than one partition lets brokers spread the load.
+TOPIC_PARTITIONS = 6
+
+
+def ensure_topic(bootstrap: str, topic: str) -> None:
+    """Create ``topic`` unless it exists: a consumer subscribed to a missing topic
+    would only notice its creation at the next metadata refresh (minutes)."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    future = admin.create_topics([NewTopic(topic, TOPIC_PARTITIONS)])[topic]
+    try:
+        future.result(timeout=30)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+
+
 class KafkaStream:
     """Sample batches on a Kafka topic (one message per accepted HTTP request).
 
@@ -87,6 +107,7 @@ class KafkaStream:
     def __init__(self, bootstrap: str, topic: str, group_id: str | None = None) -> None:
         from confluent_kafka import Consumer, Producer
 
+        ensure_topic(bootstrap, topic)
         self.topic = topic
         self._producer = Producer(
             {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}

@@ -89,6 +89,17 @@ class _Metrics:
             registry=self.registry,
         )
 
+        retrain_seconds = Gauge(
+            "slocast_latency_last_retrain_seconds",
+            "Duration of the last retrain (fit, evaluate, publish, compile).",
+            registry=self.registry,
+        )
+        dropped = Gauge(
+            "slocast_latency_samples_dropped_by_flush",
+            "Queued samples dropped because a flush came after their publication.",
+            registry=self.registry,
+        )
+
         def refresh() -> None:
             for target in TARGETS:
                 for split, n in trainer.windows[target].counts().items():
@@ -101,6 +112,9 @@ class _Metrics:
                 pinball.labels(target, "incumbent").set(e.incumbent_pinball)
                 cover.labels(target).set(e.candidate_coverage)
             ingested.set(trainer.samples_ingested)
+            dropped.set(trainer.samples_dropped_by_flush)
+            if trainer.retrain_seconds:
+                retrain_seconds.set(trainer.retrain_seconds[-1])
 
         self.refresh = refresh
 
