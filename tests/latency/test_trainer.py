@@ -6,6 +6,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from slocast.core.metrics import coverage
@@ -125,3 +126,17 @@ def test_flush_discards_stale_batches(tmp_path: Path) -> None:
     assert trainer.samples_dropped_by_flush == 100
     assert sum(trainer.windows["ttft"].counts().values()) == 0
     assert trainer.samples_ingested == 0
+
+
+def test_restart_resumes_the_published_model(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path)
+    feed(trainer, "extreme-contention", 6000, seed=1)
+    trainer.retrain_once()
+    restarted = make_trainer(tmp_path)
+    assert restarted.state.serving_version == trainer.state.serving_version
+    fresh = generate("extreme-contention", 200, seed=9)
+    x, regime_ids = build_features(fresh), regimes(fresh)
+    for target in ("ttft", "tpot"):
+        before = trainer.state.serving[target].predict(x, regime_ids)
+        after = restarted.state.serving[target].predict(x, regime_ids)
+        np.testing.assert_allclose(after, before, rtol=1e-6)

@@ -192,6 +192,19 @@ class TargetModel:
         return {"trees": trees, "calibration": calib}
 
 
+def load_target_model(directory: Path, target: str, files: dict[str, str]) -> TargetModel:
+    """Inverse of :meth:`TargetModel.save` (hashes are verified by the bundle reader)."""
+    calib = json.loads((directory / files["calibration"]).read_text())
+    booster = xgb.Booster(model_file=str(directory / files["trees"]))
+    return TargetModel(
+        target,
+        float(calib["quantile"]),
+        calib["objective"],
+        booster,
+        MondrianCalibration.from_dict(calib["mondrian"]),
+    )
+
+
 def fit_target_model(
     target: str,
     train_x: np.ndarray,

@@ -28,7 +28,14 @@ import numpy as np
 
 from slocast.core.conformal import AdaptiveConformal, MondrianCalibration
 from slocast.core.metrics import coverage, pinball_loss
-from slocast.latency.bundle import Pointer, publish, write_bundle
+from slocast.latency.bundle import (
+    BundleError,
+    Pointer,
+    publish,
+    read_manifest,
+    read_pointer,
+    write_bundle,
+)
 from slocast.latency.features import FEATURE_NAMES, build_features, regimes
 from slocast.latency.model import (
     OBJECTIVE_TYPE,
@@ -37,6 +44,7 @@ from slocast.latency.model import (
     TARGETS,
     TargetModel,
     fit_target_model,
+    load_target_model,
     predict_booster,
     scale_of,
 )
@@ -118,6 +126,26 @@ class StreamingTrainer:
             threading.Thread(target=self._retrain_loop, name="retrain", daemon=True),
         ]
         self.retrain_seconds: list[float] = []  # bounded below; read by /metrics
+        self._resume()
+
+    def _resume(self) -> None:
+        """Adopt the published model after a restart, so the next candidate must
+        beat what the predictors actually serve (not a constant)."""
+        try:
+            pointer = read_pointer(self.settings.model_dir)
+            if pointer is None:
+                return
+            bundle, manifest = read_manifest(self.settings.model_dir, pointer)
+            serving = {t: load_target_model(bundle, t, manifest["targets"][t]) for t in TARGETS}
+        except (BundleError, OSError, ValueError, KeyError) as exc:
+            # Start anyway: the first promoted model will replace the broken bundle.
+            log.error("cannot resume from the published model: %s", exc)
+            return
+        self.state.serving = serving
+        self.state.serving_version = pointer.version
+        self._data_epochs = {t: 0.0 for t in TARGETS}  # data from before any flush here
+        self.state.serving_data_since = 0.0
+        log.info("resumed from published model %s", pointer.version)
 
     def start(self) -> None:
         for thread in self._threads:
