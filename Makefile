@@ -9,7 +9,7 @@ OVERLAY ?= dev
 IMAGE_TAG ?= dev
 LTE := $(SHARED)/datasets/lte
 
-.PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-services clean
+.PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-serve bench-latency bench-latency-serve bench-latency-stream bench-services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,26 @@ format:
 
 bench-pipeline:
 	$(BIN)/python benchmarks/pipeline_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv
+
+# Needs wrk (apt-get install -y wrk): a C load generator, so the client is not the bottleneck.
+bench-serve:
+	$(BIN)/python benchmarks/serve_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv
+
+# Protocol B (LLM latency) on the real trace, slocast vs the upstream configuration, plus
+# the synthetic workloads it must generalise to.
+bench-latency:
+	mkdir -p bench-out
+	$(BIN)/slocast bench latency --data $(SHARED)/datasets/llm-latency/sharegpt-h200.jsonl --seeds 10 --json bench-out/latency-protocol-b.json
+	for w in sharegpt-like long-prompts extreme-contention; do \
+		$(BIN)/slocast bench latency --synthetic $$w --rows 4000 --seeds 3 --json bench-out/latency-$$w.json || exit 1; done
+
+bench-latency-serve:
+	mkdir -p bench-out
+	$(BIN)/python benchmarks/latency_serve.py --json bench-out/latency-serve.json
+
+bench-latency-stream:
+	mkdir -p bench-out
+	$(BIN)/python benchmarks/latency_stream.py --duration 600 --json bench-out/latency-stream.json
 
 bench-services:
 	$(BIN)/python benchmarks/services_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv

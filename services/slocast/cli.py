@@ -25,7 +25,10 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slocast", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="slocast",
+        description="Forecast operational metrics and serve calibrated upper bounds.",
+    )
     parser.add_argument("--version", action="version", version=f"slocast {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

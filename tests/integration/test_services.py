@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from conftest import FAMILIES, ServiceStack, succeeded
+from conftest import FAMILIES, TANSU_BUCKET, ServiceStack, succeeded
 
 pytestmark = pytest.mark.integration
 
@@ -194,7 +194,6 @@ def test_malformed_event_goes_to_dlq_and_consumer_continues(stack: ServiceStack)
 
 
 def test_broker_restart_with_s3_storage_loses_nothing(stack: ServiceStack) -> None:
-    from conftest import TANSU_BUCKET
     from slocast.services.stack import (
         Child,
         free_port,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-REPORT_MODELS = {"persistence", "seasonal_naive", "xgboost", "gru", "lstm", "prophet"}
+REPORT_MODELS = {"persistence", "seasonal_naive", "xgboost", "gru", "lstm", "prophet", "ensemble"}
 
 
 def _run(tmp_path, *extra: str) -> subprocess.CompletedProcess:
