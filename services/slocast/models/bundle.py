@@ -8,7 +8,6 @@ nothing is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 
 from slocast import __version__
 from slocast.core.conformal import Calibration
+from slocast.core.digests import sha256_file
 from slocast.core.features import FeatureSpec, residual_scale
 from slocast.models import family_class
 from slocast.models.base import Forecaster
@@ -104,11 +104,3 @@ def read_manifest(root: Path) -> dict:
             f"{root}: bundle format {manifest.get('format')!r}, expected {BUNDLE_FORMAT}"
         )
     return manifest
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slocast.core.digests import sha256_bytes
 from slocast.core.storage import ArtifactStore
-from slocast.services.events import sha256_bytes
 from slocast.services.kafka import PermanentError
 
 

@@ -8,7 +8,6 @@ and SHA-256 content hashes, never bulk data.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Annotated, Literal, TypeVar
 
@@ -152,10 +151,6 @@ def parse_event(data: bytes | None, *expected: type[T]) -> T:
         names = ", ".join(e.model_fields["event_type"].default for e in expected)
         raise EventError(f"unexpected event type {event.event_type!r}; expected {names}")
     return event
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _short(exc: ValidationError) -> str:

@@ -15,6 +15,7 @@ from confluent_kafka import Message
 
 from slocast.core.config import PipelineConfig
 from slocast.core.datasets import load_lte
+from slocast.core.digests import sha256_bytes
 from slocast.core.errors import ConfigError, DatasetError
 from slocast.preprocess.stage import min_rows, preprocess
 from slocast.preprocess.store import dataset_prefix, has_dataset, save_dataset
@@ -24,7 +25,6 @@ from slocast.services.events import (
     DatasetSubmitted,
     EventError,
     parse_event,
-    sha256_bytes,
 )
 from slocast.services.kafka import PermanentError
 from slocast.services.runner import ServiceContext, configure_logging
