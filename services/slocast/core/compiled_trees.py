@@ -209,6 +209,85 @@ class _TL2cgenEngine:
         return np.asarray(self.predictor.predict(dmat), dtype=np.float64).reshape(-1)
 
 
+class CompiledBatch:
+    """Several compiled libraries evaluated on one matrix with minimal Python overhead.
+
+    ``tl2cgen.DMatrix`` + ``Predictor.predict`` cost ~40 us per call on tiny batches,
+    almost all of it Python: output-shape queries, ctypes pointer conversions,
+    a zero-filled output array per call. This calls the same C API
+    (``TL2cgenDMatrixCreateFromMat``, ``TL2cgenPredictorPredictBatch``) through
+    prototyped ctypes functions: one DMatrix per call shared by every library, and
+    every library writes straight into one row of a single output array. The
+    predictors are the ``tl2cgen.Predictor`` objects themselves, so loading and
+    metadata stay TL2cgen's. Only single-output models qualify
+    (:meth:`supports` checks); one thread per predictor, like everything here.
+    """
+
+    def __init__(self, predictors: list) -> None:
+        import ctypes
+
+        from tl2cgen.libloader import _LIB
+
+        if not predictors or not self.supports(predictors):
+            raise ValueError("CompiledBatch needs single-output, same-type predictors")
+        self._predictors = list(predictors)  # keep them (and their handles) alive
+        self._handles = [ctypes.c_void_p(p.handle.value) for p in predictors]
+        self._dtype = np.float32 if predictors[0].leaf_output_type == "float32" else np.float64
+        self.num_features = int(predictors[0].num_feature)
+        vp, sz, ci = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
+        proto = ctypes.CFUNCTYPE
+        self._create = proto(ci, vp, ctypes.c_char_p, sz, sz, vp, vp)(
+            ("TL2cgenDMatrixCreateFromMat", _LIB)
+        )
+        self._free = proto(ci, vp)(("TL2cgenDMatrixFree", _LIB))
+        self._predict = proto(ci, vp, vp, ci, ci, vp)(("TL2cgenPredictorPredictBatch", _LIB))
+        self._error = _LIB.TL2cgenGetLastError
+        self._missing = np.array([np.nan], dtype=np.float32)
+        self._missing_ptr = self._missing.ctypes.data
+        self._byref = ctypes.byref
+        self._c_void_p = vp
+
+    @staticmethod
+    def supports(predictors: list) -> bool:
+        """Whether every predictor returns one value per row of the same leaf type."""
+        first = predictors[0]
+        return all(
+            p.num_target == 1
+            and list(p.num_class) == [1]
+            and p.leaf_output_type == first.leaf_output_type
+            and p.num_feature == first.num_feature
+            for p in predictors
+        )
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Raw outputs, shape ``(len(predictors), rows)``, for a float32 matrix."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"expected (rows, {self.num_features}) features, got {x.shape}")
+        rows = x.shape[0]
+        # Zeroed: the generated code accumulates into its output (tl2cgen does the same).
+        out = np.zeros((len(self._handles), rows), dtype=self._dtype)
+        if rows == 0:
+            return out
+        dmat = self._c_void_p()
+        self._check(
+            self._create(
+                x.ctypes.data, b"float32", rows, x.shape[1], self._missing_ptr, self._byref(dmat)
+            )
+        )
+        try:
+            base, stride = out.ctypes.data, out.strides[0]
+            for i, handle in enumerate(self._handles):
+                self._check(self._predict(handle, dmat, 0, 0, base + i * stride))
+        finally:
+            self._free(dmat)
+        return out
+
+    def _check(self, ret: int) -> None:
+        if ret != 0:
+            raise RuntimeError(f"TL2cgen: {self._error().decode('utf-8', 'replace')}")
+
+
 @dataclass
 class TreeModel:
     """A loaded tree ensemble. ``engine`` names what actually serves small batches.

@@ -27,6 +27,7 @@ import numpy as np
 from slocast.core.compiled_trees import (
     ENGINE_TL2CGEN,
     ENGINE_XGBOOST,
+    CompiledBatch,
     TreeModel,
     library_paths,
     load_tree_model,
@@ -58,6 +59,7 @@ class CompiledTreesPredictor:
         compiled = all(t.engine == ENGINE_TL2CGEN for _, _, t in trees)
         self._available = (ENGINE_TL2CGEN, ENGINE_XGBOOST) if compiled else (ENGINE_XGBOOST,)
         self._libraries = []
+        self._batch: CompiledBatch | None = None
         if compiled:
             import tl2cgen
 
@@ -75,6 +77,12 @@ class CompiledTreesPredictor:
                 )
                 for step, k, t in trees
             ]
+            predictors = [library for _, _, library in self._libraries]
+            if CompiledBatch.supports(predictors):
+                # Same C calls without tl2cgen's per-call Python (~40 -> ~5 us a booster).
+                self._batch = CompiledBatch(predictors)
+                self._steps = np.array([step for step, _, _ in self._libraries], np.intp)
+                self._ks = np.array([k for _, k, _ in self._libraries], np.intp)
         self.engine = self._available[0]
         self.timings_us: dict[int, dict[str, float]] = {}
         self._choice: tuple[tuple[int, str], ...] = ((1, self.engine),)
@@ -134,7 +142,10 @@ class CompiledTreesPredictor:
         ends = np.asarray(ends, np.int64)
         x = self.forecaster.features(times, values, ends)
         raw = np.empty((ends.size, self._horizon, self._targets), np.float64)
-        if engine == ENGINE_TL2CGEN and self._libraries:
+        if engine == ENGINE_TL2CGEN and self._batch is not None:
+            # (boosters, N) -> raw[:, step, k], float32 widened exactly as before.
+            raw[:, self._steps, self._ks] = self._batch.predict(x).T
+        elif engine == ENGINE_TL2CGEN and self._libraries:
             # float32 C-contiguous already (tabular_features); tl2cgen's own dtype
             # conversion breaks under NumPy 2, so never hand it anything else.
             dmat = self._dmatrix(np.ascontiguousarray(x, dtype=np.float32))
