@@ -15,6 +15,7 @@ from slocast.core.features import (
     FeatureSpec,
     calendar_features,
     gather_windows,
+    residual_scale,
     tabular_feature_names,
     tabular_features,
     target_times,
@@ -65,6 +66,13 @@ def reference_dynamics(spec, values, ends):
         np.median(w[:, -3:], axis=1),
     ]
     return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def reference_residual_scale(spec, values, ends):
+    windows = np.minimum(gather_windows(values, ends, spec.window), np.asarray(spec.caps))
+    level = np.abs(windows[..., list(TARGET_INDEX)]).mean(axis=1)
+    floor = 0.05 * (np.abs(np.asarray(spec.target_center)) + np.asarray(spec.target_scale))
+    return (level + floor)[:, None, :]
 
 
 def _spec(rng, window):
@@ -125,6 +133,10 @@ def test_fast_features_equal_reference(n_windows, kind, window):
     assert tab.shape[1] == len(tabular_feature_names(spec))
     assert dyn.shape[1] == len(target_dynamics_names(spec))
 
+    scale = residual_scale(spec, values, ends)
+    np.testing.assert_array_equal(scale, reference_residual_scale(spec, values, ends))
+    assert scale.shape == (n_windows, 1, len(TARGET_INDEX))
+
     full = XGBoostForecaster(spec).features(times, values, ends)
     _assert_same(full, np.concatenate([tab, dyn], axis=1))
     assert full.flags.c_contiguous
@@ -147,6 +159,17 @@ def test_serving_shaped_batches_equal_reference():
                 axis=1,
             ),
         )
+
+
+def test_out_of_range_ends_still_raise():
+    rng = np.random.default_rng(5)
+    spec = _spec(rng, 10)
+    times, values = _series(rng, spec, 30, "random")
+    for ends in ([9], [31], [10, 31], [9, 30]):
+        with pytest.raises(IndexError):
+            tabular_features(spec, times, values, np.array(ends))
+        with pytest.raises(IndexError):
+            residual_scale(spec, values, np.array(ends))
 
 
 def test_spec_cache_does_not_change_the_spec():

@@ -181,10 +181,13 @@ def residual_scale(spec: FeatureSpec, values: np.ndarray, ends: np.ndarray) -> n
     of 5% of the target's training mean (+ its spread), so an idle window still
     gets a bound of sensible width.
     """
-    windows = np.minimum(gather_windows(values, ends, spec.window), np.asarray(spec.caps))
-    level = np.abs(windows[..., list(TARGET_INDEX)]).mean(axis=1)
-    floor = 0.05 * (np.abs(np.asarray(spec.target_center)) + np.asarray(spec.target_scale))
-    return (level + floor)[:, None, :]
+    arrays = spec_arrays(spec)
+    # Only the target columns are needed: clip them at their caps (same elementwise
+    # minimum as clipping every column, then selecting).
+    targets = _window_rows(values, np.asarray(ends, dtype=np.int64), spec.window)
+    windows = np.minimum(targets[..., arrays.target_index], arrays.target_caps)
+    level = np.abs(windows).mean(axis=1)
+    return (level + arrays.residual_floor)[:, None, :]
 
 
 def tabular_features(
@@ -210,7 +213,19 @@ def tabular_width(spec: FeatureSpec) -> int:
 
 def clipped_windows(spec: FeatureSpec, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Input windows clipped at the training caps, shape (N, window, C), float64."""
-    return np.minimum(gather_windows(values, ends, spec.window), spec_arrays(spec).caps)
+    ends = np.asarray(ends, dtype=np.int64)
+    return np.minimum(_window_rows(values, ends, spec.window), spec_arrays(spec).caps)
+
+
+def _window_rows(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
+    """:func:`gather_windows` for callers that only read the result: one window is a
+    view (a slice), not a fancy-indexed copy. Same rows, same checks."""
+    if ends.size == 1:
+        end = int(ends[0])
+        if end < window or end > values.shape[0]:
+            raise IndexError("window ends out of range for the given series")
+        return values[end - window : end][None]
+    return gather_windows(values, ends, window)
 
 
 def fill_tabular_features(
@@ -272,16 +287,25 @@ class SpecArrays:
     caps: np.ndarray
     target_center: np.ndarray
     step_ns: int
+    target_index: np.ndarray
+    target_caps: np.ndarray
+    residual_floor: np.ndarray
 
 
 def spec_arrays(spec: FeatureSpec) -> SpecArrays:
     """The spec's tuples as arrays, converted once per spec object, not per call."""
     cached = spec.__dict__.get("_arrays")
     if cached is None:
+        caps = np.asarray(spec.caps, dtype=np.float64)
+        target_center = np.asarray(spec.target_center, dtype=np.float64)
+        target_index = np.asarray(TARGET_INDEX, dtype=np.intp)
         cached = SpecArrays(
-            caps=np.asarray(spec.caps, dtype=np.float64),
-            target_center=np.asarray(spec.target_center, dtype=np.float64),
+            caps=caps,
+            target_center=target_center,
             step_ns=int(round(spec.step_seconds * 1e9)),
+            target_index=target_index,
+            target_caps=caps[target_index],
+            residual_floor=0.05 * (np.abs(target_center) + np.asarray(spec.target_scale)),
         )
         # Derived from immutable fields only; not a dataclass field, so equality,
         # hashing and to_dict() ignore it.
