@@ -262,6 +262,7 @@ def fill_tabular_features(
 
 
 _PERIODS = np.array([_DAY_S, _WEEK_S, _YEAR_S])
+_OFFSETS = np.array([0.0, _MONDAY_OFFSET_S, 0.0])
 
 
 def _fill_calendar(spec: FeatureSpec, times: np.ndarray, ends: np.ndarray, out: np.ndarray) -> None:
@@ -270,10 +271,9 @@ def _fill_calendar(spec: FeatureSpec, times: np.ndarray, ends: np.ndarray, out: 
     ns = np.asarray(times).astype("datetime64[ns]", copy=False).view(np.int64)[ends - 1]
     # The first forecast row's time, as target_times(times, ends, 1, step) computes it.
     seconds = (ns + arrays.step_ns) / 1e9
-    phase = np.empty((seconds.shape[0], 3))
-    np.remainder(seconds, _DAY_S, out=phase[:, 0])
-    np.remainder(seconds - _MONDAY_OFFSET_S, _WEEK_S, out=phase[:, 1])
-    np.remainder(seconds, _YEAR_S, out=phase[:, 2])
+    # Day, week (shifted to start on Monday; s - 0.0 == s exactly) and year phases.
+    phase = np.subtract(seconds[:, None], _OFFSETS)
+    np.remainder(phase, _PERIODS, out=phase)
     np.multiply(2 * np.pi, phase, out=phase)
     np.true_divide(phase, _PERIODS, out=phase)
     out[:, 0::2] = np.sin(phase)

@@ -108,7 +108,7 @@ class XGBoostForecaster(Forecaster):
     def _last(self, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """The last observed row's targets, (N, K): the persistence part of the forecast."""
         window = gather_windows(values, np.asarray(ends, np.int64), 1)
-        return window[:, 0, list(TARGET_INDEX)]
+        return window[:, 0, _TARGET_INDEX]
 
     def finish(self, raw: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Raw booster outputs (N, horizon, K) -> forecasts in original units."""
@@ -303,8 +303,9 @@ def _fill_target_dynamics(spec: FeatureSpec, windows: np.ndarray, out: np.ndarra
     np.subtract(last, lag2, out=out[:, 0:k], casting="same_kind")
     np.subtract(lag2, lag3, out=out[:, k : 2 * k], casting="same_kind")
     np.subtract(last, lag3, out=out[:, 2 * k : 3 * k], casting="same_kind")
-    for i in range(ewm.shape[0]):
-        out[:, (3 + i) * k : (4 + i) * k] = np.add.reduce(w * ewm[i], axis=1)
+    # Both smoothed levels in one product and one reduction: (N, 2, window, K) -> (N, 2 * K).
+    levels = np.add.reduce(w[:, None] * ewm, axis=2)
+    out[:, 3 * k : (3 + len(ewm)) * k] = levels.reshape(n, -1)
     mean = np.add.reduce(w, axis=1)
     np.true_divide(mean, size, out=mean)
     out[:, 5 * k : 6 * k] = last / np.maximum(mean, floor)
@@ -323,7 +324,9 @@ def _fill_target_dynamics(spec: FeatureSpec, windows: np.ndarray, out: np.ndarra
     tail = w[:, -3:]
     if tail.shape[1] == 3:
         a, b, c = tail[:, 0], tail[:, 1], tail[:, 2]
-        out[:, 8 * k : 9 * k] = np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        np.minimum(high, c, out=high)
+        np.maximum(low, high, out=out[:, 8 * k : 9 * k], casting="same_kind")
     else:
         out[:, 8 * k : 9 * k] = np.median(tail, axis=1)
 
