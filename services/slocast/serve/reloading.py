@@ -19,6 +19,7 @@ Design (see docs/serving.md):
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import threading
@@ -103,6 +104,7 @@ class ModelHolder:
                 ref.task, ref.version, model.bundle.family, model.predictor.engine, ref.run_id
             )
             self.metrics.model_loaded_at.set(model.loaded_at)
+            _freeze_heap()
             if getattr(model.predictor, "fallback", False):
                 self.metrics.engine_fallbacks.inc()
             log.info(
@@ -114,6 +116,19 @@ class ModelHolder:
                 model.load_seconds,
             )
             return ReloadOutcome("swapped", ref.version, previous)
+
+
+def _freeze_heap() -> None:
+    """Move everything alive now (imports, the served model) out of the cyclic GC's sight.
+
+    A worker holds ~330k long-lived objects (FastAPI, MLflow, XGBoost, the model);
+    every full collection walked all of them (~100 ms measured in-process) and
+    stalled whichever requests were in flight, every few thousand forecasts. Frozen
+    objects are still freed by reference counting when dropped (an old model after
+    a swap); only reference cycles among them would now outlive the process.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def read_generation(path: Path) -> int:
