@@ -8,6 +8,9 @@ SHARED ?= ../shared
 OVERLAY ?= dev
 IMAGE_TAG ?= dev
 LTE := $(SHARED)/datasets/lte
+# Recipes and the tests they run find the venv's tools (locust, hadolint,
+# kubernetes-validate, slocast) without an activated venv.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-serve bench-latency bench-latency-serve bench-latency-stream bench-services clean
 
