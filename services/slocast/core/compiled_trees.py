@@ -19,7 +19,6 @@ Every predictor runs on one thread: serving processes are scaled by workers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
+from slocast.core.digests import sha256_file
+
 log = logging.getLogger(__name__)
 
 ENGINE_TL2CGEN = "tl2cgen"
@@ -49,14 +50,6 @@ COMPILER_OPTIONS = ["-O1"]
 # Batch sizes timed at load time to find where XGBoost overtakes TL2cgen.
 _PROBE_SIZES = (1, 16, 64, 256, 1024)
 _PROBE_REPEATS = 5
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def toolchain_info() -> dict[str, str]:

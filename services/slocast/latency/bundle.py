@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slocast.core.compiled_trees import ensure_compiled, sha256_file
+from slocast.core.compiled_trees import ensure_compiled
+from slocast.core.digests import sha256_file
 from slocast.latency.model import TARGETS, TargetModel
 
 POINTER = "CURRENT"
