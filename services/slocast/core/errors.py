@@ -19,9 +19,3 @@ class ConfigError(SlocastError):
     """A setting is missing or invalid."""
 
     exit_code = 2
-
-
-class ModelNotFoundError(SlocastError):
-    """No model is registered under the requested name or alias."""
-
-    exit_code = 3

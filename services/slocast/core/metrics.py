@@ -51,11 +51,3 @@ def pinball_loss(y_true: np.ndarray, y_pred: np.ndarray, q: float) -> np.ndarray
     y, p = _masked(y_true, y_pred)
     diff = y - p
     return np.nanmean(np.maximum(q * diff, (q - 1.0) * diff), axis=0)
-
-
-def mape(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """Mean absolute percentage error (rows with zero truth are excluded)."""
-    y, p = _masked(y_true, y_pred)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(y != 0, np.abs((y - p) / y), np.nan)
-    return np.nanmean(ratio, axis=0)

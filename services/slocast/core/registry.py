@@ -14,8 +14,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from slocast.core.errors import ModelNotFoundError
-
 CHAMPION_ALIAS = "champion"
 EXPERIMENT = "slocast"
 # Tags written on runs and model versions; the durable evaluator queries them.
@@ -130,14 +128,6 @@ class ModelRegistry:
         except MlflowException:
             return None
         return VersionRef(task, str(mv.version), mv.run_id, mv.source, dict(mv.tags))
-
-    def require_champion(self, task: str) -> VersionRef:
-        ref = self.champion(task)
-        if ref is None:
-            raise ModelNotFoundError(
-                f"no '{CHAMPION_ALIAS}' for task {task!r} in {self.tracking_uri}; run `slocast run` first"
-            )
-        return ref
 
     def version(self, task: str, version: str) -> VersionRef:
         mv = self.client.get_model_version(registered_name(task), version)

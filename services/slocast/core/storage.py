@@ -32,21 +32,6 @@ class ArtifactStore(ABC):
     @abstractmethod
     def uri(self, key: str) -> str: ...
 
-    def put_file(self, key: str, path: str | Path) -> str:
-        return self.put_bytes(key, Path(path).read_bytes())
-
-    def get_file(self, key: str, path: str | Path) -> Path:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(target, self.get_bytes(key))
-        return target
-
-    def put_dir(self, prefix: str, directory: str | Path) -> str:
-        root = Path(directory)
-        for file in sorted(p for p in root.rglob("*") if p.is_file()):
-            self.put_file(f"{prefix}/{file.relative_to(root).as_posix()}", file)
-        return self.uri(prefix)
-
 
 class LocalStore(ArtifactStore):
     def __init__(self, root: str | Path) -> None:
