@@ -12,7 +12,7 @@ LTE := $(SHARED)/datasets/lte
 # kubernetes-validate, slocast) without an activated venv.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-serve bench-latency bench-latency-serve bench-latency-stream bench-services clean
+.PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-calibration bench-serve bench-latency bench-latency-serve bench-latency-stream bench-services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench-pipeline:
 	$(BIN)/python benchmarks/pipeline_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv
 
 # Needs wrk (apt-get install -y wrk): a C load generator, so the client is not the bottleneck.
+bench-calibration:
+	mkdir -p bench-out
+	$(BIN)/python benchmarks/calibration_study.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv --json bench-out/calibration.json
+
 bench-serve:
 	$(BIN)/python benchmarks/serve_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv
 

@@ -116,3 +116,48 @@ def test_normalised_offsets_hold_coverage_when_noise_scales_with_level():
     with pytest.raises(ValueError, match="normalised"):
         normalised.upper(point[:3, None], 0.9)
     assert Calibration.from_dict(normalised.to_dict()).normalised
+
+
+def test_change_bins_hold_coverage_when_the_regime_mix_shifts():
+    """Residual bias depends on a per-forecast variable; serving sees another mix of it."""
+    rng = np.random.default_rng(11)
+
+    def draw(n: int, share_high: float) -> tuple[np.ndarray, np.ndarray]:
+        change = np.where(
+            rng.random(n) < share_high, rng.normal(2.0, 0.3, n), rng.normal(-2, 0.3, n)
+        )
+        # Forecasts of a fall (change < 0) are too low and noisy; of a rise, close.
+        residual = np.where(change < 0, 1.0 + 2.0 * rng.normal(size=n), 0.2 * rng.normal(size=n))
+        return change[:, None, None], residual[:, None, None]
+
+    cal_change, cal_res = draw(20000, share_high=0.8)
+    test_change, test_res = draw(20000, share_high=0.2)  # mostly falls when served
+    point = np.zeros_like(test_res)
+    grouped = Calibration.fit(cal_res, np.zeros_like(cal_res), [0.9], group_by=cal_change, bins=5)
+    assert grouped.grouped and grouped.edges.shape == (4, 1, 1)
+    covered = test_res <= grouped.upper(point, 0.9, group_by=test_change)
+    assert covered.mean() == pytest.approx(0.9, abs=0.015)
+    for side in (test_change < 0, test_change >= 0):
+        assert covered[side].mean() == pytest.approx(0.9, abs=0.02)
+    pooled = Calibration.fit(cal_res, np.zeros_like(cal_res), [0.9])
+    assert (test_res <= pooled.upper(point, 0.9)).mean() < 0.8  # pooled misses under the shift
+    back = Calibration.from_dict(grouped.to_dict())
+    np.testing.assert_array_equal(
+        back.upper(point, 0.9, group_by=test_change),
+        grouped.upper(point, 0.9, group_by=test_change),
+    )
+    with pytest.raises(ValueError, match="group"):
+        grouped.upper(point, 0.9)
+
+
+def test_small_bins_fall_back_to_the_pooled_offset():
+    rng = np.random.default_rng(2)
+    res = rng.normal(size=(300, 1, 2))
+    change = rng.normal(size=(300, 1, 2))
+    calibration = Calibration.fit(
+        res, np.zeros_like(res), [0.9], group_by=change, bins=5, min_group_size=100
+    )
+    # 60 residuals per bin < 100: every bin uses the pooled offset of its cell.
+    np.testing.assert_array_equal(
+        calibration.group_offsets[0.9], np.broadcast_to(calibration.offsets[0.9], (5, 1, 2))
+    )

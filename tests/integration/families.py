@@ -40,12 +40,19 @@ class RidgeAR(Forecaster):
         self, data: ProcessedDataset, *, seed: int, progress: Progress | None = None
     ) -> FitReport:
         time.sleep(float(os.environ.get("SLOCAST_TEST_FIT_SECONDS", "0")))
-        ends = data.ends("train")
+        self._solve(data, data.ends("train"))
+        return FitReport(params={"ridge": 1e-3})
+
+    def refit(self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int) -> RidgeAR:
+        clone = RidgeAR(self.spec)
+        clone._solve(data, train_ends)
+        return clone
+
+    def _solve(self, data: ProcessedDataset, ends: np.ndarray) -> None:
         x = self._design(data.values, ends)
         y = np.log1p(np.clip(np.nan_to_num(data.truth(ends)[:, 0]), 0, None))
         ridge = 1e-3 * np.eye(x.shape[1])
         self.coef = np.linalg.solve(x.T @ x + ridge, x.T @ y)
-        return FitReport(params={"ridge": 1e-3})
 
     def predict(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         step = np.expm1(self._design(values, ends) @ self.coef)

@@ -95,6 +95,18 @@ def test_early_stopping_restores_best_epoch(data, fitted):
     assert np.nanmean(err**2) == pytest.approx(min(curve), rel=1e-4)
 
 
+def test_refit_trains_the_early_stopped_epochs_on_other_rows(data, fitted):
+    model, report = fitted
+    rows = data.ends("train")[: data.ends("train").size // 2]
+    clone = model.refit(data, rows, seed=0)
+    # No validation rows steer the refit: it runs exactly the epochs validation chose.
+    assert clone._fit_info["epochs"] == report.metrics["best_epoch"]
+    assert "best_val_loss" not in clone._fit_info
+    ends = data.ends("test")
+    a, b = (m.predict(data.times, data.values, ends) for m in (clone, model))
+    assert np.isfinite(a).all() and not np.allclose(a, b)
+
+
 def test_save_load_round_trip_without_pickle(data, fitted, tmp_path):
     model, _ = fitted
     files = model.save(tmp_path)

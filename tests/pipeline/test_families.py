@@ -63,6 +63,9 @@ class _ConstantStub(Forecaster):
     def fit(self, data, *, seed, progress=None):
         return FitReport()
 
+    def refit(self, data, train_ends, *, seed):
+        return self
+
     def predict(self, times, values, ends):
         return np.full((len(ends), self.spec.horizon, len(self.spec.targets)), 42.0)
 

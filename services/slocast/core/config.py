@@ -27,6 +27,10 @@ class PipelineConfig:
             dataset's step before the file is rejected as irregular.
         season_steps: season length of the seasonal-naive baseline (one day of
             2-minute rows).
+        calibration_blocks: contiguous blocks of the train split that, besides
+            validation, give conformal residuals from a model refitted without
+            them (cross-conformal over the whole training file). Default 0:
+            validation only, as protocol A prescribes; see docs/calibration.md.
     """
 
     window: int = 10
@@ -37,6 +41,7 @@ class PipelineConfig:
     cap_quantile: float = 0.999
     spacing_tolerance: float = 0.1
     season_steps: int = 720
+    calibration_blocks: int = 0
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -49,6 +54,10 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be in (0, 0.9), got {value}")
         if not all(0.0 < q < 1.0 for q in self.quantiles):
             raise ConfigError(f"quantiles must be in (0, 1), got {self.quantiles}")
+        if not 0 <= self.calibration_blocks <= 10:
+            raise ConfigError(
+                f"calibration_blocks must be in [0, 10], got {self.calibration_blocks}"
+            )
         if not 0.5 < self.cap_quantile <= 1.0:
             raise ConfigError(f"cap_quantile must be in (0.5, 1], got {self.cap_quantile}")
 

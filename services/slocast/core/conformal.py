@@ -64,11 +64,21 @@ class Calibration:
     (e.g. the recent load level): ``upper = point + offset * scale``. The bound
     then widens where the noise is larger, so coverage holds across regimes
     instead of only on average.
+
+    Optionally Mondrian: every forecast cell also carries a group variable (e.g.
+    the forecast's predicted change), cut into quantile bins on the calibration
+    rows (``edges``, shape ``(bins - 1, *offset_shape)``), each bin with its own
+    offsets (``group_offsets[q]``, shape ``(bins, *offset_shape)``). Coverage
+    then holds within every bin, so it survives a change in the mix of regimes
+    between calibration and serving. A bin with fewer than ``min_group_size``
+    residuals uses the pooled offset.
     """
 
     offsets: dict[float, np.ndarray]
     n_calibration: int
     normalised: bool = False
+    edges: np.ndarray | None = None
+    group_offsets: dict[float, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def fit(
@@ -77,46 +87,119 @@ class Calibration:
         y_pred: np.ndarray,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
         scale: np.ndarray | None = None,
+        group_by: np.ndarray | None = None,
+        bins: int = 1,
+        min_group_size: int = 100,
     ) -> Calibration:
         residuals = np.asarray(y_true, np.float64) - np.asarray(y_pred, np.float64)
         if scale is not None:
             residuals = residuals / _positive(scale)
+        pooled = {float(q): conformal_offset(residuals, q) for q in quantiles}
+        edges, group_offsets = None, {}
+        if group_by is not None and bins > 1:
+            edges, group_offsets = _group_offsets(
+                residuals, np.asarray(group_by, np.float64), pooled, bins, min_group_size
+            )
         return cls(
-            offsets={float(q): conformal_offset(residuals, q) for q in quantiles},
+            offsets=pooled,
             n_calibration=int(residuals.shape[0]),
             normalised=scale is not None,
+            edges=edges,
+            group_offsets=group_offsets,
         )
 
     @property
     def levels(self) -> list[float]:
         return sorted(self.offsets)
 
-    def upper(self, point: np.ndarray, q: float, scale: np.ndarray | None = None) -> np.ndarray:
+    @property
+    def grouped(self) -> bool:
+        return self.edges is not None
+
+    def upper(
+        self,
+        point: np.ndarray,
+        q: float,
+        scale: np.ndarray | None = None,
+        group_by: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Upper bound at level ``q`` for point forecasts shaped ``(N, *offset_shape)``."""
         try:
             offset = self.offsets[float(q)]
         except KeyError:
             raise KeyError(f"quantile {q} is not calibrated; available: {self.levels}") from None
+        if self.edges is not None:
+            if group_by is None:
+                raise ValueError("this calibration is per group: pass the rows' group variable")
+            offset = self._grouped_offset(float(q), np.asarray(group_by, np.float64))
         if self.normalised:
             if scale is None:
                 raise ValueError("this calibration is normalised: pass the rows' scale")
             return np.asarray(point) + offset * _positive(scale)
         return np.asarray(point) + offset
 
+    def _grouped_offset(self, q: float, group_by: np.ndarray) -> np.ndarray:
+        # Bin of every cell: how many of its edges lie at or below the value.
+        bins = (group_by[..., None] >= np.moveaxis(self.edges, 0, -1)).sum(axis=-1)
+        table = np.moveaxis(self.group_offsets[q], 0, -1)  # (*offset_shape, bins)
+        return np.take_along_axis(
+            np.broadcast_to(table, (*bins.shape, table.shape[-1])), bins[..., None], axis=-1
+        )[..., 0]
+
     def to_dict(self) -> dict:
-        return {
+        out = {
             "n_calibration": self.n_calibration,
             "normalised": self.normalised,
             "offsets": {str(q): np.asarray(v).tolist() for q, v in self.offsets.items()},
         }
+        if self.edges is not None:
+            out["edges"] = self.edges.tolist()
+            out["group_offsets"] = {str(q): v.tolist() for q, v in self.group_offsets.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
+        edges = data.get("edges")
         return cls(
             offsets={float(q): np.asarray(v, np.float64) for q, v in data["offsets"].items()},
             n_calibration=int(data["n_calibration"]),
             normalised=bool(data.get("normalised", False)),
+            edges=None if edges is None else np.asarray(edges, np.float64),
+            group_offsets={
+                float(q): np.asarray(v, np.float64)
+                for q, v in data.get("group_offsets", {}).items()
+            },
         )
+
+
+def _group_offsets(
+    residuals: np.ndarray,
+    group_by: np.ndarray,
+    pooled: dict[float, np.ndarray],
+    bins: int,
+    min_group_size: int,
+) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """Quantile-bin edges of ``group_by`` per cell and the offsets of every bin."""
+    n = residuals.shape[0]
+    r = residuals.reshape(n, -1)
+    g = np.broadcast_to(group_by, residuals.shape).reshape(n, -1)
+    cells = r.shape[1]
+    edges = np.empty((bins - 1, cells))
+    table = {q: np.empty((bins, cells)) for q in pooled}
+    for j in range(cells):
+        usable = ~np.isnan(r[:, j]) & np.isfinite(g[:, j])
+        edges[:, j] = np.quantile(g[usable, j], np.arange(1, bins) / bins)
+        which = (g[:, j][:, None] >= edges[None, :, j]).sum(axis=1)
+        for b in range(bins):
+            members = r[usable & (which == b), j]
+            for q in pooled:
+                table[q][b, j] = (
+                    _column_offset(members, q)
+                    if members.size >= min_group_size
+                    else pooled[q].reshape(-1)[j]
+                )
+    shape = residuals.shape[1:]
+    return edges.reshape(bins - 1, *shape), {q: v.reshape(bins, *shape) for q, v in table.items()}
 
 
 def _positive(scale: np.ndarray) -> np.ndarray:

@@ -190,6 +190,22 @@ def residual_scale(spec: FeatureSpec, values: np.ndarray, ends: np.ndarray) -> n
     return (level + arrays.residual_floor)[:, None, :]
 
 
+def predicted_change(
+    spec: FeatureSpec, point: np.ndarray, values: np.ndarray, ends: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
+    """How far each forecast moves from the last observed target, in units of ``scale``.
+
+    Shape of ``point`` (N, horizon, K). Conformal calibration groups forecasts by
+    it: after a burst a forecaster predicts a fall back towards the usual level,
+    and whether the burst in fact lasts decides its errors, so the residual
+    distribution differs between forecasts of a fall, of no change and of a rise.
+    """
+    arrays = spec_arrays(spec)
+    last = values[np.asarray(ends, dtype=np.int64) - 1][:, arrays.target_index]
+    last = np.minimum(last, arrays.target_caps)[:, None, :]
+    return (np.asarray(point, np.float64) - last) / scale
+
+
 def tabular_features(
     spec: FeatureSpec, times: np.ndarray, values: np.ndarray, ends: np.ndarray
 ) -> np.ndarray:

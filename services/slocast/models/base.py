@@ -51,6 +51,16 @@ class Forecaster(ABC):
         """Train on the train split; use the val split only for early stopping/selection."""
 
     @abstractmethod
+    def refit(self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int) -> Forecaster:
+        """A new model with this one's settings fitted on the windows ``train_ends`` only.
+
+        Cross-conformal calibration uses it to get residuals on rows this family
+        never trained on. No early stopping happens: the training budget (trees,
+        epochs) is the one this model's :meth:`fit` chose on validation, so the
+        held-out rows cannot steer the refit. Call it on a fitted model.
+        """
+
+    @abstractmethod
     def predict(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Point forecasts, shape ``(len(ends), horizon, K)``, original units."""
 

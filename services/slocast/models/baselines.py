@@ -23,6 +23,9 @@ class Persistence(Forecaster):
     ) -> FitReport:
         return FitReport()
 
+    def refit(self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int) -> Persistence:
+        return self  # nothing is learned from data
+
     def predict(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         last = values[np.asarray(ends, np.int64) - 1][:, list(TARGET_INDEX)]
         return np.repeat(last[:, None, :], self.spec.horizon, axis=1)
@@ -58,6 +61,9 @@ class SeasonalNaive(Forecaster):
     ) -> FitReport:
         self.season_steps = data.config.season_steps
         return FitReport(params={"season_steps": self.season_steps})
+
+    def refit(self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int) -> SeasonalNaive:
+        return self  # nothing is learned from data
 
     def predict(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         ends = np.asarray(ends, np.int64)

@@ -18,7 +18,7 @@ import numpy as np
 from slocast import __version__
 from slocast.core.conformal import Calibration
 from slocast.core.digests import sha256_file
-from slocast.core.features import FeatureSpec, residual_scale
+from slocast.core.features import FeatureSpec, predicted_change, residual_scale
 from slocast.models import family_class
 from slocast.models.base import Forecaster
 
@@ -52,8 +52,14 @@ class ModelBundle:
         The evaluator and the server both call this, so served bounds are the
         bounds whose coverage was measured.
         """
-        scale = residual_scale(self.spec, values, ends) if self.calibration.normalised else None
-        return self.calibration.upper(point, q, scale)
+        calibration = self.calibration
+        if not (calibration.normalised or calibration.grouped):
+            return calibration.upper(point, q)
+        scale = residual_scale(self.spec, values, ends)
+        change = (
+            predicted_change(self.spec, point, values, ends, scale) if calibration.grouped else None
+        )
+        return calibration.upper(point, q, scale if calibration.normalised else None, change)
 
 
 def save_bundle(bundle: ModelBundle, directory: str | Path) -> dict:

@@ -111,6 +111,12 @@ class EnsembleForecaster(Forecaster):
             progress(len(MEMBER_POOL), len(MEMBER_POOL), f"weights {self.weights}")
         return report
 
+    def refit(
+        self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int
+    ) -> EnsembleForecaster:
+        members = {name: m.refit(data, train_ends, seed=seed) for name, m in self.members.items()}
+        return EnsembleForecaster(self.spec, members, self.weights)
+
     def predict(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         if not self.members:
             raise RuntimeError("ensemble has no members: fit or load it first")

@@ -101,22 +101,40 @@ class ProphetForecaster(Forecaster):
     def fit(
         self, data: ProcessedDataset, *, seed: int, progress: Progress | None = None
     ) -> FitReport:
-        Prophet, _, _ = _prophet_api()
-        started = time.perf_counter()
         # The MAP fit starts from Prophet's deterministic initial values, so it does
         # not depend on ``seed``; uncertainty sampling (random) is off: intervals
         # come from conformal calibration instead.
-        ends = {name: data.ends(name) for name in ("train", "val")}
-        truth = {name: data.truth(e)[:, 0, :] for name, e in ends.items()}
-        self.models = []
+        started = time.perf_counter()
+        self._fit(data, data.ends("train"), progress)
+        val_ends = data.ends("val")
+        truth = data.truth(val_ends)[:, 0, :]
+        val_pred = self.predict(data.times, data.values, val_ends)[:, 0, :]
         metrics: dict[str, float] = {}
+        for k, target in enumerate(self.spec.targets):
+            y, p = truth[:, k], val_pred[:, k]
+            ok = ~np.isnan(y)
+            metrics[f"val_nrmse_{target}"] = float(
+                np.sqrt(np.mean((y[ok] - p[ok]) ** 2)) / np.mean(y[ok])
+            )
+        metrics["fit_seconds"] = time.perf_counter() - started
+        return FitReport(params={**self.params, "regressors": list(REGRESSORS)}, metrics=metrics)
+
+    def refit(
+        self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int
+    ) -> ProphetForecaster:
+        clone = ProphetForecaster(self.spec, self.params)
+        clone._fit(data, train_ends, None)
+        return clone
+
+    def _fit(self, data: ProcessedDataset, ends: np.ndarray, progress: Progress | None) -> None:
+        Prophet, _, _ = _prophet_api()
+        truth = data.truth(ends)[:, 0, :]
+        self.models = []
         n_targets = len(self.spec.targets)
         for k, target in enumerate(self.spec.targets):
             # Step-1 rows only: the regressors are then exactly one row old.
-            frame = self._frame(data.times, data.values, ends["train"], k).iloc[
-                :: self.spec.horizon
-            ]
-            frame = frame.assign(y=truth["train"][:, k]).dropna(subset=["y"])
+            frame = self._frame(data.times, data.values, ends, k).iloc[:: self.spec.horizon]
+            frame = frame.assign(y=truth[:, k]).dropna(subset=["y"])
             model = Prophet(**self.params, uncertainty_samples=0)
             for name in REGRESSORS:
                 model.add_regressor(name)
@@ -125,15 +143,6 @@ class ProphetForecaster(Forecaster):
             self.models.append(model)
             if progress:
                 progress(k + 1, n_targets, f"prophet {target}")
-        val_pred = self.predict(data.times, data.values, ends["val"])[:, 0, :]
-        for k, target in enumerate(self.spec.targets):
-            y, p = truth["val"][:, k], val_pred[:, k]
-            ok = ~np.isnan(y)
-            metrics[f"val_nrmse_{target}"] = float(
-                np.sqrt(np.mean((y[ok] - p[ok]) ** 2)) / np.mean(y[ok])
-            )
-        metrics["fit_seconds"] = time.perf_counter() - started
-        return FitReport(params={**self.params, "regressors": list(REGRESSORS)}, metrics=metrics)
 
     def predict(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         if not self.models:

@@ -126,10 +126,34 @@ class RecurrentForecaster(Forecaster):
     def fit(
         self, data: ProcessedDataset, *, seed: int, progress: Progress | None = None
     ) -> FitReport:
+        return self._fit(data, data.ends("train"), data.ends("val"), seed=seed, progress=progress)
+
+    def refit(
+        self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int
+    ) -> RecurrentForecaster:
+        epochs = self._fit_info.get("best_epoch")
+        if not epochs:
+            raise RuntimeError(f"{self.family}: no early-stopped epoch count to refit with")
+        clone = type(self)(self.spec, self.params)
+        clone._fit(data, train_ends, None, seed=seed, epochs=int(epochs))
+        return clone
+
+    def _fit(
+        self,
+        data: ProcessedDataset,
+        train_ends: np.ndarray,
+        val_ends: np.ndarray | None,
+        *,
+        seed: int,
+        progress: Progress | None = None,
+        epochs: int | None = None,
+    ) -> FitReport:
+        """Early stopping on ``val_ends`` (best epoch restored), or exactly ``epochs`` without it."""
         import torch  # training-only dependency: never imported on the serving path
 
         started = time.perf_counter()
         p = self.params
+        max_epochs = p.max_epochs if val_ends is not None else int(epochs)
         old_threads = torch.get_num_threads()
         old_deterministic = torch.are_deterministic_algorithms_enabled()
         torch.set_num_threads(p.threads)
@@ -137,9 +161,8 @@ class RecurrentForecaster(Forecaster):
         try:
             torch.manual_seed(seed)
             rng = np.random.default_rng(seed)
-            val_ends = data.ends("val")
-            train = self._tensors(data, "train")
-            val = self._tensors(data, "val")
+            train = self._tensors(data, train_ends)
+            val = self._tensors(data, val_ends) if val_ends is not None else None
             net = _build_net(self.cell, self.spec, p)
             optimiser = torch.optim.Adam(
                 net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay
@@ -148,7 +171,7 @@ class RecurrentForecaster(Forecaster):
             n = train[0].shape[0]
             best_loss, best_epoch, best_state = float("inf"), -1, None
             curves: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
-            for epoch in range(p.max_epochs):
+            for epoch in range(max_epochs):
                 net.train()
                 order = torch.from_numpy(rng.permutation(n))
                 total, count = 0.0, 0
@@ -163,8 +186,11 @@ class RecurrentForecaster(Forecaster):
                     optimiser.step()
                     total += loss.item() * idx.numel()
                     count += idx.numel()
-                val_loss = _evaluate(net, val)
                 curves["train_loss"].append(total / count)
+                if val is None:
+                    best_epoch = epoch
+                    continue
+                val_loss = _evaluate(net, val)
                 curves["val_loss"].append(val_loss)
                 if val_loss < best_loss:
                     best_loss, best_epoch = val_loss, epoch
@@ -173,8 +199,11 @@ class RecurrentForecaster(Forecaster):
                     progress(epoch + 1, p.max_epochs, f"epoch {epoch + 1}: val loss {val_loss:.4f}")
                 if epoch - best_epoch >= p.patience:
                     break
-            # Restore the best epoch: the last one has drifted past the validation optimum.
-            net.load_state_dict(best_state)
+            if best_state is not None:
+                # Restore the best epoch: the last one has drifted past the validation optimum.
+                net.load_state_dict(best_state)
+            else:
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             net.eval()
             train_seconds = time.perf_counter() - started
             self._weights = {k: v.numpy().copy() for k, v in best_state.items()}
@@ -185,36 +214,37 @@ class RecurrentForecaster(Forecaster):
         self._session = _session(self._onnx)
         _check_dynamic_batch(self._session, self.spec)
         # Refuse an export that computes something else than the trained network.
+        probe = (train_ends if val_ends is None else val_ends)[:256]
         served, reference = (
-            f(data.times, data.values, val_ends[:256]) for f in (self.predict, self.predict_torch)
+            f(data.times, data.values, probe) for f in (self.predict, self.predict_torch)
         )
         scale = self.spec.scale_targets
         if not np.allclose(scale(served), scale(reference), rtol=1e-4, atol=1e-4):
             raise RuntimeError("ONNX forecasts differ from the PyTorch network's")
-        val_pred = self.predict(data.times, data.values, val_ends)[:, 0]
-        val_nrmse = nrmse(data.truth(val_ends)[:, 0], val_pred)
         metrics = {
             "best_epoch": float(best_epoch + 1),
-            "epochs": float(len(curves["val_loss"])),
-            "best_val_loss": best_loss,
+            "epochs": float(len(curves["train_loss"])),
             "train_seconds": train_seconds,
-            "fit_seconds": time.perf_counter() - started,
         }
-        metrics.update(
-            {f"val_nrmse_{c}": float(v) for c, v in zip(TARGET_COLUMNS, val_nrmse, strict=True)}
-        )
-        metrics["val_nrmse_headline"] = float(
-            np.mean([val_nrmse[TARGET_COLUMNS.index(c)] for c in HEADLINE_COLUMNS])
-        )
+        if val_ends is not None:
+            val_pred = self.predict(data.times, data.values, val_ends)[:, 0]
+            val_nrmse = nrmse(data.truth(val_ends)[:, 0], val_pred)
+            metrics["best_val_loss"] = best_loss
+            metrics.update(
+                {f"val_nrmse_{c}": float(v) for c, v in zip(TARGET_COLUMNS, val_nrmse, strict=True)}
+            )
+            metrics["val_nrmse_headline"] = float(
+                np.mean([val_nrmse[TARGET_COLUMNS.index(c)] for c in HEADLINE_COLUMNS])
+            )
+        metrics["fit_seconds"] = time.perf_counter() - started
         self._fit_info = {"seed": seed, **metrics}
         return FitReport(
             params={"cell": self.cell, "seed": seed, **asdict(p)}, metrics=metrics, curves=curves
         )
 
-    def _tensors(self, data: ProcessedDataset, split: str) -> tuple:
+    def _tensors(self, data: ProcessedDataset, ends: np.ndarray) -> tuple:
         import torch
 
-        ends = data.ends(split)
         sequence, context = model_inputs(self.spec, data.times, data.values, ends)
         # Truth stays NaN where unobserved: those cells are masked out of the loss.
         target = self.spec.scale_targets(data.truth(ends)).reshape(ends.size, -1)

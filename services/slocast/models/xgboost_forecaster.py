@@ -123,10 +123,35 @@ class XGBoostForecaster(Forecaster):
     def fit(
         self, data: ProcessedDataset, *, seed: int, progress: Progress | None = None
     ) -> FitReport:
+        return self._fit(data, data.ends("train"), data.ends("val"), seed=seed, progress=progress)
+
+    def refit(
+        self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int
+    ) -> XGBoostForecaster:
+        if not self._models:
+            raise RuntimeError("XGBoostForecaster is not fitted: nothing to refit like")
+        clone = XGBoostForecaster(
+            self.spec, self.params, persistence_share=self.persistence_share, n_jobs=self.n_jobs
+        )
+        rounds = [[booster.num_boosted_rounds() for booster in row] for row in self._models]
+        clone._fit(data, train_ends, None, seed=seed, rounds=rounds)
+        return clone
+
+    def _fit(
+        self,
+        data: ProcessedDataset,
+        train_ends: np.ndarray,
+        val_ends: np.ndarray | None,
+        *,
+        seed: int,
+        progress: Progress | None = None,
+        rounds: list[list[int]] | None = None,
+    ) -> FitReport:
+        """Early stopping on ``val_ends``, or exactly ``rounds[step][k]`` trees without it."""
         started = time.perf_counter()
         params = {**self.params, "seed": seed, "nthread": self.n_jobs}
         horizon, targets = self.spec.horizon, self.spec.targets
-        ends = {name: data.ends(name) for name in ("train", "val")}
+        ends = {"train": train_ends} if val_ends is None else {"train": train_ends, "val": val_ends}
         truth = {name: data.truth(e) for name, e in ends.items()}
         last = {name: self._last(data.values, e) for name, e in ends.items()}
         # Scale by the training mean so every booster sees targets of order 1
@@ -134,8 +159,7 @@ class XGBoostForecaster(Forecaster):
         self.target_mean = np.array(
             [_safe_mean(truth["train"][:, 0, k]) for k in range(len(targets))]
         )
-        x_train = self.features(data.times, data.values, ends["train"])
-        x_val = self.features(data.times, data.values, ends["val"])
+        x = {name: self.features(data.times, data.values, e) for name, e in ends.items()}
         bins = int(params["max_bin"])
         curves: dict[str, list[float]] = {}
         metrics: dict[str, float] = {}
@@ -144,34 +168,44 @@ class XGBoostForecaster(Forecaster):
         for step in range(horizon):
             row: list[xgb.Booster] = []
             for k, target in enumerate(targets):
-                z_train = self._scaled_target(truth["train"][:, step, k], last["train"][:, k], k)
-                z_val = self._scaled_target(truth["val"][:, step, k], last["val"][:, k], k)
+                z = {
+                    name: self._scaled_target(truth[name][:, step, k], last[name][:, k], k)
+                    for name in ends
+                }
                 # Missing truth (NaN) must not be a label: drop those windows.
-                keep_t, keep_v = ~np.isnan(z_train), ~np.isnan(z_val)
-                d_train = xgb.QuantileDMatrix(x_train[keep_t], label=z_train[keep_t], max_bin=bins)
-                d_val = xgb.QuantileDMatrix(
-                    x_val[keep_v], label=z_val[keep_v], ref=d_train, max_bin=bins
+                keep = {name: ~np.isnan(v) for name, v in z.items()}
+                d_train = xgb.QuantileDMatrix(
+                    x["train"][keep["train"]], label=z["train"][keep["train"]], max_bin=bins
                 )
-                history: dict = {}
-                booster = xgb.train(
-                    params,
-                    d_train,
-                    MAX_ROUNDS,
-                    evals=[(d_val, "val")],
-                    early_stopping_rounds=EARLY_STOPPING_ROUNDS,
-                    evals_result=history,
-                    verbose_eval=False,
-                )
-                best = booster.best_iteration
-                # Keep only the trees up to the best round: the saved model is then
-                # exactly what predict() and a Treelite build evaluate.
-                row.append(booster[: best + 1])
                 name = f"step{step + 1}_{target}"
-                curves[f"val_rmse_{name}"] = [float(v) for v in history["val"]["rmse"]]
-                metrics[f"best_rounds_{name}"] = float(best + 1)
+                if val_ends is None:
+                    row.append(xgb.train(params, d_train, rounds[step][k]))
+                else:
+                    d_val = xgb.QuantileDMatrix(
+                        x["val"][keep["val"]],
+                        label=z["val"][keep["val"]],
+                        ref=d_train,
+                        max_bin=bins,
+                    )
+                    history: dict = {}
+                    booster = xgb.train(
+                        params,
+                        d_train,
+                        MAX_ROUNDS,
+                        evals=[(d_val, "val")],
+                        early_stopping_rounds=EARLY_STOPPING_ROUNDS,
+                        evals_result=history,
+                        verbose_eval=False,
+                    )
+                    best = booster.best_iteration
+                    # Keep only the trees up to the best round: the saved model is then
+                    # exactly what predict() and a Treelite build evaluate.
+                    row.append(booster[: best + 1])
+                    curves[f"val_rmse_{name}"] = [float(v) for v in history["val"]["rmse"]]
+                    metrics[f"best_rounds_{name}"] = float(best + 1)
                 done += 1
                 if progress:
-                    progress(done, total, f"xgboost {name}: {best + 1} trees")
+                    progress(done, total, f"xgboost {name}: {row[-1].num_boosted_rounds()} trees")
             self._models.append(row)
         metrics["fit_seconds"] = time.perf_counter() - started
         report_params = {

@@ -44,6 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--window", type=int, default=10, help="input rows per forecast (default 10, as protocol A)"
     )
     run.add_argument(
+        "--calibration-blocks",
+        type=int,
+        default=0,
+        help="also calibrate on N blocks of the train split, each with residuals of a model "
+        "refitted without it (cross-conformal; default 0: validation only, as protocol A)",
+    )
+    run.add_argument(
         "--synthetic-rows", type=int, default=8000, help="rows of synthetic data without --data"
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -72,7 +79,9 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         task=args.task,
         synthetic_rows=args.synthetic_rows,
-        config=PipelineConfig(window=args.window, horizon=args.horizon),
+        config=PipelineConfig(
+            window=args.window, horizon=args.horizon, calibration_blocks=args.calibration_blocks
+        ),
     )
     result = run_pipeline(settings, show_progress=not args.quiet)
     json_path, html_path = write_report(

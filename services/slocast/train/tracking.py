@@ -31,8 +31,14 @@ def log_trained_model(
         "horizon": dataset.config.horizon,
         "quantiles": list(dataset.config.quantiles),
         "n_calibration": model.bundle.calibration.n_calibration,
+        "calibration_blocks": dataset.config.calibration_blocks,
     }
-    metrics = {**model.val_metrics, **model.report.metrics, "train_seconds": model.train_seconds}
+    metrics = {
+        **model.val_metrics,
+        **model.report.metrics,
+        "train_seconds": model.train_seconds,
+        "calibration_seconds": model.calibration_seconds,
+    }
     for level, offsets in model.bundle.calibration.offsets.items():
         for target, value in zip(TARGET_COLUMNS, np.asarray(offsets)[0], strict=True):
             metrics[f"conformal_offset_{level:g}_{target}"] = float(value)
