@@ -748,47 +748,72 @@ class FlatForest:
             raise UnsupportedForest("only single-output regression forests")
         self.postprocessor = model["postprocessor"]
         self.num_features = int(model["num_feature"])
-        trees = [{n["node_id"]: n for n in t["nodes"]} for t in model["trees"]]
-        depth = max(_depth(nodes, 0) for nodes in trees) if trees else 0
-        if not 1 <= depth <= MAX_DEPTH:
-            raise UnsupportedForest(f"tree depth {depth} (1..{MAX_DEPTH} supported)")
-        inner, leaves = (1 << depth) - 1, 1 << depth
-        self.depth, self.num_trees = depth, len(trees)
-        self._feat = np.zeros((len(trees), inner), dtype=np.int32)
-        self._thr = np.full((len(trees), inner), np.inf, dtype=np.float32)
-        self._dleft = np.zeros((len(trees), inner), dtype=np.uint8)
-        self._leaf = np.zeros((len(trees), leaves), dtype=np.float32)
-        for t, nodes in enumerate(trees):
-            self._fill(t, nodes, 0, 0, 0)
+        trees = model["trees"]
+        if not trees:
+            raise UnsupportedForest("no trees")
+        # Node tables (trees x nodes), then the padded layout level by level for all
+        # trees at once: a few NumPy operations instead of a Python call per node
+        # (the worker loads every promoted model while serving).
+        width = max(t["num_nodes"] for t in trees)
+        shape = (len(trees), width)
+        left, right = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+        feat, dleft = np.zeros(shape, np.int32), np.zeros(shape, np.uint8)
+        thr, value = np.full(shape, np.inf, np.float32), np.zeros(shape, np.float32)
+        is_leaf = np.ones(shape, bool)
+        for t, tree in enumerate(trees):
+            for node in tree["nodes"]:
+                i = node["node_id"]
+                if "leaf_value" in node:
+                    leaf = node["leaf_value"]
+                    if isinstance(leaf, list):
+                        if len(leaf) != 1:
+                            raise UnsupportedForest("vector leaves")
+                        leaf = leaf[0]
+                    value[t, i] = leaf
+                    continue
+                if node["node_type"] != "numerical_test_node" or node["comparison_op"] != "<":
+                    raise UnsupportedForest(f"split {node['node_type']} {node['comparison_op']}")
+                is_leaf[t, i] = False
+                left[t, i], right[t, i] = node["left_child"], node["right_child"]
+                feat[t, i], thr[t, i] = node["split_feature_id"], node["threshold"]
+                dleft[t, i] = node["default_left"]
+        rows = np.arange(len(trees))[:, None]
+        slots = np.zeros((len(trees), 1), np.int64)  # node id in each slot of a level
+        levels = []
+        while not is_leaf[rows, slots].all():
+            if len(levels) == MAX_DEPTH:
+                raise UnsupportedForest(f"trees deeper than {MAX_DEPTH}")
+            leaf_here = is_leaf[rows, slots]
+            levels.append(
+                (
+                    np.where(leaf_here, 0, feat[rows, slots]),
+                    np.where(leaf_here, np.float32(np.inf), thr[rows, slots]),
+                    np.where(leaf_here, 0, dleft[rows, slots]),
+                )
+            )
+            # a leaf above the last level fills both halves of its padded subtree
+            lo = np.where(leaf_here, slots, left[rows, slots])
+            hi = np.where(leaf_here, slots, right[rows, slots])
+            slots = np.stack((lo, hi), axis=2).reshape(len(trees), -1)
+        if not levels:
+            raise UnsupportedForest("every tree is a single leaf")
+        self.depth, self.num_trees = len(levels), len(trees)
+        self._feat = np.ascontiguousarray(
+            np.concatenate([lv[0] for lv in levels], axis=1), np.int32
+        )
+        self._thr = np.ascontiguousarray(
+            np.concatenate([lv[1] for lv in levels], axis=1), np.float32
+        )
+        self._dleft = np.ascontiguousarray(
+            np.concatenate([lv[2] for lv in levels], axis=1), np.uint8
+        )
+        self._leaf = np.ascontiguousarray(value[rows, slots], np.float32)
         self._base = float(np.float32(model["base_scores"][0]))
         self._kernel = kernel
         self._args = (
             self.num_features, self.num_trees, self.depth, self._feat.ctypes.data,
             self._thr.ctypes.data, self._dleft.ctypes.data, self._leaf.ctypes.data, self._base,
         )  # fmt: skip
-
-    def _fill(self, t: int, nodes: dict, node_id: int, slot: int, level: int) -> None:
-        node = nodes[node_id]
-        if "leaf_value" in node:
-            value = node["leaf_value"]
-            if isinstance(value, list):
-                if len(value) != 1:
-                    raise UnsupportedForest("vector leaves")
-                value = value[0]
-            # every padded leaf below this slot gets the value
-            first, span = slot, 1
-            for _ in range(self.depth - level):
-                first, span = 2 * first + 1, 2 * span
-            start = first - ((1 << self.depth) - 1)
-            self._leaf[t, start : start + span] = value
-            return
-        if node.get("node_type") != "numerical_test_node" or node.get("comparison_op") != "<":
-            raise UnsupportedForest(f"split {node.get('node_type')} {node.get('comparison_op')}")
-        self._feat[t, slot] = node["split_feature_id"]
-        self._thr[t, slot] = node["threshold"]
-        self._dleft[t, slot] = bool(node["default_left"])
-        self._fill(t, nodes, node["left_child"], 2 * slot + 1, level + 1)
-        self._fill(t, nodes, node["right_child"], 2 * slot + 2, level + 1)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Prediction (float64) for a C-contiguous float32 ``(rows, num_features)``."""
@@ -819,10 +844,3 @@ class FlatForest:
             x[:, f] = np.where(side < 0, below, np.where(side > 0, above, at))
         x[rng.random((rows, self.num_features)) < missing] = np.nan
         return x
-
-
-def _depth(nodes: dict, node_id: int) -> int:
-    node = nodes[node_id]
-    if "leaf_value" in node:
-        return 0
-    return 1 + max(_depth(nodes, node["left_child"]), _depth(nodes, node["right_child"]))
