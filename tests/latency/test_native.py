@@ -294,10 +294,19 @@ def test_flat_forest_reproduces_xgboost(kernel, tmp_path: Path, params, rounds, 
     flat = native.FlatForest(kernel, path)
     booster = xgb.Booster(model_file=str(path))
     fresh = build_features(generate("long-prompts", 2000, seed=6))
-    probes = [fresh, fresh[:1], fresh[:7], flat.probe_rows(), flat.probe_rows(missing=0.05)]
+    probes = [
+        fresh,
+        fresh[:1],
+        fresh[:7],
+        fresh[:13],
+        flat.probe_rows(),
+        flat.probe_rows(missing=0.05),
+    ]
     for x in probes:
         want = np.asarray(booster.inplace_predict(x), np.float64)
-        np.testing.assert_allclose(flat.predict(x), want, rtol=1e-6, atol=1e-6)
+        for portable in (False, True):  # AVX2 (where available) and scalar code
+            got = flat.predict(x, portable=portable)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_too_deep_forest_is_refused(kernel, tmp_path: Path) -> None:
@@ -356,7 +365,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 
 def test_served_bounds_equal_the_offline_models(served) -> None:
     models, model = served
-    assert model.engines == {"ttft": native.ENGINE_BRANCHLESS, "tpot": native.ENGINE_BRANCHLESS}
+    assert all(e.startswith(native.ENGINE_BRANCHLESS) for e in model.engines.values())
     fresh = generate("extreme-contention", 3000, seed=8)
     x, regime_ids = build_features(fresh), regimes(fresh)
     bounds = model.predict(fresh)

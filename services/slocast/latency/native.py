@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 ENGINE_BRANCHLESS = "branchless"
 # Padded complete trees hold 2**depth leaves: deeper models use compiled trees.
 MAX_DEPTH = 10
+# The AVX2 path compares all 2**depth - 1 nodes of a tree: up to this depth.
+SIMD_MAX_DEPTH = 6
 # Kinds of fields the parser knows (must match the K_* constants in SOURCE).
 FRACTION, COUNT, NONNEGATIVE, ENUM = 0, 1, 2, 3
 COMPILER = ["gcc", "-O2", "-fPIC", "-shared", "-std=c11"]
@@ -469,9 +471,10 @@ static inline __attribute__((always_inline)) void forest_rows(
   }
 }
 
-void slc_forest(const float* x, int64_t rows, int32_t nfeat, int32_t ntree, int32_t depth,
-                const int32_t* feat, const float* thr, const uint8_t* dleft, const float* leaf,
-                float base, double* out) {
+/* The portable path: missing values honoured when the matrix holds any. */
+void slc_forest_scalar(const float* x, int64_t rows, int32_t nfeat, int32_t ntree,
+                       int32_t depth, const int32_t* feat, const float* thr,
+                       const uint8_t* dleft, const float* leaf, float base, double* out) {
   int missing = 0;
   for (int64_t i = 0; i < rows * nfeat; ++i) missing |= x[i] != x[i];
   /* Missing values need the default directions: ~30% slower, so only when present. */
@@ -479,6 +482,115 @@ void slc_forest(const float* x, int64_t rows, int32_t nfeat, int32_t ntree, int3
     forest_rows(x, rows, nfeat, ntree, depth, feat, thr, dleft, leaf, base, out, 1);
   else
     forest_rows(x, rows, nfeat, ntree, depth, feat, thr, dleft, leaf, base, out, 0);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SIMD_MAX_DEPTH 6
+#define SIMD_MAX_FEATURES 64
+#define AVX2 __attribute__((target("avx2")))
+
+/* AVX2, eight rows per vector and no dependent loads: every node of a tree is
+   compared (x[:, f] < t for the eight rows, from a transposed block), then each
+   level's node on the path is selected by a tournament of blends on the
+   directions taken so far, and the leaf by a permute. 2**D - 1 comparisons
+   instead of D, but all independent: ~2.5x faster than the scalar walk for
+   depth 4. Only for matrices without missing values (the caller checks). */
+static inline __attribute__((always_inline)) AVX2 void simd_rows(
+    const float* x, int64_t blocks, int32_t nfeat, int32_t ntree, const int D,
+    const int32_t* feat, const float* thr, const float* leaf, float base, double* out) {
+  const int32_t ni = (1 << D) - 1, nl = 1 << D;
+  float xt[SIMD_MAX_FEATURES * 8] __attribute__((aligned(32)));
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const float* xb = x + blk * 8 * nfeat;
+    for (int32_t f = 0; f < nfeat; ++f)
+      for (int i = 0; i < 8; ++i) xt[f * 8 + i] = xb[i * nfeat + f];
+    __m256 acc = _mm256_set1_ps(base);
+    for (int32_t t = 0; t < ntree; ++t) {
+      const int32_t* fv = feat + (int64_t)t * ni;
+      const float* th = thr + (int64_t)t * ni;
+      const float* lv = leaf + (int64_t)t * nl;
+      __m256 right[SIMD_MAX_DEPTH];
+      __m256i idx = _mm256_setzero_si256();
+#pragma GCC unroll 6
+      for (int d = 0; d < D; ++d) {
+        __m256 cand[1 << (SIMD_MAX_DEPTH - 1)];
+#pragma GCC unroll 32
+        for (int j = 0; j < (1 << d); ++j) {
+          const int n = (1 << d) - 1 + j;
+          cand[j] = _mm256_cmp_ps(_mm256_load_ps(xt + fv[n] * 8), _mm256_broadcast_ss(th + n),
+                                  _CMP_NLT_UQ); /* all ones: go right */
+        }
+#pragma GCC unroll 6
+        for (int b = d - 1; b >= 0; --b) {
+#pragma GCC unroll 16
+          for (int j = 0; j < (1 << b); ++j)
+            cand[j] = _mm256_blendv_ps(cand[2 * j], cand[2 * j + 1], right[b]);
+        }
+        right[d] = cand[0];
+        idx = _mm256_or_si256(_mm256_add_epi32(idx, idx),
+                              _mm256_srli_epi32(_mm256_castps_si256(cand[0]), 31));
+      }
+      __m256 v;
+      if (nl <= 8) {
+        v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lv), idx);
+      } else if (nl == 16) {
+        __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lv), idx);
+        __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lv + 8), idx);
+        v = _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+      } else {
+        v = _mm256_i32gather_ps(lv, idx, 4);
+      }
+      acc = _mm256_add_ps(acc, v); /* float32, base first, tree order: like XGBoost */
+    }
+    _mm256_storeu_pd(out + blk * 8, _mm256_cvtps_pd(_mm256_castps256_ps128(acc)));
+    _mm256_storeu_pd(out + blk * 8 + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(acc, 1)));
+  }
+}
+
+#define SIMD_DEPTH(D)                                                                     \
+  static AVX2 void simd_depth_##D(const float* x, int64_t blocks, int32_t nfeat,           \
+                                  int32_t ntree, const int32_t* feat, const float* thr,    \
+                                  const float* leaf, float base, double* out) {            \
+    simd_rows(x, blocks, nfeat, ntree, D, feat, thr, leaf, base, out);                     \
+  }
+SIMD_DEPTH(1)
+SIMD_DEPTH(2)
+SIMD_DEPTH(3)
+SIMD_DEPTH(4)
+SIMD_DEPTH(5)
+SIMD_DEPTH(6)
+
+typedef void (*simd_fn)(const float*, int64_t, int32_t, int32_t, const int32_t*, const float*,
+                        const float*, float, double*);
+static const simd_fn SIMD_BY_DEPTH[SIMD_MAX_DEPTH + 1] = {
+    NULL, simd_depth_1, simd_depth_2, simd_depth_3, simd_depth_4, simd_depth_5, simd_depth_6};
+
+int32_t slc_forest_simd_available(void) { return __builtin_cpu_supports("avx2") ? 1 : 0; }
+#else
+#define SIMD_MAX_DEPTH 0
+int32_t slc_forest_simd_available(void) { return 0; }
+#endif
+
+void slc_forest(const float* x, int64_t rows, int32_t nfeat, int32_t ntree, int32_t depth,
+                const int32_t* feat, const float* thr, const uint8_t* dleft, const float* leaf,
+                float base, double* out) {
+#if SIMD_MAX_DEPTH > 0
+  if (rows >= 8 && depth <= SIMD_MAX_DEPTH && nfeat <= SIMD_MAX_FEATURES &&
+      __builtin_cpu_supports("avx2")) {
+    int missing = 0;
+    for (int64_t i = 0; i < rows * nfeat; ++i) missing |= x[i] != x[i];
+    if (!missing) {
+      const int64_t blocks = rows / 8, done = blocks * 8;
+      SIMD_BY_DEPTH[depth](x, blocks, nfeat, ntree, feat, thr, leaf, base, out);
+      if (done < rows)
+        forest_rows(x + done * nfeat, rows - done, nfeat, ntree, depth, feat, thr, dleft, leaf,
+                    base, out + done, 0);
+      return;
+    }
+  }
+#endif
+  slc_forest_scalar(x, rows, nfeat, ntree, depth, feat, thr, dleft, leaf, base, out);
 }
 
 /* Render orjson's ``[[a,b],[c,d],...]`` as ``[<open>a<mid>b<tail>,<open>c<mid>d<tail>,...]``
@@ -658,6 +770,10 @@ class Kernel:
         self._forest = lib.slc_forest
         self._forest.argtypes = [vp, i64, i32, i32, i32, vp, vp, vp, vp, ctypes.c_float, vp]
         self._forest.restype = None
+        self._forest_scalar = lib.slc_forest_scalar
+        self._forest_scalar.argtypes = self._forest.argtypes
+        self._forest_scalar.restype = None
+        self.simd = bool(lib.slc_forest_simd_available())
         self._pairs = lib.slc_pairs_json
         self._pairs.argtypes = [ctypes.c_char_p, i64] * 4 + [vp, i64]
         self._pairs.restype = i64
@@ -669,12 +785,12 @@ class Kernel:
         """orjson's ``[[a,b],...]`` (``rows`` pairs) as ``[<open_>a<mid>b<tail>,...]``;
         ``None`` if ``pairs`` is not such a list. Numbers are copied verbatim."""
         cap = len(pairs) + rows * (len(open_) + len(mid) + len(tail)) + 2
-        buf = ctypes.create_string_buffer(cap)
+        buf = np.empty(cap, dtype=np.uint8)  # not zero-filled, unlike ctypes buffers
         n = self._pairs(
             pairs, len(pairs), open_, len(open_), mid, len(mid), tail, len(tail),
-            ctypes.addressof(buf), cap,
+            buf.ctypes.data, cap,
         )  # fmt: skip
-        return ctypes.string_at(buf, n) if n >= 0 else None
+        return buf[:n].tobytes() if n >= 0 else None
 
     def parser(self, fields: list[Field], enum_values: list[str]) -> Parser:
         return Parser(self, fields, enum_values)
@@ -815,15 +931,22 @@ class FlatForest:
             self._thr.ctypes.data, self._dleft.ctypes.data, self._leaf.ctypes.data, self._base,
         )  # fmt: skip
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Prediction (float64) for a C-contiguous float32 ``(rows, num_features)``."""
+    @property
+    def engine(self) -> str:
+        simd = self._kernel.simd and self.depth <= SIMD_MAX_DEPTH and self.num_features <= 64
+        return f"{ENGINE_BRANCHLESS}-avx2" if simd else ENGINE_BRANCHLESS
+
+    def predict(self, x: np.ndarray, *, portable: bool = False) -> np.ndarray:
+        """Prediction (float64) for a C-contiguous float32 ``(rows, num_features)``.
+        ``portable``: the scalar code even where AVX2 is available (for tests)."""
         if x.dtype != np.float32 or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.num_features:
             raise ValueError(f"expected (rows, {self.num_features}) features, got {x.shape}")
         out = np.empty(x.shape[0], dtype=np.float64)
         if x.shape[0]:
-            self._kernel._forest(x.ctypes.data, x.shape[0], *self._args, out.ctypes.data)
+            forest = self._kernel._forest_scalar if portable else self._kernel._forest
+            forest(x.ctypes.data, x.shape[0], *self._args, out.ctypes.data)
         if self.postprocessor == "exponential":
             np.exp(out, out=out)
         return out

@@ -133,10 +133,16 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
     app = FastAPI(title="slocast latency prediction server", lifespan=lifespan)
     install_validation_handler(app)
 
+    counters: dict[tuple[str, int], Counter] = {}  # labelled children, looked up once
+    rows_counter = rows_total.labels(pid)
+
     def count(endpoint: str, status: int, rows: int = 0) -> None:
-        requests_total.labels(endpoint, str(status), pid).inc()
+        child = counters.get((endpoint, status))
+        if child is None:
+            child = counters[endpoint, status] = requests_total.labels(endpoint, str(status), pid)
+        child.inc()
         if rows:
-            rows_total.labels(pid).inc(rows)
+            rows_counter.inc(rows)
 
     def answer(endpoint: str, handler):
         """A handler with 422s rendered in FastAPI's format and every status counted."""

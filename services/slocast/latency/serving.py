@@ -33,7 +33,6 @@ from slocast.latency.features import NUM_REGIMES, build_features, regimes
 from slocast.latency.model import TARGETS, point_from_raw, scale_of
 from slocast.latency.native import (
     COUNT,
-    ENGINE_BRANCHLESS,
     ENUM,
     FRACTION,
     Field,
@@ -72,7 +71,7 @@ class ServedTarget:
 
     @property
     def engine(self) -> str:
-        return ENGINE_BRANCHLESS if self.flat is not None else self.trees.engine
+        return self.flat.engine if self.flat is not None else self.trees.engine
 
     def predict(self, x: np.ndarray, regime_ids: np.ndarray) -> np.ndarray:
         raw = self.flat.predict(x) if self.flat is not None else self.trees.predict(x)
