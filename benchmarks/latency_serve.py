@@ -9,6 +9,8 @@ candidates, closed loop:
 - throughput run: ``--connections`` connections: requests/s and rows/s.
 
 Targets (issue 6): ``/predict`` p50 < 1 ms; 1000-candidate bulk p50 < 4 ms.
+The machine's 1-minute load average is recorded before every case: on a shared
+machine, compare runs only against a reference measured in the same session.
 Needs ``wrk`` (``apt-get install -y wrk``). Usage:
 
     python benchmarks/latency_serve.py [--duration 10] [--workers 2] [--json OUT]
@@ -145,7 +147,10 @@ def main() -> int:
         else:
             raise RuntimeError("prediction server did not become ready")
         status = httpx.get(f"{base}/status").json()
-        print(f"serving {status['model_version']} engines {status['engines']}")
+        print(
+            f"serving {status['model_version']} engines {status['engines']} "
+            f"load average {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)"
+        )
         candidates = to_records(generate("extreme-contention", 1000, seed=1))
         for item in candidates:
             item.pop("actual_ttft_ms")
@@ -155,9 +160,11 @@ def main() -> int:
             for n in (10, 100, 1000)
         ]
         print(
-            f"{'endpoint':22s} {'rows':>5s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>9s} {'rows/s':>10s}"
+            f"{'endpoint':22s} {'rows':>5s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>9s} "
+            f"{'rows/s':>10s} {'load':>5s}"
         )
         for path, rows, body in cases:
+            load_average = os.getloadavg()[0]
             latency = run_wrk(base + path, body, 1, args.duration, tmp)
             load = run_wrk(base + path, body, args.connections, args.duration, tmp)
             rps = load["requests"] / (load["duration_us"] / 1e6)
@@ -170,6 +177,7 @@ def main() -> int:
                 "rows_per_s": rps * rows,
                 "loaded_p50_ms": load["p50_us"] / 1000,
                 "loaded_p99_ms": load["p99_us"] / 1000,
+                "load_average": load_average,
                 "errors": latency["socket_errors"]
                 + latency["non_2xx"]
                 + load["socket_errors"]
@@ -178,7 +186,7 @@ def main() -> int:
             results.append(result)
             print(
                 f"{path:22s} {rows:5d} {result['p50_ms']:8.3f} {result['p99_ms']:8.3f} "
-                f"{rps:9.0f} {result['rows_per_s']:10.0f}"
+                f"{rps:9.0f} {result['rows_per_s']:10.0f} {load_average:5.2f}"
                 + (f"  ERRORS {result['errors']}" if result["errors"] else "")
             )
     finally:
@@ -186,7 +194,18 @@ def main() -> int:
         server.wait(timeout=20)
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
-        args.json.write_text(json.dumps({"workers": args.workers, "results": results}, indent=2))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "workers": args.workers,
+                    "cpus": os.cpu_count(),
+                    "engines": status["engines"],
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -10,6 +10,7 @@ worker)::
         ttft.ubj  ttft.calibration.json
         tpot.ubj  tpot.calibration.json
         lib/trees-<sha>.so|.json   libraries compiled by the trainer (optional)
+        lib/latency-kernel-<sha>.so|.json   the serving kernel (slocast.latency.native)
 
 A bundle is written completely under a temporary name, renamed into place, and only
 then published by atomically replacing ``CURRENT`` (``os.replace``). Readers verify
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +34,9 @@ from pathlib import Path
 from slocast.core.compiled_trees import ensure_compiled
 from slocast.core.digests import sha256_file
 from slocast.latency.model import TARGETS, TargetModel
+from slocast.latency.native import ensure_kernel
+
+log = logging.getLogger(__name__)
 
 POINTER = "CURRENT"
 MANIFEST = "manifest.json"
@@ -81,6 +86,14 @@ def write_bundle(
             for target in TARGETS:
                 compiled = ensure_compiled(tmp / targets[target]["trees"], compile_cache)
                 for path in (compiled.library, compiled.manifest):
+                    shutil.copy2(path, tmp / LIB_DIR / path.name)
+            # The prediction image has no compiler: ship the serving kernel too.
+            try:
+                kernel = ensure_kernel(compile_cache)
+            except RuntimeError as exc:  # predictors then serve on the Python path
+                log.error("bundle %s without the latency kernel: %s", version, exc)
+            else:
+                for path in (kernel.library, kernel.manifest):
                     shutil.copy2(path, tmp / LIB_DIR / path.name)
         files = {
             str(path.relative_to(tmp)): sha256_file(path)

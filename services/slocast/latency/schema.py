@@ -14,9 +14,10 @@ ignored. Any violation rejects the whole request with FastAPI's 422 format.
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, Field
 
 MAX_ITEMS = 10_000
@@ -54,6 +55,54 @@ def _error(kind: str, loc: tuple, msg: str, value: Any = None) -> ValidationFail
     if value is not None:
         detail["input"] = value
     return ValidationFailure([detail])
+
+
+def decode_json(body: bytes, *, allow_empty: bool = False) -> Any:
+    """Decode a request body with orjson; malformed JSON is a 422 like FastAPI's."""
+    if not body.strip():
+        if allow_empty:
+            return None
+        raise _error("missing", (), "Field required")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationFailure(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ["body", exc.pos],
+                    "msg": f"JSON decode error: {exc.msg}",
+                }
+            ]
+        ) from None
+
+
+class ColumnParser(Protocol):
+    """Parses a raw body straight into columns, or returns None when unsure
+    (:class:`slocast.latency.native.Parser`)."""
+
+    def parse(self, body: bytes, key: str | None, max_rows: int) -> Columns | None: ...
+
+
+def feature_columns(body: bytes, key: str | None, parser: ColumnParser | None = None) -> Columns:
+    """Validated feature columns of a request body: ``{key: [features, ...]}``, or
+    one features object when ``key`` is None.
+
+    ``parser`` (the native kernel) answers plainly valid bodies without building
+    Python objects; whatever it does not accept goes through orjson and
+    :func:`parse_features`, which decide and name the error (same columns either
+    way, tested differentially).
+    """
+    if parser is not None:
+        cols = parser.parse(body, key, MAX_ITEMS)
+        if cols is not None:
+            return cols
+    data = decode_json(body)
+    if key is None:
+        if not isinstance(data, dict):
+            raise _error("dict_type", (), "Input should be a valid dictionary")
+        return parse_features([data])
+    return parse_features(item_list(data, key), (key,))
 
 
 def item_list(body: Any, key: str) -> list:
