@@ -103,3 +103,20 @@ def test_save_load_round_trip(tpot_data, tmp_path: Path) -> None:
         loaded.predict(x[1500:], r[1500:]), fitted.predict(x[1500:], r[1500:])
     )
     assert abs(coverage(y[1500:], loaded.predict(x[1500:], r[1500:])) - 0.9) < 0.05
+
+
+def test_inner_cv_never_reads_the_test_rows() -> None:
+    """Selection scores come from the 90% only: poisoning the test 10% changes nothing."""
+    from slocast.latency.protocol import run_seed_inner_cv, split
+
+    cols = generate("sharegpt-like", 1200, seed=4)
+    y = cols["actual_tpot_ms"]
+    observed = y > 0
+    x, y, r = build_features(cols)[observed], y[observed], regimes(cols)[observed]
+    clean = run_seed_inner_cv(x, y, r, seed=0, params=PARAMS, folds=3)
+    _, test = split(y.shape[0], seed=0)
+    x_bad, y_bad = x.copy(), y.copy()
+    x_bad[test], y_bad[test] = np.nan, 1e9
+    poisoned = run_seed_inner_cv(x_bad, y_bad, r, seed=0, params=PARAMS, folds=3)
+    assert clean == poisoned
+    assert 0.8 < clean[0].coverage < 1.0
