@@ -1,6 +1,7 @@
 """CLI of the latency task: protocol B benchmark and the two servers.
 
-- ``slocast bench latency --data TRACE.jsonl --seeds 10 --json OUT``
+- ``slocast bench latency --data TRACE.jsonl --seeds 10 --json OUT`` (``--inner-cv``:
+  the same splits scored by CV inside the training 90%, for model selection)
 - ``slocast latency-trainer`` / ``slocast latency-predictor`` (settings from env,
   see docs/latency.md); :func:`run_training_server` and
   :func:`run_prediction_server` are what ``slocast service ...`` calls.
@@ -31,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     latency.add_argument("--rows", type=int, default=4000, help="rows of a synthetic trace")
     latency.add_argument("--seeds", type=int, default=10)
     latency.add_argument("--json", type=Path, help="write the result JSON here")
+    latency.add_argument(
+        "--inner-cv",
+        action="store_true",
+        help="score by 5-fold CV inside each seed's 90%% training split (for model "
+        "selection: the test 10%% is never read)",
+    )
     latency.set_defaults(func=_bench_latency)
 
     trainer = subparsers.add_parser(
@@ -73,7 +80,7 @@ def _bench_latency(args: argparse.Namespace) -> int:
                 f"unknown workload {args.synthetic!r}; choose from {sorted(WORKLOADS)}"
             )
         cols = generate(args.synthetic, args.rows, seed=0)
-    report = run_protocol_b(cols, args.seeds)
+    report = run_protocol_b(cols, args.seeds, inner_cv=args.inner_cv)
     for target, models in report.items():
         for name, summary in models.items():
             print(

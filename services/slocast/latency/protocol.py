@@ -6,6 +6,11 @@ on out-of-fold residuals within the 90% (cross-conformal; never on the test rows
 see :func:`slocast.latency.model.fit_cross_conformal`); the reference is XGBoost
 ``reg:quantileerror`` configured like the upstream production predictor on the
 whole 90% with the same features. Both predict the P90 of the same 10%.
+
+Model selection never reads the 10%: :func:`run_seed_inner_cv` scores a
+configuration by cross-validation inside each seed's 90% (``slocast bench latency
+--inner-cv``, and ``benchmarks/latency_select.py`` for the candidates compared in
+docs/latency.md).
 """
 
 from __future__ import annotations
@@ -57,21 +62,61 @@ def _score(y: np.ndarray, upper: np.ndarray) -> SeedResult:
     )
 
 
+def split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices of protocol B's random 90/10 split for ``seed``."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(TEST_FRACTION * n))
+    return order[n_test:], order[:n_test]
+
+
+def _fit_and_score(
+    x: np.ndarray,
+    y: np.ndarray,
+    regime_ids: np.ndarray,
+    fit: np.ndarray,
+    score: np.ndarray,
+    seed: int,
+    params: TreeParams,
+) -> tuple[np.ndarray, np.ndarray]:
+    """slocast's and the reference's P90 for the ``score`` rows, fitted on ``fit`` only."""
+    model = fit_cross_conformal("target", x[fit], y[fit], regime_ids[fit], QUANTILE, params, seed)
+    ours = model.predict(x[score], regime_ids[score])
+    reference = _fit_reference(x[fit], y[fit], seed)
+    return ours, np.asarray(reference.inplace_predict(x[score]), np.float64)
+
+
 def run_seed(
     x: np.ndarray, y: np.ndarray, regime_ids: np.ndarray, seed: int, params: TreeParams
 ) -> tuple[SeedResult, SeedResult]:
     """(slocast, reference) scores for one random 90/10 split."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(y.shape[0])
-    n_test = int(round(TEST_FRACTION * y.shape[0]))
-    test, train = order[:n_test], order[n_test:]
-    model = fit_cross_conformal(
-        "target", x[train], y[train], regime_ids[train], QUANTILE, params, seed
-    )
-    ours = _score(y[test], model.predict(x[test], regime_ids[test]))
-    reference = _fit_reference(x[train], y[train], seed)
-    ref_pred = np.asarray(reference.inplace_predict(x[test]), np.float64)
-    return ours, _score(y[test], ref_pred)
+    train, test = split(y.shape[0], seed)
+    ours, ref = _fit_and_score(x, y, regime_ids, train, test, seed, params)
+    return _score(y[test], ours), _score(y[test], ref)
+
+
+def run_seed_inner_cv(
+    x: np.ndarray,
+    y: np.ndarray,
+    regime_ids: np.ndarray,
+    seed: int,
+    params: TreeParams,
+    folds: int = 5,
+) -> tuple[SeedResult, SeedResult]:
+    """(slocast, reference) scores by ``folds``-fold CV inside the seed's 90% split.
+
+    For choosing objectives and hyper-parameters without looking at the test 10%:
+    every training row is predicted by the whole procedure (cross-conformal included)
+    fitted on the other folds; the test rows are never read.
+    """
+    train, _ = split(y.shape[0], seed)
+    fold = np.random.default_rng(1000 + seed).permutation(train.shape[0]) % folds
+    ours, ref = np.empty(train.shape[0]), np.empty(train.shape[0])
+    for k in range(folds):
+        held = fold == k
+        ours[held], ref[held] = _fit_and_score(
+            x, y, regime_ids, train[~held], train[held], seed * folds + k, params
+        )
+    return _score(y[train], ours), _score(y[train], ref)
 
 
 def _summary(results: list[SeedResult]) -> dict[str, dict[str, float]]:
@@ -83,19 +128,30 @@ def _summary(results: list[SeedResult]) -> dict[str, dict[str, float]]:
     }
 
 
-def run_protocol_b(cols: Columns, seeds: int, params: dict[str, TreeParams] | None = None) -> dict:
-    """``{target: {"slocast": summary, "reference": summary}}`` over ``seeds`` splits."""
+def run_protocol_b(
+    cols: Columns,
+    seeds: int,
+    params: dict[str, TreeParams] | None = None,
+    inner_cv: bool = False,
+    targets: tuple[str, ...] = TARGETS,
+) -> dict:
+    """``{target: {"slocast": summary, "reference": summary}}`` over ``seeds`` splits.
+
+    With ``inner_cv`` the scores come from cross-validation inside each training split
+    (:func:`run_seed_inner_cv`), the test rows unused: the numbers to select on.
+    """
     params = params or TARGET_PARAMS
+    run = run_seed_inner_cv if inner_cv else run_seed
     features = build_features(cols)
     regime_ids = regimes(cols)
     report = {}
-    for target in TARGETS:
+    for target in targets:
         y = cols[TARGET_COLUMNS[target]]
         observed = y > 0
         if observed.sum() < 50:
             raise ValueError(f"only {int(observed.sum())} rows observe {target}; need 50")
         pairs = [
-            run_seed(features[observed], y[observed], regime_ids[observed], seed, params[target])
+            run(features[observed], y[observed], regime_ids[observed], seed, params[target])
             for seed in range(seeds)
         ]
         report[target] = {
