@@ -15,7 +15,6 @@ from slocast.core.features import (
     FeatureSpec,
     calendar_features,
     gather_windows,
-    one_window,
     residual_scale,
     tabular_feature_names,
     tabular_features,
@@ -159,37 +158,6 @@ def test_serving_shaped_batches_equal_reference():
                 ],
                 axis=1,
             ),
-        )
-
-
-@pytest.mark.parametrize("kind", ["random", "heavy", "ties", "idle"])
-@pytest.mark.parametrize("window", [10, 2, 3, 5])
-def test_single_window_path_equals_vectorised(kind, window):
-    """The single-forecast path (Python floats) gives the training path's values
-    for every window of a series, and is really taken for finite windows."""
-    rng = np.random.default_rng([window, ord(kind[0]), 11])
-    spec = _spec(rng, window)
-    times, values = _series(rng, spec, window + 300, kind)
-    forecaster = XGBoostForecaster(spec)
-    ends = np.arange(window, len(values) + 1, dtype=np.int64)
-    batch = forecaster.features(times, values, ends)  # vectorised: the training path
-    for i, end in enumerate(ends):
-        assert one_window(spec, times, values, int(end)) is not None
-        _assert_same(forecaster.features(times, values, np.array([end])), batch[i : i + 1])
-
-
-def test_single_window_path_leaves_non_finite_windows_to_numpy():
-    rng = np.random.default_rng(13)
-    spec = _spec(rng, 10)
-    times, values = _series(rng, spec, 40, "random")
-    values[25, 3] = -np.inf  # +inf is clipped to the cap; -inf stays
-    values[35, 0] = np.nan
-    forecaster = XGBoostForecaster(spec)
-    for end in (26, 30, 36, 40):
-        assert one_window(spec, times, values, end) is None
-        np.testing.assert_array_equal(
-            forecaster.features(times, values, np.array([end])),
-            forecaster.features(times, values, np.array([end, end]))[:1],
         )
 
 

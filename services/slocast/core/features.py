@@ -13,10 +13,7 @@ per-row Python loop.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
-from functools import reduce
-from operator import add, mul
 
 import numpy as np
 
@@ -264,67 +261,8 @@ def fill_tabular_features(
     _fill_calendar(spec, times, ends, out[:, col + 5 * c : col + 5 * c + N_CALENDAR])
 
 
-@dataclass(frozen=True)
-class OneWindow:
-    """One clipped input window as Python floats: the single-forecast fast path.
-
-    ``features`` holds :func:`tabular_features` of the window (one row, still
-    float64), ``columns`` the clipped window per column and ``means`` its column
-    means, for family-specific features built on top (the XGBoost dynamics).
-    """
-
-    features: list[float]
-    columns: list[list[float]]
-    means: list[float]
-
-
-def one_window(
-    spec: FeatureSpec, times: np.ndarray, values: np.ndarray, end: int
-) -> OneWindow | None:
-    """:func:`tabular_features` of the single window ending at ``end``, without NumPy
-    per-call overhead (~20 small ufunc calls cost more than the arithmetic on 110 values).
-
-    Same operations in the same order on the same float64 values as
-    :func:`fill_tabular_features` (sequential sums, ``sqrt`` of the mean squared
-    deviation, the calendar phases), so the values are equal, which
-    ``tests/models/test_feature_speed_equivalence.py`` checks. Returns None when a
-    column of the window is not finite: NaN/inf follow NumPy's rules, which the
-    callers then apply by taking the vectorised path.
-    """
-    arrays = spec_arrays(spec)
-    w = spec.window
-    if end < w or end > values.shape[0]:
-        raise IndexError("window ends out of range for the given series")
-    clipped = np.minimum(values[end - w : end], arrays.caps)
-    columns = clipped.T.tolist()
-    # reduce(add) sums left to right like NumPy's reduction over the window axis;
-    # builtin sum() may not (Python >= 3.12 compensates float sums).
-    totals = [reduce(add, col) for col in columns]
-    if not all(map(math.isfinite, totals)):  # any NaN/inf value makes its total non-finite
-        return None
-    means = [t / w for t in totals]
-    stds = []
-    for col, m in zip(columns, means, strict=True):
-        dev = [v - m for v in col]
-        stds.append(math.sqrt(reduce(add, map(mul, dev, dev)) / w))
-    out = clipped.ravel().tolist()
-    out += means
-    out += stds
-    out += map(min, columns)
-    out += map(max, columns)
-    out += [col[-1] - col[0] for col in columns]
-    ns = np.asarray(times).astype("datetime64[ns]", copy=False).view(np.int64)
-    seconds = (int(ns[end - 1]) + arrays.step_ns) / 1e9
-    phases = [2 * math.pi * ((seconds - o) % p) / p for o, p in _CALENDAR]
-    # NumPy's sin/cos (the vectorised path's functions, not libm's) on the three phases.
-    sin, cos = np.sin(phases).tolist(), np.cos(phases).tolist()
-    out += (sin[0], cos[0], sin[1], cos[1], sin[2], cos[2])
-    return OneWindow(out, columns, means)
-
-
 _PERIODS = np.array([_DAY_S, _WEEK_S, _YEAR_S])
 _OFFSETS = np.array([0.0, _MONDAY_OFFSET_S, 0.0])
-_CALENDAR = tuple(zip(_OFFSETS.tolist(), _PERIODS.tolist(), strict=True))
 
 
 def _fill_calendar(spec: FeatureSpec, times: np.ndarray, ends: np.ndarray, out: np.ndarray) -> None:

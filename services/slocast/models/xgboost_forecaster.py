@@ -19,20 +19,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from functools import reduce
-from operator import add, mul
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xgboost as xgb
 
 from slocast.core.features import (
     FeatureSpec,
-    OneWindow,
     clipped_windows,
     fill_tabular_features,
     gather_windows,
-    one_window,
     spec_arrays,
     tabular_feature_names,
     tabular_width,
@@ -40,6 +37,9 @@ from slocast.core.features import (
 from slocast.core.schema import TARGET_INDEX
 from slocast.models.base import FitReport, Forecaster, Progress
 from slocast.preprocess.dataset import ProcessedDataset
+
+if TYPE_CHECKING:
+    from slocast.models.xgboost_native import NativeFeatures
 
 STATE_FILE = "xgboost.json"
 
@@ -91,6 +91,8 @@ class XGBoostForecaster(Forecaster):
         self.target_mean = np.ones(len(spec.targets))
         # _models[step][k]: the booster for forecast step ``step`` of target ``k``.
         self._models: list[list[xgb.Booster]] = []
+        # The C kernel of features() a server attaches (equal values, see xgboost_native).
+        self.native: NativeFeatures | None = None
 
     # -- features and output transform, shared by fit, predict and the serving engine --
 
@@ -98,11 +100,10 @@ class XGBoostForecaster(Forecaster):
         """Input matrix (N, F), float32, columns in :meth:`feature_names` order."""
         ends = np.asarray(ends, np.int64)
         spec = self.spec
-        if ends.size == 1:  # a single forecast: the same values without NumPy's per-call cost
-            window = one_window(spec, times, values, int(ends[0]))
-            if window is not None:
-                row = window.features + _target_dynamics_row(spec, window)
-                return np.array(row, np.float32).reshape(1, -1)
+        if self.native is not None:  # the same values from C (see xgboost_native)
+            x = self.native.features(times, values, ends)
+            if x is not None:
+                return x
         # One gather for both blocks, one output array filled in place.
         windows = clipped_windows(spec, values, ends)
         width = tabular_width(spec)
@@ -116,7 +117,10 @@ class XGBoostForecaster(Forecaster):
 
     def _last(self, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """The last observed row's targets, (N, K): the persistence part of the forecast."""
-        window = gather_windows(values, np.asarray(ends, np.int64), 1)
+        ends = np.asarray(ends, np.int64)
+        if ends.size == 1 and 1 <= ends[0] <= values.shape[0]:  # one row: no fancy gather
+            return values[int(ends[0]) - 1, _TARGET_INDEX][None]
+        window = gather_windows(values, ends, 1)
         return window[:, 0, _TARGET_INDEX]
 
     def finish(self, raw: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -338,53 +342,6 @@ def _fill_target_dynamics(spec: FeatureSpec, windows: np.ndarray, out: np.ndarra
         np.maximum(low, high, out=out[:, 8 * k : 9 * k], casting="same_kind")
     else:
         out[:, 8 * k : 9 * k] = np.median(tail, axis=1)
-
-
-def _target_dynamics_row(spec: FeatureSpec, window: OneWindow) -> list[float]:
-    """:func:`_fill_target_dynamics` of one finite window, in Python floats.
-
-    Same operations in the same order (left-to-right weighted sums, the middle of
-    the sorted window as median), so the values equal the vectorised ones.
-    """
-    ewm, floor = _dynamics_weights(spec)
-    columns = [window.columns[j] for j in TARGET_INDEX]
-    means = [window.means[j] for j in TARGET_INDEX]
-    size = spec.window
-    last = [col[-1] for col in columns]
-    lag2 = [col[-min(2, size)] for col in columns]
-    lag3 = [col[-min(3, size)] for col in columns]
-    out = [a - b for a, b in zip(last, lag2, strict=True)]
-    out += [a - b for a, b in zip(lag2, lag3, strict=True)]
-    out += [a - b for a, b in zip(last, lag3, strict=True)]
-    for weights in ewm:
-        out += [reduce(add, map(mul, col, weights)) for col in columns]
-    out += [x / (m if m >= f else f) for x, m, f in zip(last, means, floor, strict=True)]
-    half = size // 2
-    medians = []
-    for col in columns:
-        ordered = sorted(col)
-        medians.append(ordered[half] if size % 2 else (ordered[half - 1] + ordered[half]) / 2)
-    out += [x - m for x, m in zip(last, medians, strict=True)]
-    out += medians
-    for col in columns:
-        tail = col[-3:]
-        if len(tail) == 3:
-            a, b, c = tail
-            low, high = (a, b) if a <= b else (b, a)
-            out.append(max(low, min(high, c)))
-        else:
-            out.append(float(np.median(tail)))
-    return out
-
-
-def _dynamics_weights(spec: FeatureSpec) -> tuple[list[list[float]], list[float]]:
-    """:func:`_dynamics_constants` as Python lists (cached on the spec)."""
-    cached = spec.__dict__.get("_dynamics_lists")
-    if cached is None:
-        ewm, floor = _dynamics_constants(spec)
-        cached = ([row[:, 0].tolist() for row in ewm], floor.tolist())
-        object.__setattr__(spec, "_dynamics_lists", cached)
-    return cached
 
 
 def target_dynamics_names(spec: FeatureSpec) -> list[str]:
