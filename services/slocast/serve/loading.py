@@ -23,6 +23,7 @@ import orjson
 from slocast.core.registry import ModelRegistry, VersionRef
 from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
 from slocast.models.bundle import ModelBundle, load_bundle, read_manifest
+from slocast.models.compiled_bundle import TAG_COMPILED_INDEX
 from slocast.serve.engines import Predictor, make_predictor
 from slocast.serve.settings import ServeSettings
 from slocast.serve.validation import RequestRules
@@ -86,7 +87,12 @@ def build_served_model(ref: VersionRef, bundle_dir: Path, settings: ServeSetting
     """Load, compile and self-test one version; raises on any problem."""
     started = time.perf_counter()
     bundle = load_bundle(bundle_dir)
-    predictor = make_predictor(bundle, bundle_dir, settings.compiled_dir)
+    predictor = make_predictor(
+        bundle,
+        bundle_dir,
+        settings.compiled_dir,
+        compiled_index_sha256=ref.tags.get(TAG_COMPILED_INDEX),
+    )
     spec = bundle.spec
     step_ns = int(round(spec.step_seconds * 1e9))
     levels = {float(q): f"{q:g}" for q in bundle.calibration.levels}

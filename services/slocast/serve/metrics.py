@@ -103,6 +103,18 @@ class ServeMetrics:
             "Models served with XGBoost inplace_predict because no compiled library loaded.",
             registry=r,
         )
+        self.compiled_rejected = Counter(
+            "slocast_compiled_libraries_rejected",
+            "Compiled libraries shipped with a model (built at promotion) that failed "
+            "verification (hash, index, booster) and were not used.",
+            registry=r,
+        )
+        self.compiled_here = Counter(
+            "slocast_compiled_libraries_built",
+            "Boosters this process compiled itself because no verified library was "
+            "shipped or cached (missing, rejected or built for another platform).",
+            registry=r,
+        )
         self._request_children: dict[tuple[str, str, int], tuple] = {}
         self._prediction_children: dict[str, Counter] = {}
         self._info_labels: tuple[str, ...] | None = None
