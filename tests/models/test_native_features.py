@@ -84,3 +84,50 @@ def test_kernel_is_built_once_and_verified(tmp_path):
     kernel = xgboost_native.load(tmp_path, spec, TARGET_INDEX)
     assert kernel is not None
     assert first.library.stat().st_mtime_ns != stamp
+
+
+@pytest.fixture(scope="module")
+def boosters(tmp_path_factory):
+    """Three small compiled XGBoost models: (tl2cgen.Predictor, library path)."""
+    tl2cgen = pytest.importorskip("tl2cgen")
+    import xgboost as xgb
+
+    from slocast.core import compiled_trees as ct
+
+    rng = np.random.default_rng(0)
+    x = rng.random((1500, 8), dtype=np.float32)
+    root = tmp_path_factory.mktemp("trees")
+    out = []
+    for k in range(3):
+        y = k + 10 * x[:, k] - 5 * x[:, k + 1] * x[:, k + 2] + rng.normal(0, 0.1, len(x))
+        booster = xgb.train(
+            {"objective": "reg:squarederror", "max_depth": 3, "nthread": 1},
+            xgb.DMatrix(x, label=y),
+            25,
+        )
+        path = root / f"model{k}.json"
+        booster.save_model(path)
+        library = ct.ensure_compiled(path, root / "lib").library
+        out.append((tl2cgen.Predictor(library, nthread=1), library))
+    return out
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 500])
+def test_tree_rows_equal_tl2cgen(library, boosters, rows):
+    """All boosters from one C loop give TL2cgen's own outputs, missing values included."""
+    import tl2cgen
+
+    spec = _spec(np.random.default_rng(2), 10)
+    kernel = xgboost_native.NativeFeatures(library, spec, TARGET_INDEX)
+    trees = xgboost_native.TreeRows(kernel, [lib for _, lib in boosters], 8)
+    x = np.random.default_rng(rows).random((rows, 8), dtype=np.float32) * 1.2 - 0.1
+    x[::3, rows % 8] = np.nan
+    got = trees.predict(x)
+    assert got.shape == (len(boosters), rows) and got.dtype == np.float32
+    if rows:
+        dmat = tl2cgen.DMatrix(x)
+        for i, (predictor, _) in enumerate(boosters):
+            np.testing.assert_array_equal(got[i], predictor.predict(dmat).reshape(-1))
+    np.testing.assert_array_equal(trees.predict(x), got)  # no accumulation across calls
+    with pytest.raises(ValueError):
+        trees.predict(np.zeros((2, 9), np.float32))

@@ -31,25 +31,21 @@ def predictors(tmp_path_factory: pytest.TempPathFactory):
         model = ct.load_tree_model(path, lib_dir)
         assert model.engine == ct.ENGINE_TL2CGEN
         library = ct.library_paths(model.model_sha256, lib_dir).library
-        out.append((tl2cgen.Predictor(library, nthread=1), booster, library))
+        out.append((tl2cgen.Predictor(library, nthread=1), booster))
     return out
-
-
-def _batch(predictors) -> ct.CompiledBatch:
-    return ct.CompiledBatch([p for p, _, _ in predictors], [lib for _, _, lib in predictors])
 
 
 @pytest.mark.parametrize("rows", [1, 7, 500])
 def test_batch_equals_tl2cgen_and_xgboost(predictors, rows: int) -> None:
     import tl2cgen
 
-    batch = _batch(predictors)
+    batch = ct.CompiledBatch([p for p, _ in predictors])
     x = np.random.default_rng(rows).random((rows, N_FEATURES), dtype=np.float32)
     x[0, 1] = np.nan  # missing values take the default branch in both
     got = batch.predict(x)
     assert got.shape == (len(predictors), rows)
     dmat = tl2cgen.DMatrix(x)
-    for i, (predictor, booster, _) in enumerate(predictors):
+    for i, (predictor, booster) in enumerate(predictors):
         np.testing.assert_array_equal(got[i], predictor.predict(dmat).reshape(-1))
         np.testing.assert_allclose(got[i], booster.inplace_predict(x), rtol=1e-4, atol=1e-6)
     # Outputs are written into zeroed memory on every call: no accumulation.
@@ -57,26 +53,10 @@ def test_batch_equals_tl2cgen_and_xgboost(predictors, rows: int) -> None:
 
 
 def test_batch_checks_its_input(predictors) -> None:
-    batch = _batch(predictors)
+    batch = ct.CompiledBatch([p for p, _ in predictors])
     assert batch.predict(np.empty((0, N_FEATURES), np.float32)).shape == (len(predictors), 0)
     with pytest.raises(ValueError):
         batch.predict(np.zeros((2, N_FEATURES + 1), np.float32))
     # float64 input is converted, not misread
     x = np.random.default_rng(9).random((4, N_FEATURES))
     np.testing.assert_array_equal(batch.predict(x), batch.predict(x.astype(np.float32)))
-
-
-def test_single_rows_equal_tl2cgen(predictors) -> None:
-    """One row goes straight to each library's generated predict(); NaN rows do not."""
-    import tl2cgen
-
-    batch = _batch(predictors)
-    rng = np.random.default_rng(21)
-    for trial in range(200):
-        x = rng.random((1, N_FEATURES), dtype=np.float32) * 1.2 - 0.1
-        if trial % 10 == 0:
-            x[0, trial % N_FEATURES] = np.nan
-        got = batch.predict(x)
-        dmat = tl2cgen.DMatrix(x)
-        for i, (predictor, _, _) in enumerate(predictors):
-            np.testing.assert_array_equal(got[i], predictor.predict(dmat).reshape(-1))

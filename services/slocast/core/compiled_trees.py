@@ -215,22 +215,15 @@ class CompiledBatch:
     predictors are the ``tl2cgen.Predictor`` objects themselves, so loading and
     metadata stay TL2cgen's. Only single-output models qualify
     (:meth:`supports` checks); one thread per predictor, like everything here.
-
-    A single row (the single-forecast request) skips the DMatrix and the batch
-    API altogether: the generated ``predict(union Entry*, pred_margin, result)``
-    of each library (the ABI of TL2cgen's generated code, which PredictBatch calls
-    per row) reads the float32 row in place, ~2x cheaper than a batch of one.
     """
 
-    def __init__(self, predictors: list, libraries: list[Path]) -> None:
+    def __init__(self, predictors: list) -> None:
         import ctypes
 
         from tl2cgen.libloader import _LIB
 
         if not predictors or not self.supports(predictors):
             raise ValueError("CompiledBatch needs single-output, same-type predictors")
-        if len(libraries) != len(predictors):
-            raise ValueError("one library path per predictor")
         self._predictors = list(predictors)  # keep them (and their handles) alive
         self._handles = [ctypes.c_void_p(p.handle.value) for p in predictors]
         self._dtype = np.float32 if predictors[0].leaf_output_type == "float32" else np.float64
@@ -247,10 +240,6 @@ class CompiledBatch:
         self._missing_ptr = self._missing.ctypes.data
         self._byref = ctypes.byref
         self._c_void_p = vp
-        # dlopen of a path TL2cgen already loaded returns the same mapping.
-        row_proto = proto(None, vp, ci, vp)
-        self._row_functions = [row_proto(("predict", ctypes.CDLL(str(path)))) for path in libraries]
-        self._itemsize = np.dtype(self._dtype).itemsize
 
     @staticmethod
     def supports(predictors: list) -> bool:
@@ -260,8 +249,6 @@ class CompiledBatch:
             p.num_target == 1
             and list(p.num_class) == [1]
             and p.leaf_output_type == first.leaf_output_type
-            # The generated code's Entry union holds a float: float32 thresholds.
-            and p.threshold_type == "float32"
             and p.num_feature == first.num_feature
             for p in predictors
         )
@@ -275,13 +262,6 @@ class CompiledBatch:
         # Zeroed: the generated code accumulates into its output (tl2cgen does the same).
         out = np.zeros((len(self._handles), rows), dtype=self._dtype)
         if rows == 0:
-            return out
-        # The generated code reads a missing value as the int -1 in a union with the
-        # float, which only the DMatrix path writes: NaN rows take that path.
-        if rows == 1 and not np.isnan(x).any():
-            data, base, size = x.ctypes.data, out.ctypes.data, self._itemsize
-            for i, function in enumerate(self._row_functions):
-                function(data, 0, base + i * size)
             return out
         dmat = self._c_void_p()
         self._check(

@@ -62,5 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
         http="httptools",
         log_level=args.log_level,
         access_log=False,
+        # Forwarded client addresses would only feed the access log, which is off.
+        proxy_headers=False,
     )
     return 0
