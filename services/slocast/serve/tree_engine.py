@@ -60,6 +60,7 @@ class CompiledTreesPredictor:
         self._available = (ENGINE_TL2CGEN, ENGINE_XGBOOST) if compiled else (ENGINE_XGBOOST,)
         self._libraries = []
         self._batch: CompiledBatch | TreeRows | None = None
+        self._step_major = False
         if compiled:
             import tl2cgen
 
@@ -84,6 +85,8 @@ class CompiledTreesPredictor:
             if self._batch is not None:
                 self._steps = np.array([step for step, _, _ in self._libraries], np.intp)
                 self._ks = np.array([k for _, k, _ in self._libraries], np.intp)
+                flat = self._steps * self._targets + self._ks
+                self._step_major = np.array_equal(flat, np.arange(self._horizon * self._targets))
         self.engine = self._available[0]
         self.adoption = Adoption()
         self.built_here = sum(t.built_here for _, _, t in trees)
@@ -154,6 +157,11 @@ class CompiledTreesPredictor:
         """The forecast computed by one named engine (agreement tests, benchmarks)."""
         ends = np.asarray(ends, np.int64)
         x = self.forecaster.features(times, values, ends)
+        if engine == ENGINE_TL2CGEN and self._batch is not None and self._step_major:
+            # Boosters in (step, target) order: (boosters, N) is raw transposed, a view;
+            # finish() widens the float32 outputs to float64 as below.
+            raw = self._batch.predict(x).T.reshape(ends.size, self._horizon, self._targets)
+            return self.forecaster.finish(raw, values, ends)
         raw = np.empty((ends.size, self._horizon, self._targets), np.float64)
         if engine == ENGINE_TL2CGEN and self._batch is not None:
             # (boosters, N) -> raw[:, step, k], float32 widened exactly as before.
