@@ -9,8 +9,9 @@
 3. For ``GET /healthz`` (the HTTP ceiling), a single forecast and batches of
    10/100/1000 series (real windows of the test file), runs ``wrk`` with a Lua
    script that POSTs the body, and reports requests/s, series (rows) /s, client
-   p50/p99, server-side p50/p99 (interpolated from every worker's latency
-   histogram) and the engine that computed the forecasts (predictions metric).
+   p50/p99, server-side p50/p99 (interpolated from the latency histogram, which
+   one scrape sums over all workers) and the engine that computed the forecasts
+   (predictions metric).
 4. Times both tree engines in-process on the same feature rows for every batch
    size, to check the per-batch engine choice is never slower than XGBoost.
 
@@ -188,24 +189,17 @@ def wait_workers(url: str, workers: int, timeout: float = 300.0) -> dict:
 _SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} ([0-9.e+-]+)$")
 
 
-def scrape_workers(url: str, workers: int) -> dict[str, list[tuple[str, dict, float]]]:
-    """/metrics of every worker (keyed by pid), from fresh connections."""
-    out: dict[str, list] = {}
-    for _ in range(200):
-        with httpx.Client(base_url=url, timeout=5.0) as client:
-            text = client.get("/metrics").text
-        samples = []
-        for line in text.splitlines():
-            match = _SAMPLE.match(line)
-            if match:
-                labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
-                samples.append((match.group(1), labels, float(match.group(3))))
-        pid = next((lab["pid"] for name, lab, _ in samples if name == "slocast_model_info"), None)
-        if pid is not None:
-            out.setdefault(pid, samples)
-        if len(out) >= workers:
-            break
-    return out
+def scrape_workers(url: str) -> dict[str, list[tuple[str, dict, float]]]:
+    """/metrics samples of the whole server (one scrape sums over its workers)."""
+    with httpx.Client(base_url=url, timeout=5.0) as client:
+        text = client.get("/metrics").text
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
+            samples.append((match.group(1), labels, float(match.group(3))))
+    return {"server": samples}
 
 
 def server_quantiles(
@@ -365,9 +359,9 @@ def main() -> int:
         for name, route, lua, series in scenarios:
             connections = 1 if name.endswith("-c1") else args.connections
             run_wrk(url, route, lua, 2, connections)  # warm-up
-            before = scrape_workers(url, args.workers)
+            before = scrape_workers(url)
             stats = run_wrk(url, route, lua, args.seconds, connections)
-            after = scrape_workers(url, args.workers)
+            after = scrape_workers(url)
             rps = stats["requests"] / (stats["duration_us"] / 1e6)
             p50_s, p99_s = server_quantiles(before, after, route)
             p50_h, p99_h = server_quantiles(
