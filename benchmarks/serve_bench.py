@@ -307,13 +307,19 @@ def engine_microbench(home: Path, test_data: Path) -> list[dict]:
     from slocast.core.registry import ModelRegistry
     from slocast.core.schema import FEATURE_COLUMNS
     from slocast.models.bundle import load_bundle
+    from slocast.models.compiled_bundle import TAG_COMPILED_INDEX
     from slocast.serve.tree_engine import CompiledTreesPredictor
 
     registry = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}")
     ref = registry.champion(TASK)
     bundle_dir = registry.download(ref, Path(tempfile.mkdtemp(prefix="bench-bundle-")))
     bundle = load_bundle(bundle_dir)
-    predictor = CompiledTreesPredictor.load(bundle, bundle_dir, home / "serving" / "compiled")
+    predictor = CompiledTreesPredictor.load(
+        bundle,
+        bundle_dir,
+        home / "serving" / "compiled",
+        compiled_index_sha256=ref.tags.get(TAG_COMPILED_INDEX),
+    )
     frame = load_lte(test_data, min_rows=bundle.forecaster.history_rows)
     times = frame["time"].to_numpy().astype("datetime64[ns]")
     values = fill_missing(frame[list(FEATURE_COLUMNS)].to_numpy(np.float64))
@@ -358,7 +364,15 @@ def main() -> int:
         info = wait_workers(url, args.workers)
         results["model"] = {k: info.get(k) for k in ("name", "version", "family", "engine")}
         results["engine_detail"] = {
-            k: info.get(k) for k in ("engines", "engine_by_windows", "engine_timings_us")
+            k: info.get(k)
+            for k in (
+                "engines",
+                "engine_by_windows",
+                "engine_timings_us",
+                "features",
+                "tree_calls",
+                "compiled_libraries",
+            )
         }
         scratch = Path(tempfile.mkdtemp(prefix="serve-bench-"))
         bodies = request_bodies(args.test_data, info["history_rows"], scratch)
