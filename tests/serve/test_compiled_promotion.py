@@ -265,3 +265,26 @@ def test_server_counts_rejected_and_locally_built_libraries(champion, tmp_path) 
     assert "slocast_compiled_libraries_rejected_total 1.0" in text
     assert "slocast_compiled_libraries_built_total 1.0" in text
     assert "slocast_engine_fallbacks_total 0.0" in text
+
+
+def test_cached_bundle_picks_up_libraries_of_a_later_promotion(champion, dataset, tmp_path):
+    """A server that fetched a version before it was compiled (e.g. a rollback to a
+    version first promoted without libraries) fetches the libraries with the tag."""
+    from slocast.evaluate.stage import attach_compiled
+    from slocast.serve.loading import fetch_bundle
+    from slocast.train.tracking import log_trained_model
+
+    registry, home = champion
+    model = train_family(dataset, "xgboost", seed=1)
+    ref = log_trained_model(
+        registry, model, dataset=dataset, task="t", role="candidate", bundle_dir=tmp_path / "b"
+    )
+    models = tmp_path / "models"
+    first = fetch_bundle(registry, ref, models)
+    assert not (first / COMPILED_DIR).exists()
+    attach_compiled(registry, ref, tmp_path)
+    tagged = registry.version("t", ref.version)
+    again = fetch_bundle(registry, tagged, models)
+    assert again == first
+    index = (again / COMPILED_DIR / INDEX).read_bytes()
+    assert sha256_bytes(index) == tagged.tags[TAG_COMPILED_INDEX]
