@@ -207,7 +207,13 @@ class CompiledTreesPredictor:
             times = np.datetime64("2020-01-01", "ns") + np.arange(n) * np.timedelta64(
                 int(self.forecaster.spec.step_seconds * 1e9), "ns"
             )
-            values = rng.random((n, len(FEATURE_COLUMNS))) * np.asarray(self.forecaster.spec.caps)
+            # A random walk below the caps, not independent draws: real load moves
+            # smoothly, and the compiled trees' branches are ~1.5x faster on such rows
+            # than on white noise (measured on PobleSec windows), where XGBoost's
+            # speed does not change. White noise made XGBoost look faster at 1000.
+            steps = rng.normal(0.0, 0.1, (n, len(FEATURE_COLUMNS)))
+            level = 0.5 + 0.5 * np.tanh(np.cumsum(steps, axis=0))
+            values = level * np.asarray(self.forecaster.spec.caps)
             ends = np.arange(1, windows + 1, dtype=np.int64) * rows
             best = dict.fromkeys(self._available, float("inf"))
             # Engines take turns, so a burst of load (the other worker loading at the
