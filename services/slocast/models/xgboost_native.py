@@ -40,7 +40,7 @@ from slocast.core.compiled_trees import (
     write_json_atomic,
 )
 from slocast.core.digests import sha256_bytes, sha256_file
-from slocast.core.features import FeatureSpec, spec_arrays, tabular_width
+from slocast.core.features import N_CALENDAR, FeatureSpec, spec_arrays, tabular_width
 from slocast.models.xgboost_forecaster import _dynamics_constants
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class NativeFeatures:
         self._floor = np.ascontiguousarray(floor, np.float64)
         self._caps_ptr, self._targets_ptr = self._caps.ctypes.data, self._targets.ctypes.data
         self._ewm_ptr, self._floor_ptr = self._ewm.ctypes.data, self._floor.ctypes.data
-        self._calendar = tabular_width(spec) - 6
+        self._calendar = tabular_width(spec) - N_CALENDAR
         self.width = tabular_width(spec) + (3 + len(ewm) + 4) * len(targets)
 
     def features(
@@ -298,7 +298,7 @@ class NativeFeatures:
             raise IndexError("window ends out of range for the given series")
         if status != 0:
             return None
-        calendar = out[:, self._calendar : self._calendar + 6]
+        calendar = out[:, self._calendar : self._calendar + N_CALENDAR]
         calendar[:, 0::2] = np.sin(phases)
         calendar[:, 1::2] = np.cos(phases)
         return out
