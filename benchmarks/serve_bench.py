@@ -4,13 +4,15 @@
         --test-data ../shared/datasets/lte/PobleSec_test.csv
 
 1. Trains an XGBoost champion on PobleSec in ``--home`` (reused when a champion
-   is already there), with the embedded pipeline (`slocast run`).
+   is already there), with the embedded pipeline (`slocast run`), which compiles
+   it at promotion.
 2. Starts ``slocast serve --workers 2`` (one per core) on a free local port.
 3. For ``GET /healthz`` (the HTTP ceiling), a single forecast and batches of
    10/100/1000 series (real windows of the test file), runs ``wrk`` with a Lua
    script that POSTs the body, and reports requests/s, series (rows) /s, client
-   p50/p99, server-side p50/p99 (interpolated from every worker's latency
-   histogram) and the engine that computed the forecasts (predictions metric).
+   p50/p99, server-side p50/p99 (interpolated from the latency histogram, which
+   one scrape sums over all workers) and the engine that computed the forecasts
+   (predictions metric).
 4. Times both tree engines in-process on the same feature rows for every batch
    size, to check the per-batch engine choice is never slower than XGBoost.
 
@@ -74,6 +76,11 @@ def ensure_champion(home: Path, data: Path, test_data: Path) -> None:
     ref = registry.champion(TASK)
     if ref is not None and ref.family == "xgboost" and _loads(registry, ref):
         print(f"reusing champion {TASK} v{ref.version} (xgboost) in {home}", file=sys.stderr)
+        # A champion promoted before compile-at-promotion gets its libraries now,
+        # as the promotion builds them, so the server adopts instead of compiling.
+        from slocast.evaluate.stage import attach_compiled
+
+        attach_compiled(registry, ref, Path(tempfile.mkdtemp(prefix="bench-compile-")))
         return
     print(f"training an XGBoost champion on {data.name} in {home} ...", file=sys.stderr)
     started = time.perf_counter()
@@ -188,24 +195,17 @@ def wait_workers(url: str, workers: int, timeout: float = 300.0) -> dict:
 _SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} ([0-9.e+-]+)$")
 
 
-def scrape_workers(url: str, workers: int) -> dict[str, list[tuple[str, dict, float]]]:
-    """/metrics of every worker (keyed by pid), from fresh connections."""
-    out: dict[str, list] = {}
-    for _ in range(200):
-        with httpx.Client(base_url=url, timeout=5.0) as client:
-            text = client.get("/metrics").text
-        samples = []
-        for line in text.splitlines():
-            match = _SAMPLE.match(line)
-            if match:
-                labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
-                samples.append((match.group(1), labels, float(match.group(3))))
-        pid = next((lab["pid"] for name, lab, _ in samples if name == "slocast_model_info"), None)
-        if pid is not None:
-            out.setdefault(pid, samples)
-        if len(out) >= workers:
-            break
-    return out
+def scrape_workers(url: str) -> dict[str, list[tuple[str, dict, float]]]:
+    """/metrics samples of the whole server (one scrape sums over its workers)."""
+    with httpx.Client(base_url=url, timeout=5.0) as client:
+        text = client.get("/metrics").text
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
+            samples.append((match.group(1), labels, float(match.group(3))))
+    return {"server": samples}
 
 
 def server_quantiles(
@@ -266,6 +266,20 @@ def engine_counts(before: dict, after: dict) -> dict[str, float]:
     return {k: v for k, v in counts.items() if v > 0}
 
 
+def server_cpu_seconds(session: int) -> float:
+    """User + system CPU of every process in the server's session (its workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process went away
+            continue
+        if int(fields[3]) == session:  # session id (start_new_session=True)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def run_wrk(url: str, path: str, lua: Path, seconds: int, connections: int) -> dict:
     result = subprocess.run(
         [
@@ -293,13 +307,19 @@ def engine_microbench(home: Path, test_data: Path) -> list[dict]:
     from slocast.core.registry import ModelRegistry
     from slocast.core.schema import FEATURE_COLUMNS
     from slocast.models.bundle import load_bundle
+    from slocast.models.compiled_bundle import TAG_COMPILED_INDEX
     from slocast.serve.tree_engine import CompiledTreesPredictor
 
     registry = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}")
     ref = registry.champion(TASK)
     bundle_dir = registry.download(ref, Path(tempfile.mkdtemp(prefix="bench-bundle-")))
     bundle = load_bundle(bundle_dir)
-    predictor = CompiledTreesPredictor.load(bundle, bundle_dir, home / "serving" / "compiled")
+    predictor = CompiledTreesPredictor.load(
+        bundle,
+        bundle_dir,
+        home / "serving" / "compiled",
+        compiled_index_sha256=ref.tags.get(TAG_COMPILED_INDEX),
+    )
     frame = load_lte(test_data, min_rows=bundle.forecaster.history_rows)
     times = frame["time"].to_numpy().astype("datetime64[ns]")
     values = fill_missing(frame[list(FEATURE_COLUMNS)].to_numpy(np.float64))
@@ -339,12 +359,20 @@ def main() -> int:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(home, port, args.workers)
-    results: dict = {"scenarios": []}
+    results: dict = {"scenarios": [], "load_average": {"start": os.getloadavg()}}
     try:
         info = wait_workers(url, args.workers)
         results["model"] = {k: info.get(k) for k in ("name", "version", "family", "engine")}
         results["engine_detail"] = {
-            k: info.get(k) for k in ("engines", "engine_by_windows", "engine_timings_us")
+            k: info.get(k)
+            for k in (
+                "engines",
+                "engine_by_windows",
+                "engine_timings_us",
+                "features",
+                "tree_calls",
+                "compiled_libraries",
+            )
         }
         scratch = Path(tempfile.mkdtemp(prefix="serve-bench-"))
         bodies = request_bodies(args.test_data, info["history_rows"], scratch)
@@ -365,9 +393,11 @@ def main() -> int:
         for name, route, lua, series in scenarios:
             connections = 1 if name.endswith("-c1") else args.connections
             run_wrk(url, route, lua, 2, connections)  # warm-up
-            before = scrape_workers(url, args.workers)
+            before = scrape_workers(url)
+            cpu_before = server_cpu_seconds(server.pid)
             stats = run_wrk(url, route, lua, args.seconds, connections)
-            after = scrape_workers(url, args.workers)
+            cpu = server_cpu_seconds(server.pid) - cpu_before
+            after = scrape_workers(url)
             rps = stats["requests"] / (stats["duration_us"] / 1e6)
             p50_s, p99_s = server_quantiles(before, after, route)
             p50_h, p99_h = server_quantiles(
@@ -387,6 +417,9 @@ def main() -> int:
                 "non2xx": stats["non2xx"],
                 "socket_errors": stats["socket_errors"],
                 "engines": engine_counts(before, after),
+                # CPU the server's processes spent per request: unlike req/s, barely
+                # moved by other load on the machine.
+                "server_cpu_us": round(cpu / max(stats["requests"], 1) * 1e6, 1),
             }
             results["scenarios"].append(row)
             print(_line(row), file=sys.stderr)
@@ -396,6 +429,7 @@ def main() -> int:
             server.wait(20)
         except subprocess.TimeoutExpired:
             server.kill()
+    results["load_average"]["end"] = os.getloadavg()
     results["engine_microbench_us"] = engine_microbench(home, args.test_data)
     print(report(results))
     if args.json:
@@ -408,17 +442,26 @@ def _line(row: dict) -> str:
         f"{row['scenario']:>10}: {row['requests_per_s']:>9.1f} req/s  "
         f"{row['series_per_s']:>10.1f} series/s  p50 {row['p50_ms']:.2f} ms  "
         f"p99 {row['p99_ms']:.2f} ms  server p50 {row['server_p50_ms']:.3f} ms  "
-        f"service p50 {row['service_p50_ms']:.3f} ms  "
+        f"service p50 {row['service_p50_ms']:.3f} ms  cpu {row['server_cpu_us']:.0f} us/req  "
         f"engines {row['engines']}  non-2xx {row['non2xx']}"
     )
 
 
 def report(results: dict) -> str:
-    lines = [f"model: {results['model']}", f"engine choice: {results['engine_detail']}", ""]
+    load = results["load_average"]
+    lines = [
+        f"model: {results['model']}",
+        f"engine choice: {results['engine_detail']}",
+        "load average (1/5/15 min) at start "
+        + "/".join(f"{x:.1f}" for x in load["start"])
+        + ", at end "
+        + "/".join(f"{x:.1f}" for x in load["end"]),
+        "",
+    ]
     header = (
         f"{'scenario':>10} {'req/s':>9} {'series/s':>10} {'rows/s':>11} {'p50 ms':>7} "
         f"{'p99 ms':>7} {'srv p50':>8} {'srv p99':>8} {'svc p50':>8} {'svc p99':>8} "
-        f"{'non2xx':>6}  engine"
+        f"{'cpu us':>8} {'non2xx':>6}  engine"
     )
     lines.append(header)
     for r in results["scenarios"]:
@@ -426,7 +469,8 @@ def report(results: dict) -> str:
             f"{r['scenario']:>10} {r['requests_per_s']:>9.1f} {r['series_per_s']:>10.1f} "
             f"{r['rows_per_s']:>11.1f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
             f"{r['server_p50_ms']:>8.3f} {r['server_p99_ms']:>8.3f} "
-            f"{r['service_p50_ms']:>8.3f} {r['service_p99_ms']:>8.3f} {r['non2xx']:>6}  "
+            f"{r['service_p50_ms']:>8.3f} {r['service_p99_ms']:>8.3f} "
+            f"{r['server_cpu_us']:>8.0f} {r['non2xx']:>6}  "
             f"{','.join(r['engines']) or '-'}"
         )
     by_name = {r["scenario"]: r for r in results["scenarios"]}
@@ -440,7 +484,10 @@ def report(results: dict) -> str:
         f"{results['connections']} connections (includes queueing in the event loop), "
         f"{by_name['single-c1']['server_p50_ms']:.3f} ms with 1 connection; service time p50 "
         f"{single['service_p50_ms']:.3f} ms (target < 1 ms)",
-        "srv = request start to last byte in the server; svc = handler CPU time only",
+        f"server CPU per request: /healthz {by_name['healthz']['server_cpu_us']:.0f} us, single "
+        f"forecast {single['server_cpu_us']:.0f} us (the req/s ratio follows the CPU ratio)",
+        "srv = request start to last byte in the server; svc = handler time (wall) only; "
+        "cpu = user+system CPU of all server processes per request",
         "",
         "tree engines in-process, best call (us):",
     ]

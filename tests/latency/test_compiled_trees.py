@@ -71,7 +71,7 @@ def test_tampered_library_is_rebuilt(booster_file: Path, tmp_path: Path) -> None
     tampered = library.with_suffix(".tmp")
     tampered.write_bytes(library.read_bytes() + b"tampered")
     tampered.replace(library)
-    assert ct._verified_library(first.model_sha256, tmp_path) is None
+    assert ct.verified_library(first.model_sha256, tmp_path) is None
     again = ct.load_tree_model(booster_file, tmp_path)
     assert again.engine == ct.ENGINE_TL2CGEN
     manifest = json.loads(ct.library_paths(first.model_sha256, tmp_path).manifest.read_text())
@@ -84,7 +84,7 @@ def test_other_platform_triggers_local_build(booster_file: Path, tmp_path: Path)
     manifest = json.loads(paths.manifest.read_text())
     manifest["toolchain"]["platform"] = "darwin-arm64"
     paths.manifest.write_text(json.dumps(manifest))
-    assert ct._verified_library(first.model_sha256, tmp_path) is None
+    assert ct.verified_library(first.model_sha256, tmp_path) is None
     assert ct.load_tree_model(booster_file, tmp_path).engine == ct.ENGINE_TL2CGEN
 
 

@@ -169,6 +169,8 @@ def test_out_of_range_ends_still_raise():
         with pytest.raises(IndexError):
             tabular_features(spec, times, values, np.array(ends))
         with pytest.raises(IndexError):
+            XGBoostForecaster(spec).features(times, values, np.array(ends))
+        with pytest.raises(IndexError):
             residual_scale(spec, values, np.array(ends))
 
 

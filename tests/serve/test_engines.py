@@ -57,3 +57,19 @@ def test_engine_choice_is_reported(model_info) -> None:
             assert measured["tl2cgen"] <= measured["xgboost"] / 0.9
         else:
             assert measured["xgboost"] <= measured[other] * 0.9
+
+
+def test_served_trees_were_compiled_at_promotion(server, model_info) -> None:
+    """The champion's libraries came with the bundle (built by the promotion), were
+    verified against the registry and adopted: a server without a compiler serves
+    compiled trees too."""
+    if model_info["family"] != "xgboost":
+        pytest.skip("not an xgboost champion")
+    libraries = model_info["compiled_libraries"]
+    assert libraries["rejected"] == []
+    assert libraries["shipped"] == libraries["adopted"] == model_info["boosters"]
+    if server.home is not None:  # our own fresh server: nothing was compiled here
+        assert libraries["built_here"] == 0
+    with server.client() as client:
+        text = client.get("/metrics").text
+    assert "slocast_compiled_libraries_rejected_total 0.0" in text

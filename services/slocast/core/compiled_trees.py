@@ -71,7 +71,7 @@ def toolchain_info() -> dict[str, str]:
     }
 
 
-def _binary_compatible(built: dict[str, str], here: dict[str, str]) -> bool:
+def binary_compatible(built: dict[str, str], here: dict[str, str]) -> bool:
     # The library is plain C loaded with ctypes: only the OS, CPU and libc matter.
     return built.get("platform") == here["platform"] and built.get("libc") == here["libc"]
 
@@ -82,8 +82,9 @@ class CompiledLibrary:
     manifest: Path
 
 
-def library_paths(model_sha256: str, lib_dir: Path) -> CompiledLibrary:
-    stem = f"trees-{model_sha256[:24]}"
+def library_paths(model_sha256: str, lib_dir: Path, prefix: str = "trees") -> CompiledLibrary:
+    """Where the library built from ``model_sha256`` (a booster, or a C source) lives."""
+    stem = f"{prefix}-{model_sha256[:24]}"
     return CompiledLibrary(library=lib_dir / f"{stem}.so", manifest=lib_dir / f"{stem}.json")
 
 
@@ -127,7 +128,7 @@ def compile_booster(model_path: Path, lib_dir: Path) -> CompiledLibrary:
         "parallel_comp": PARALLEL_COMP,
         "toolchain": toolchain_info(),
     }
-    _write_json_atomic(paths.manifest, manifest)
+    write_json_atomic(paths.manifest, manifest)
     log.info(
         "compiled %s -> %s in %.1fs",
         model_path.name,
@@ -139,21 +140,21 @@ def compile_booster(model_path: Path, lib_dir: Path) -> CompiledLibrary:
 
 def ensure_compiled(model_path: Path, lib_dir: Path) -> CompiledLibrary:
     """The verified cached library of this model in ``lib_dir``, compiling if needed."""
-    paths = library_paths(sha256_file(model_path), lib_dir)
-    if _verified_library(sha256_file(model_path), lib_dir) is not None:
-        return paths
+    model_sha = sha256_file(model_path)
+    if verified_library(model_sha, lib_dir) is not None:
+        return library_paths(model_sha, lib_dir)
     return compile_booster(model_path, lib_dir)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, path)
 
 
-def _verified_library(model_sha: str, lib_dir: Path) -> Path | None:
+def verified_library(model_sha: str, lib_dir: Path, prefix: str = "trees") -> Path | None:
     """The cached library for ``model_sha`` if present, intact and built for this host."""
-    paths = library_paths(model_sha, lib_dir)
+    paths = library_paths(model_sha, lib_dir, prefix)
     if not (paths.library.exists() and paths.manifest.exists()):
         return None
     try:
@@ -164,7 +165,7 @@ def _verified_library(model_sha: str, lib_dir: Path) -> Path | None:
     if manifest.get("model_sha256") != model_sha:
         log.warning("manifest %s belongs to another model; recompiling", paths.manifest)
         return None
-    if not _binary_compatible(manifest.get("toolchain", {}), toolchain_info()):
+    if not binary_compatible(manifest.get("toolchain", {}), toolchain_info()):
         log.info(
             "library %s was built for %s; recompiling here",
             paths.library.name,
@@ -294,6 +295,7 @@ class TreeModel:
     xgboost_from_rows: int | None
     _xgb: _XGBoostEngine
     _compiled: _TL2cgenEngine | None
+    built_here: bool = False  # compiled by this load (nothing verified was cached)
 
     @property
     def num_features(self) -> int:
@@ -333,10 +335,12 @@ def load_tree_model(
     if expected_sha256 is not None and model_sha != expected_sha256:
         raise ValueError(f"{model_path} has SHA-256 {model_sha}, expected {expected_sha256}")
     xgb_engine = _XGBoostEngine(model_path)
-    library = _verified_library(model_sha, lib_dir)
+    library = verified_library(model_sha, lib_dir)
+    built_here = False
     if library is None and compile_if_missing:
         try:
             library = compile_booster(model_path, lib_dir).library
+            built_here = True
         except RuntimeError as exc:
             log.error("serving %s with XGBoost inplace_predict: %s", model_path.name, exc)
     compiled = None
@@ -348,7 +352,7 @@ def load_tree_model(
     if compiled is None:
         return TreeModel(model_sha, ENGINE_XGBOOST, None, xgb_engine, None)
     crossover = _measure_crossover(xgb_engine, compiled, xgb_engine.num_features)
-    return TreeModel(model_sha, ENGINE_TL2CGEN, crossover, xgb_engine, compiled)
+    return TreeModel(model_sha, ENGINE_TL2CGEN, crossover, xgb_engine, compiled, built_here)
 
 
 def _measure_crossover(

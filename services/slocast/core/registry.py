@@ -143,6 +143,17 @@ class ModelRegistry:
         )
         self.client.set_registered_model_alias(name, CHAMPION_ALIAS, ref.version)
 
+    def attach_files(self, ref: VersionRef, local_dir: Path, subdir: str) -> None:
+        """Upload ``local_dir`` into ``subdir`` of the version's bundle (its source URI),
+        so :meth:`download` fetches the files with the bundle."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repository = get_artifact_repository(ref.source, tracking_uri=self.tracking_uri)
+        repository.log_artifacts(str(local_dir), artifact_path=subdir)
+
+    def set_version_tag(self, ref: VersionRef, key: str, value: str) -> None:
+        self.client.set_model_version_tag(registered_name(ref.task), ref.version, key, value)
+
     def log_decision(self, task: str, decision: dict) -> None:
         """Record the decision as a run of its own (JSON artifact plus tags)."""
         tags = {TAG_TASK: task, TAG_DATASET: decision["dataset_id"], TAG_ROLE: "decision"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from slocast.core.storage import ArtifactStore
 from slocast.evaluate.promotion import Decision, decide
 from slocast.evaluate.scoring import Evaluation, TestForecast, forecast_test, score_forecast
 from slocast.models import BASELINES
-from slocast.models.bundle import BundleError, ModelBundle, load_bundle
+from slocast.models.bundle import MANIFEST, BundleError, ModelBundle, load_bundle
+from slocast.models.compiled_bundle import COMPILED_DIR, TAG_COMPILED_INDEX, compile_bundle
 from slocast.preprocess.dataset import ProcessedDataset
 
 log = logging.getLogger(__name__)
@@ -95,10 +97,12 @@ def evaluate_run(
     result = assess(registry, dataset, task=task, models=models, scratch=scratch)
     decision = result.decision
     if decision.promoted and decision.winner is not None:
-        registry.promote(
+        promote(
+            registry,
             result.refs[decision.winner],
             test_metrics=result.evaluations[decision.winner].flat_metrics(),
             decision=decision.to_dict(),
+            scratch=scratch,
         )
     registry.log_decision(task, decision.to_dict())
     store.put_bytes(
@@ -106,6 +110,63 @@ def evaluate_run(
         json.dumps(decision.to_dict(), indent=2).encode(),
     )
     return result
+
+
+def promote(
+    registry: ModelRegistry,
+    ref: VersionRef,
+    *,
+    test_metrics: dict[str, float],
+    decision: dict,
+    scratch: Path,
+) -> None:
+    """Make ``ref`` the champion: compiled code beside the bundle first, then the alias.
+
+    The in-process runner and the Kafka evaluator both promote through here, so
+    every server finds the libraries (and the registry's hash of their index)
+    before it can see the new alias.
+    """
+    attach_compiled(registry, ref, scratch)
+    registry.promote(ref, test_metrics=test_metrics, decision=decision)
+
+
+def attach_compiled(registry: ModelRegistry, ref: VersionRef, scratch: Path) -> str | None:
+    """Compile the version's trees, store them beside its bundle, record the index hash.
+
+    Idempotent (a version already tagged is left alone, e.g. when the evaluator
+    re-applies a decision after a crash). A toolchain that cannot compile is not
+    a reason to keep a better model out: the promotion goes ahead, logged, and
+    servers compile locally or fall back to XGBoost.
+    """
+    if ref.family != "xgboost" or ref.tags.get(TAG_COMPILED_INDEX):
+        return ref.tags.get(TAG_COMPILED_INDEX)
+    bundle_dir = _bundle_root(registry.download(ref, scratch / f"compile-v{ref.version}"))
+    started = time.perf_counter()
+    try:
+        index_sha = compile_bundle(bundle_dir, load_bundle(bundle_dir))
+    except RuntimeError as exc:
+        log.error("v%s is promoted without compiled trees: %s", ref.version, exc)
+        return None
+    if index_sha is None:
+        return None
+    registry.attach_files(ref, bundle_dir / COMPILED_DIR, COMPILED_DIR)
+    registry.set_version_tag(ref, TAG_COMPILED_INDEX, index_sha)
+    log.info(
+        "compiled v%s for serving in %.1fs (index %s)",
+        ref.version,
+        time.perf_counter() - started,
+        index_sha[:12],
+    )
+    return index_sha
+
+
+def _bundle_root(path: Path) -> Path:
+    if (path / MANIFEST).is_file():
+        return path
+    found = list(path.rglob(MANIFEST))
+    if len(found) != 1:
+        raise BundleError(f"{path}: no unique {MANIFEST} in the downloaded model")
+    return found[0].parent
 
 
 def assess(

@@ -20,6 +20,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xgboost as xgb
@@ -36,6 +37,9 @@ from slocast.core.features import (
 from slocast.core.schema import TARGET_INDEX
 from slocast.models.base import FitReport, Forecaster, Progress
 from slocast.preprocess.dataset import ProcessedDataset
+
+if TYPE_CHECKING:
+    from slocast.models.xgboost_native import NativeFeatures
 
 STATE_FILE = "xgboost.json"
 
@@ -87,6 +91,8 @@ class XGBoostForecaster(Forecaster):
         self.target_mean = np.ones(len(spec.targets))
         # _models[step][k]: the booster for forecast step ``step`` of target ``k``.
         self._models: list[list[xgb.Booster]] = []
+        # The C kernel of features() a server attaches (equal values, see xgboost_native).
+        self.native: NativeFeatures | None = None
 
     # -- features and output transform, shared by fit, predict and the serving engine --
 
@@ -94,6 +100,10 @@ class XGBoostForecaster(Forecaster):
         """Input matrix (N, F), float32, columns in :meth:`feature_names` order."""
         ends = np.asarray(ends, np.int64)
         spec = self.spec
+        if self.native is not None:  # the same values from C (see xgboost_native)
+            x = self.native.features(times, values, ends)
+            if x is not None:
+                return x
         # One gather for both blocks, one output array filled in place.
         windows = clipped_windows(spec, values, ends)
         width = tabular_width(spec)
@@ -107,7 +117,10 @@ class XGBoostForecaster(Forecaster):
 
     def _last(self, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """The last observed row's targets, (N, K): the persistence part of the forecast."""
-        window = gather_windows(values, np.asarray(ends, np.int64), 1)
+        ends = np.asarray(ends, np.int64)
+        if ends.size == 1 and 1 <= ends[0] <= values.shape[0]:  # one row: no fancy gather
+            return values[int(ends[0]) - 1, _TARGET_INDEX][None]
+        window = gather_windows(values, ends, 1)
         return window[:, 0, _TARGET_INDEX]
 
     def finish(self, raw: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp
 
 from slocast import __version__
 from slocast.serve import schemas
@@ -98,8 +99,9 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"" if body is None else body
 
 
-def create_app(settings: ServeSettings | None = None) -> FastAPI:
-    """The app factory ``uvicorn`` calls in every worker process."""
+def create_app(settings: ServeSettings | None = None) -> ASGIApp:
+    """The app factory ``uvicorn`` calls in every worker process: the FastAPI app
+    (documented routes) behind the metrics and hot-route layers."""
     settings = settings or ServeSettings.from_env()
     if not logging.getLogger().handlers:  # uvicorn workers are fresh processes
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -123,9 +125,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         "registry's champion model.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.holder = holder
-    app.state.watcher = watcher
 
     def _model() -> ServedModel:
         model = holder.current
@@ -170,13 +169,18 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     forecast_one = _forecast_handler("/v1/forecast", parse_forecast, forecast_body)
     forecast_many = _forecast_handler("/v1/forecast/batch", parse_batch, batch_body)
-    app.add_middleware(
-        FastPath,
-        post={"/v1/forecast": forecast_one, "/v1/forecast/batch": forecast_many},
-        get={"/healthz": _healthz, "/readyz": _readyz, "/v1/model": _model_info},
-        max_body_bytes=settings.max_body_bytes,
+    # Outside FastAPI, not inside its middleware stack: a hot request then skips
+    # FastAPI's per-call OpenTelemetry check and Starlette's error middleware too
+    # (an unexpected exception still becomes uvicorn's 500, counted as such here).
+    served = MetricsMiddleware(
+        FastPath(
+            app,
+            post={"/v1/forecast": forecast_one, "/v1/forecast/batch": forecast_many},
+            get={"/healthz": _healthz, "/readyz": _readyz, "/v1/model": _model_info},
+            max_body_bytes=settings.max_body_bytes,
+        ),
+        metrics,
     )
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last = outermost
 
     def _respond(result: tuple[int, bytes]) -> Response:
         return Response(result[1], result[0], media_type=JSON)
@@ -278,4 +282,4 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
-    return app
+    return served

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from slocast.core.errors import ConfigError
+    from slocast.serve.metrics import MULTIPROCESS_ENV, multiprocess_dir
     from slocast.serve.settings import ServeSettings
 
     if args.workers < 1:
@@ -50,17 +52,31 @@ def _serve(args: argparse.Namespace) -> int:
     # only fight them for the same cores.
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
-    ServeSettings.from_env()  # fail fast on bad settings, before spawning workers
+    settings = ServeSettings.from_env()  # fail fast on bad settings, before spawning workers
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        "slocast.serve.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=args.log_level,
-        access_log=False,
-    )
+    metrics_dir = None
+    if args.workers > 1 and multiprocess_dir() is None:
+        # One /metrics for all workers; a directory per server so that two servers
+        # sharing a cache never mix (or delete) each other's values.
+        metrics_dir = settings.cache_dir / "metrics" / str(os.getpid())
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ[MULTIPROCESS_ENV] = str(metrics_dir)
+    try:
+        uvicorn.run(
+            "slocast.serve.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            http="httptools",
+            log_level=args.log_level,
+            access_log=False,
+            # Forwarded client addresses would only feed the access log, which is off.
+            proxy_headers=False,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

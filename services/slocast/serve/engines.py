@@ -61,10 +61,22 @@ class ForecasterPredictor:
         return {"engine": self.engine}
 
 
-def make_predictor(bundle: ModelBundle, bundle_dir: Path, compiled_dir: Path) -> Predictor:
-    """The fastest faithful predictor for ``bundle``."""
+def make_predictor(
+    bundle: ModelBundle,
+    bundle_dir: Path,
+    compiled_dir: Path,
+    *,
+    compiled_index_sha256: str | None = None,
+) -> Predictor:
+    """The fastest faithful predictor for ``bundle``.
+
+    ``compiled_index_sha256`` is the registry's record of the libraries built at
+    promotion (see :mod:`slocast.models.compiled_bundle`).
+    """
     if bundle.family == "xgboost":
         from slocast.serve.tree_engine import CompiledTreesPredictor
 
-        return CompiledTreesPredictor.load(bundle, bundle_dir, compiled_dir)
+        return CompiledTreesPredictor.load(
+            bundle, bundle_dir, compiled_dir, compiled_index_sha256=compiled_index_sha256
+        )
     return ForecasterPredictor(bundle)

@@ -23,6 +23,7 @@ import orjson
 from slocast.core.registry import ModelRegistry, VersionRef
 from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
 from slocast.models.bundle import ModelBundle, load_bundle, read_manifest
+from slocast.models.compiled_bundle import COMPILED_DIR, INDEX, TAG_COMPILED_INDEX
 from slocast.serve.engines import Predictor, make_predictor
 from slocast.serve.settings import ServeSettings
 from slocast.serve.validation import RequestRules
@@ -56,7 +57,11 @@ def fetch_bundle(registry: ModelRegistry, ref: VersionRef, models_dir: Path) -> 
     manifest is verified again by :func:`load_bundle` anyway.
     """
     final = models_dir / f"{ref.task}-v{ref.version}-{ref.run_id[:12]}"
-    if (final / "manifest.json").is_file():
+    compiled = final / COMPILED_DIR / INDEX
+    # A version compiled at a (re)promotion after this cache fetched it: fetch again
+    # for the libraries.
+    stale = TAG_COMPILED_INDEX in ref.tags and not compiled.is_file()
+    if (final / "manifest.json").is_file() and not stale:
         return final
     models_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=models_dir))
@@ -64,7 +69,10 @@ def fetch_bundle(registry: ModelRegistry, ref: VersionRef, models_dir: Path) -> 
         downloaded = registry.download(ref, scratch)
         bundle_root = _bundle_root(downloaded)
         try:
-            os.rename(bundle_root, final)
+            if stale and (final / "manifest.json").is_file():
+                os.rename(bundle_root / COMPILED_DIR, final / COMPILED_DIR)
+            else:
+                os.rename(bundle_root, final)
         except OSError:
             if not (final / "manifest.json").is_file():  # not a lost race: a real failure
                 raise
@@ -86,7 +94,12 @@ def build_served_model(ref: VersionRef, bundle_dir: Path, settings: ServeSetting
     """Load, compile and self-test one version; raises on any problem."""
     started = time.perf_counter()
     bundle = load_bundle(bundle_dir)
-    predictor = make_predictor(bundle, bundle_dir, settings.compiled_dir)
+    predictor = make_predictor(
+        bundle,
+        bundle_dir,
+        settings.compiled_dir,
+        compiled_index_sha256=ref.tags.get(TAG_COMPILED_INDEX),
+    )
     spec = bundle.spec
     step_ns = int(round(spec.step_seconds * 1e9))
     levels = {float(q): f"{q:g}" for q in bundle.calibration.levels}

@@ -1,8 +1,13 @@
-"""Prometheus metrics of one serving process (HELP/TYPE via prometheus-client).
+"""Prometheus metrics of the serving processes (HELP/TYPE via prometheus-client).
 
-Each worker process keeps its own registry: a scrape of ``/metrics`` describes the
-worker that answered it (its ``pid`` is in ``slocast_model_info``). In Kubernetes
-run one worker per pod and let Prometheus scrape every pod.
+With several uvicorn workers, ``slocast serve`` points ``PROMETHEUS_MULTIPROC_DIR``
+at a directory of its own before the workers start: every worker then keeps its
+values in memory-mapped files there, and a scrape of ``/metrics``, whichever
+worker answers, sums counters and histograms over all workers of the server and
+lists each worker's gauges (``pid`` label). A single process keeps a plain
+in-memory registry. Either way ``slocast_model_info`` has one series per worker
+``pid``; after a reload the previous version's series stays at 0 in multiprocess
+mode (values in the files cannot be deleted), so select ``== 1``.
 
 Label children are cached in dicts so the request path pays one dict lookup and
 one ``observe`` (a lock plus a bucket search), not prometheus-client's label
@@ -21,6 +26,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Read by prometheus-client when it is imported: set before the workers start.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Sub-millisecond buckets: the server-side p50 target is under 1 ms.
 LATENCY_BUCKETS = (
@@ -49,6 +58,12 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._multiprocess = multiprocess_dir() is not None
+        # The multiprocess collector adds a pid label to per-worker gauges itself.
+        gauge_mode = {"multiprocess_mode": "all"} if self._multiprocess else {}
+        info_labels = ("task", "version", "family", "engine", "run_id")
+        if not self._multiprocess:
+            info_labels += ("pid",)
         self.requests = Counter(
             "slocast_http_requests",
             "HTTP requests answered, by route, method and status code.",
@@ -79,13 +94,15 @@ class ServeMetrics:
         self.model_info = Gauge(
             "slocast_model_info",
             "The model this process serves (value 1).",
-            ("task", "version", "family", "engine", "run_id", "pid"),
+            info_labels,
             registry=r,
+            **gauge_mode,
         )
         self.model_loaded_at = Gauge(
             "slocast_model_loaded_timestamp_seconds",
             "Unix time the served model was swapped in.",
             registry=r,
+            **gauge_mode,
         )
         self.reloads = Counter(
             "slocast_model_reloads",
@@ -101,6 +118,18 @@ class ServeMetrics:
         self.engine_fallbacks = Counter(
             "slocast_engine_fallbacks",
             "Models served with XGBoost inplace_predict because no compiled library loaded.",
+            registry=r,
+        )
+        self.compiled_rejected = Counter(
+            "slocast_compiled_libraries_rejected",
+            "Compiled libraries shipped with a model (built at promotion) that failed "
+            "verification (hash, index, booster) and were not used.",
+            registry=r,
+        )
+        self.compiled_here = Counter(
+            "slocast_compiled_libraries_built",
+            "Boosters this process compiled itself because no verified library was "
+            "shipped or cached (missing, rejected or built for another platform).",
             registry=r,
         )
         self._request_children: dict[tuple[str, str, int], tuple] = {}
@@ -127,11 +156,24 @@ class ServeMetrics:
         child.inc(windows)
 
     def set_model(self, task: str, version: str, family: str, engine: str, run_id: str) -> None:
-        labels = (task, version, family, engine, run_id, str(os.getpid()))
+        labels = (task, version, family, engine, run_id)
+        if not self._multiprocess:
+            labels += (str(os.getpid()),)
         if self._info_labels is not None and self._info_labels != labels:
+            # Zero first: a multiprocess value file keeps a removed series.
+            self.model_info.labels(*self._info_labels).set(0)
             self.model_info.remove(*self._info_labels)
         self.model_info.labels(*labels).set(1)
         self._info_labels = labels
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self._multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+
+def multiprocess_dir() -> str | None:
+    """Where the workers of this server keep their metric values, if they share them."""
+    return os.environ.get(MULTIPROCESS_ENV)

@@ -107,6 +107,10 @@ class ModelHolder:
             _freeze_heap()
             if getattr(model.predictor, "fallback", False):
                 self.metrics.engine_fallbacks.inc()
+            adoption = getattr(model.predictor, "adoption", None)
+            if adoption is not None:
+                self.metrics.compiled_rejected.inc(len(adoption.rejected))
+            self.metrics.compiled_here.inc(getattr(model.predictor, "built_here", 0))
             log.info(
                 "serving %s v%s (%s, engine %s), loaded in %.2fs",
                 ref.task,

@@ -16,8 +16,8 @@ per request (they would cost more than the model).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import repeat
-from operator import eq
+from operator import sub
+from typing import NoReturn
 
 import numpy as np
 import orjson
@@ -25,10 +25,12 @@ import orjson
 from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN
 
 ROW_KEYS = frozenset((TIME_COLUMN, *FEATURE_COLUMNS))
+_ROW_SIZE = {len(ROW_KEYS)}
 _FORECAST_KEYS = frozenset(("history", "horizon", "quantiles"))
 _BATCH_KEYS = frozenset(("series", "horizon", "quantiles"))
 _SERIES_KEYS = frozenset(("id", "history"))
 _NUMBER_TYPES = frozenset((int, float))
+_PYTHON_GRID_UP_TO = 64
 
 
 class InputError(Exception):
@@ -151,15 +153,12 @@ def _batch_fast(series: list, rules: RequestRules) -> tuple[np.ndarray, np.ndarr
     if len(set(ids)) != len(ids):
         return None
     flat = [row for item in series for row in item["history"]]
-    try:
-        if not all(map(eq, map(dict.keys, flat), repeat(ROW_KEYS))):
-            return None
-    except TypeError:  # a row that is not an object
+    columns = _row_cells(flat)
+    if columns is None:
         return None
-    cells = [row[c] for row in flat for c in FEATURE_COLUMNS]
+    cells, stamps = columns
     if not set(map(type, cells)) <= _NUMBER_TYPES:
         return None
-    stamps = [row[TIME_COLUMN] for row in flat]
     if not all(type(s) is str for s in stamps):
         return None
     try:
@@ -180,6 +179,23 @@ def _batch_fast(series: list, rules: RequestRules) -> tuple[np.ndarray, np.ndarr
     times = times.reshape(len(series), n)[:, -keep:].reshape(-1)
     values = values.reshape(len(series), n, c)[:, -keep:].reshape(-1, c)
     return times, values, ids
+
+
+def _row_cells(rows: list) -> tuple[list, list] | None:
+    """Feature cells (row-major, FEATURE_COLUMNS order) and time stamps of rows that
+    are objects with exactly the row keys; None if any row is not.
+
+    Exactly those keys without comparing key sets (~0.8 us a row): every row has
+    as many entries as there are row keys and every key is found.
+    """
+    try:
+        if set(map(len, rows)) != _ROW_SIZE:
+            return None
+        cells = [row[c] for row in rows for c in FEATURE_COLUMNS]
+        stamps = [row[TIME_COLUMN] for row in rows]
+    except (KeyError, TypeError):  # a missing key, or a row that is not an object
+        return None
+    return cells, stamps
 
 
 def _object(body: bytes, allowed: frozenset, *, required: tuple[str, ...]) -> dict:
@@ -249,24 +265,16 @@ def _history(rows: object, field: str, rules: RequestRules) -> tuple[np.ndarray,
             f"only the last {rules.history_rows} are used",
             status=413,
         )
-    # Fast path: one C-level comparison per row; the slow path only names the culprit.
-    try:
-        same_keys = all(map(eq, map(dict.keys, rows), repeat(ROW_KEYS)))
-    except TypeError:  # a row that is not an object
-        same_keys = False
-    if not same_keys:
-        for i, row in enumerate(rows):
-            if type(row) is not dict:
-                raise InputError(f"{field}[{i}]", f"expected an object, got {_kind(row)}")
-            if row.keys() != ROW_KEYS:
-                _key_error(f"{field}[{i}]", row, ROW_KEYS)
-    cells = [row[c] for row in rows for c in FEATURE_COLUMNS]
+    columns = _row_cells(rows)
+    if columns is None:
+        _row_error(field, rows)
+    cells, stamps = columns
     if not set(map(type, cells)) <= _NUMBER_TYPES:
         _type_error(field, rows)
     # No finiteness check needed: orjson refuses NaN/Infinity literals and numbers
     # beyond a double's range (a 400), and the type check above refused null.
     values = np.array(cells, dtype=np.float64).reshape(n, len(FEATURE_COLUMNS))
-    times = _times([row[TIME_COLUMN] for row in rows], field)
+    times = _times(stamps, field)
     _check_grid(times, field, rules)
     keep = rules.history_rows
     return times[-keep:], values[-keep:]
@@ -296,13 +304,17 @@ def _times(stamps: list, field: str) -> np.ndarray:
 
 def _check_grid(times: np.ndarray, field: str, rules: RequestRules) -> None:
     ns = times.view(np.int64)
+    low, high = rules.step_ns - rules.tolerance_ns, rules.step_ns + rules.tolerance_ns
+    # Fast path. NaT ("" or "NaT" stamps) is the minimum int64, so any delta next
+    # to it fails the bounds and is reported below. Short histories (the single
+    # forecast) check in Python ints: cheaper than three NumPy calls.
+    if ns.size <= _PYTHON_GRID_UP_TO:
+        stamps = ns.tolist()
+        deltas = list(map(sub, stamps[1:], stamps[:-1]))
+        if deltas and low <= min(deltas) and max(deltas) <= high:
+            return
     deltas = np.diff(ns)
-    # Fast path: three numpy calls. NaT ("" or "NaT" stamps) is the minimum int64,
-    # so any delta next to it fails the bounds and is reported below.
-    if deltas.size and (
-        deltas.min() >= rules.step_ns - rules.tolerance_ns
-        and deltas.max() <= rules.step_ns + rules.tolerance_ns
-    ):
+    if deltas.size and low <= deltas.min() and deltas.max() <= high:
         return
     nat = np.isnat(times)
     if nat.any():
@@ -344,6 +356,16 @@ def _key_error(where: str, row: dict, expected: frozenset) -> None:
     if extra:
         parts.append(f"unknown column(s) {', '.join(extra)}")
     raise InputError(where, "; ".join(parts))
+
+
+def _row_error(field: str, rows: list) -> NoReturn:
+    """Name the first row that is not an object with exactly the row keys."""
+    for i, row in enumerate(rows):
+        if type(row) is not dict:
+            raise InputError(f"{field}[{i}]", f"expected an object, got {_kind(row)}")
+        if row.keys() != ROW_KEYS:
+            _key_error(f"{field}[{i}]", row, ROW_KEYS)
+    raise InputError(field, "every row must be an object with time and the 11 columns")
 
 
 def _type_error(field: str, rows: list) -> None:

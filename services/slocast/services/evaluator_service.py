@@ -28,7 +28,7 @@ from confluent_kafka import Message
 
 from slocast.core.errors import SlocastError
 from slocast.core.registry import TAG_DATASET, TAG_TASK, registered_name
-from slocast.evaluate.stage import assess
+from slocast.evaluate.stage import assess, promote
 from slocast.models.bundle import load_bundle
 from slocast.preprocess.store import has_dataset, load_dataset
 from slocast.services.events import (
@@ -195,9 +195,14 @@ class DurableEvaluator:
             metrics = {
                 k[len("test.") :]: float(v) for k, v in record.tags.items() if k.startswith("test.")
             }
-            registry.promote(
-                ref, test_metrics=metrics, decision={"decision_id": record.decision_id}
-            )
+            with tempfile.TemporaryDirectory(prefix="slocast-promote-") as scratch:
+                promote(
+                    registry,
+                    ref,
+                    test_metrics=metrics,
+                    decision={"decision_id": record.decision_id},
+                    scratch=Path(scratch),
+                )
             log.info("champion of %s is now v%s (%s)", task, version, record.tags.get(TAG_WINNER))
         if self.settings.fault_injection == FAULT_EVALUATOR_AFTER_PROMOTE:
             log.error("fault injection: exiting between the alias move and model-selected")
