@@ -146,6 +146,34 @@ def ensure_compiled(model_path: Path, lib_dir: Path) -> CompiledLibrary:
     return compile_booster(model_path, lib_dir)
 
 
+def compile_c_library(source: str, library: Path, compiler: list[str], *, what: str) -> float:
+    """Compile C ``source`` into the shared library ``library`` (replaced atomically).
+
+    Returns the seconds it took; ``RuntimeError`` naming ``what`` when there is no
+    working compiler. Used for the hand-written serving kernels; TL2cgen builds
+    the tree libraries itself.
+    """
+    library.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        path = Path(tmp) / "source.c"
+        path.write_text(source)
+        built = Path(tmp) / library.name
+        try:
+            subprocess.run(
+                [*compiler, "-o", str(built), str(path), "-lm"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", "") or ""
+            raise RuntimeError(f"compiling the {what} failed: {exc} {detail}".rstrip()) from exc
+        os.replace(built, library)
+    return time.perf_counter() - started
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))

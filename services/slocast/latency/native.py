@@ -34,17 +34,18 @@ import ctypes
 import hashlib
 import json
 import logging
-import os
-import subprocess
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-from slocast.core.compiled_trees import _binary_compatible, toolchain_info
+from slocast.core.compiled_trees import (
+    binary_compatible,
+    compile_c_library,
+    toolchain_info,
+    write_json_atomic,
+)
 from slocast.core.digests import sha256_file
 
 log = logging.getLogger(__name__)
@@ -657,37 +658,17 @@ def kernel_files(lib_dir: Path) -> KernelFiles:
 def build_kernel(lib_dir: Path) -> KernelFiles:
     """Compile the kernel into ``lib_dir``; raises ``RuntimeError`` without gcc."""
     files = kernel_files(lib_dir)
-    lib_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=lib_dir) as tmp:
-        source = Path(tmp) / "kernel.c"
-        source.write_text(SOURCE)
-        library = Path(tmp) / files.library.name
-        try:
-            subprocess.run(
-                [*COMPILER, "-o", str(library), str(source), "-lm"],
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            detail = getattr(exc, "stderr", b"") or b""
-            raise RuntimeError(
-                f"compiling the latency kernel failed: {exc} {detail.decode(errors='replace')}"
-            ) from exc
-        manifest = {
-            "source_sha256": SOURCE_SHA256,
-            "library_sha256": sha256_file(library),
-            "library": files.library.name,
-            "compiler": COMPILER,
-            "compile_seconds": round(time.perf_counter() - started, 3),
-            "toolchain": toolchain_info(),
-        }
-        tmp_manifest = Path(tmp) / files.manifest.name
-        tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        # Library first: a reader that sees the new manifest finds its library.
-        os.replace(library, files.library)
-        os.replace(tmp_manifest, files.manifest)
+    seconds = compile_c_library(SOURCE, files.library, COMPILER, what="latency kernel")
+    manifest = {
+        "source_sha256": SOURCE_SHA256,
+        "library_sha256": sha256_file(files.library),
+        "library": files.library.name,
+        "compiler": COMPILER,
+        "compile_seconds": round(seconds, 3),
+        "toolchain": toolchain_info(),
+    }
+    # Library first (above): a reader that sees the new manifest finds its library.
+    write_json_atomic(files.manifest, manifest)
     log.info("compiled %s in %.2fs", files.library.name, manifest["compile_seconds"])
     return files
 
@@ -701,7 +682,7 @@ def verified_kernel(lib_dir: Path) -> Path | None:
         return None
     if (
         manifest.get("source_sha256") != SOURCE_SHA256
-        or not _binary_compatible(manifest.get("toolchain", {}), toolchain_info())
+        or not binary_compatible(manifest.get("toolchain", {}), toolchain_info())
         or not files.library.is_file()
         or sha256_file(files.library) != manifest.get("library_sha256")
     ):

@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from slocast.core.compiled_trees import (
     CompiledLibrary,
+    compile_c_library,
     library_paths,
     toolchain_info,
     verified_library,
@@ -194,31 +191,14 @@ def build(lib_dir: Path) -> CompiledLibrary:
     paths = library_paths(SOURCE_SHA256, lib_dir, PREFIX)
     if verified_library(SOURCE_SHA256, lib_dir, PREFIX) is not None:
         return paths
-    lib_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=lib_dir) as tmp:
-        source = Path(tmp) / "features.c"
-        source.write_text(SOURCE)
-        target = Path(tmp) / paths.library.name
-        try:
-            subprocess.run(
-                [*COMPILER, "-o", str(target), str(source), "-lm"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=True,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            detail = getattr(exc, "stderr", "") or exc
-            raise RuntimeError(f"compiling the feature kernel failed: {detail}") from exc
-        os.replace(target, paths.library)
+    seconds = compile_c_library(SOURCE, paths.library, COMPILER, what="feature kernel")
     write_json_atomic(
         paths.manifest,
         {
             "model_sha256": SOURCE_SHA256,  # the key verified_library checks
             "library_sha256": sha256_file(paths.library),
             "library": paths.library.name,
-            "compile_seconds": round(time.perf_counter() - started, 3),
+            "compile_seconds": round(seconds, 3),
             "compiler": COMPILER,
             "toolchain": toolchain_info(),
         },
