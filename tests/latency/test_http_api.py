@@ -71,16 +71,17 @@ def served_version(servers: dict[str, str]) -> str | None:
 
 def wait_for_new_model(servers: dict[str, str], flushed_at: str, timeout: float = 90) -> str:
     """Wait until the trainer publishes a model fitted on data posted after the
-    flush at ``flushed_at`` and the prediction server serves it (versions sort by
-    time)."""
+    flush at ``flushed_at`` and every prediction worker serves it (versions sort by
+    time). Each status call opens a new connection, so consecutive calls land on
+    either worker: eight in a row agreeing means both have loaded it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = httpx.get(f"{servers['training']}/data/status").json()
         trained = status["model_version"]
         if status["model_data_since"] == flushed_at:
-            served = served_version(servers)
-            if served is not None and served >= trained:
-                return served
+            served = [served_version(servers) for _ in range(8)]
+            if all(v is not None and v >= trained for v in served):
+                return min(served)
         time.sleep(0.2)
     raise AssertionError(f"no model trained after the flush at {flushed_at} served in {timeout}s")
 
@@ -251,7 +252,9 @@ def learned(servers: dict[str, str]) -> dict:
 def test_learns_the_law_with_calibrated_p90(servers: dict[str, str], learned: dict) -> None:
     fresh = generate("extreme-contention", 4000, seed=12)
     records = to_records(fresh)
-    preds = strict(servers, records).json()["predictions"]
+    response = strict(servers, records)
+    assert response.status_code == 200, response.text
+    preds = response.json()["predictions"]
     for target, column in (("ttft_ms", "actual_ttft_ms"), ("tpot_ms", "actual_tpot_ms")):
         y = fresh[column]
         p = np.array([row[target] for row in preds])
