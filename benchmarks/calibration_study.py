@@ -29,13 +29,14 @@ import numpy as np
 
 from slocast.core.config import PipelineConfig
 from slocast.core.conformal import Calibration
-from slocast.core.datasets import load_lte
 from slocast.core.features import predicted_change, residual_scale
 from slocast.core.schema import TARGET_COLUMNS
 from slocast.models.base import Forecaster
 from slocast.models.bundle import ModelBundle
 from slocast.preprocess.dataset import ProcessedDataset
-from slocast.preprocess.stage import min_rows, preprocess
+from slocast.preprocess.stage import preprocess
+from slocast.runtime.inprocess import load_inputs
+from slocast.runtime.settings import RunSettings
 from slocast.train.stage import change_bins, train_family
 
 Q = 0.9
@@ -43,16 +44,10 @@ BAND = (0.87, 0.93)
 
 
 def _dataset(data: Path, test: Path | None, blocks: int) -> ProcessedDataset:
+    # The run's own loader: same validation and error messages as `slocast run`.
     config = PipelineConfig(calibration_blocks=blocks)
-    train = load_lte(data, min_rows=min_rows(config), spacing_tolerance=config.spacing_tolerance)
-    held = None
-    if test is not None:
-        held = load_lte(
-            test,
-            min_rows=config.window + config.horizon,
-            spacing_tolerance=config.spacing_tolerance,
-        )
-    return preprocess(train, held, config, sources={})
+    train, held, sources = load_inputs(RunSettings(data=data, test_data=test, config=config))
+    return preprocess(train, held, config, sources=sources)
 
 
 def _score(

@@ -79,6 +79,9 @@ def test_out_of_fold_uses_the_served_model_on_validation(data):
     oof = out_of_fold(data, model, folds, seed=0)
     assert np.all(np.diff(oof.ends) > 0)
     np.testing.assert_array_equal(oof.prediction, model.predict(data.times, data.values, oof.ends))
+    own = model.predict(data.times, data.values, data.ends("val"))
+    reused = out_of_fold(data, model, folds, seed=0, own_prediction=own)
+    np.testing.assert_array_equal(reused.prediction, oof.prediction)
 
 
 def test_calibration_uses_every_training_window(data):

@@ -67,13 +67,25 @@ class OutOfFold:
 
 
 def out_of_fold(
-    data: ProcessedDataset, model: Forecaster, folds: list[CalibrationFold], *, seed: int
+    data: ProcessedDataset,
+    model: Forecaster,
+    folds: list[CalibrationFold],
+    *,
+    seed: int,
+    own_prediction: np.ndarray | None = None,
 ) -> OutOfFold:
-    """Forecast every fold's held-out windows (refitting ``model`` where it saw them)."""
+    """Forecast every fold's held-out windows (refitting ``model`` where it saw them).
+
+    ``own_prediction``: the model's forecasts of the fold it never trained on
+    (validation), when the caller already has them.
+    """
     ends, predictions = [], []
     for fold in folds:
-        predictor = model if fold.fit_ends is None else model.refit(data, fold.fit_ends, seed=seed)
         ends.append(fold.held_out)
+        if fold.fit_ends is None and own_prediction is not None:
+            predictions.append(own_prediction)
+            continue
+        predictor = model if fold.fit_ends is None else model.refit(data, fold.fit_ends, seed=seed)
         predictions.append(predictor.predict(data.times, data.values, fold.held_out))
     all_ends = np.concatenate(ends)
     order = np.argsort(all_ends, kind="stable")

@@ -101,7 +101,7 @@ def calibrate(
     started = time.perf_counter()
     if forecast is None:
         folds = calibration_folds(data, data.config.calibration_blocks)
-        forecast = out_of_fold(data, model, folds, seed=seed)
+        forecast = out_of_fold(data, model, folds, seed=seed, own_prediction=prediction)
     check_predictions(family, forecast.prediction, data.truth(forecast.ends))
     scale = residual_scale(data.spec, data.values, forecast.ends)
     n = forecast.ends.size
