@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from slocast.core.c_json import JSON_READER
 from slocast.core.compiled_trees import (
     binary_compatible,
     compile_c_library,
@@ -59,23 +60,15 @@ SIMD_MAX_DEPTH = 6
 FRACTION, COUNT, NONNEGATIVE, ENUM = 0, 1, 2, 3
 COMPILER = ["gcc", "-O2", "-fPIC", "-shared", "-std=c11"]
 
-SOURCE = r"""/* slocast latency serving kernel: strict JSON -> columns, branchless tree forests.
+SOURCE = (
+    r"""/* slocast latency serving kernel: strict JSON -> columns, branchless tree forests.
    Every function either accepts clean input exactly as the Python reference would,
    or returns -1 ("not sure"): the caller then runs the Python path, which decides. */
-#include <errno.h>
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define BAIL (-1)
+"""
+    + JSON_READER
+    + r"""
 enum { K_FRACTION = 0, K_COUNT = 1, K_NONNEG = 2, K_ENUM = 3 };
-enum { MAX_DEPTH = 32, MAX_FIELDS = 64 };
-
-typedef struct {
-  const unsigned char* p;
-  const unsigned char* end;
-} cursor;
+enum { MAX_FIELDS = 64 };
 
 typedef struct {
   int32_t nfields;
@@ -88,185 +81,6 @@ typedef struct {
   const char* enums;
   const int32_t* enum_off;
 } schema;
-
-static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
-                                 1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-                                 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-
-static inline void ws(cursor* c) {
-  while (c->p < c->end && (*c->p == ' ' || *c->p == '\n' || *c->p == '\r' || *c->p == '\t')) ++c->p;
-}
-
-static inline int is_digit(unsigned char ch) { return ch >= '0' && ch <= '9'; }
-
-/* A string without escapes, control or non-ASCII bytes (anything else: BAIL). */
-static int read_string(cursor* c, const unsigned char** s, int64_t* n) {
-  if (c->p >= c->end || *c->p != '"') return BAIL;
-  const unsigned char* start = ++c->p;
-  while (c->p < c->end) {
-    unsigned char ch = *c->p;
-    if (ch == '"') {
-      *s = start;
-      *n = c->p - start;
-      ++c->p;
-      return 0;
-    }
-    if (ch == '\\' || ch < 0x20 || ch >= 0x80) return BAIL;
-    ++c->p;
-  }
-  return BAIL;
-}
-
-/* A non-negative JSON number (RFC 8259 grammar) as the correctly rounded double. */
-static int read_number(cursor* c, double* out) {
-  const unsigned char* s = c->p;
-  const unsigned char* p = s;
-  const unsigned char* end = c->end;
-  uint64_t m = 0;
-  int digits = 0, exact = 1;
-  int64_t e10 = 0;
-  if (p >= end) return BAIL;
-  if (*p == '0') {
-    ++p;
-    if (p < end && is_digit(*p)) return BAIL; /* leading zero: invalid JSON */
-  } else if (*p >= '1' && *p <= '9') {
-    while (p < end && is_digit(*p)) {
-      if (digits < 19) {
-        m = m * 10 + (uint64_t)(*p - '0');
-        ++digits;
-      } else {
-        exact = 0;
-      }
-      ++p;
-    }
-    /* Integers from 2**63 on: how the reference treats them depends on the
-       other values' types; leave them to it. */
-    if (digits >= 19 && (p >= end || (*p != '.' && *p != 'e' && *p != 'E'))) return BAIL;
-  } else {
-    return BAIL; /* '-' (negative numbers are for the reference path), '+', '.', ... */
-  }
-  if (p < end && *p == '.') {
-    ++p;
-    if (p >= end || !is_digit(*p)) return BAIL;
-    while (p < end && is_digit(*p)) {
-      if (digits < 19) {
-        if (m != 0 || *p != '0') {
-          m = m * 10 + (uint64_t)(*p - '0');
-          ++digits;
-        }
-        --e10;
-      } else {
-        exact = 0;
-      }
-      ++p;
-    }
-  }
-  if (p < end && (*p == 'e' || *p == 'E')) {
-    ++p;
-    int neg = 0;
-    if (p < end && (*p == '+' || *p == '-')) neg = *p++ == '-';
-    if (p >= end || !is_digit(*p)) return BAIL;
-    int64_t e = 0;
-    while (p < end && is_digit(*p)) {
-      if (e > 100000) return BAIL;
-      e = e * 10 + (*p++ - '0');
-    }
-    e10 += neg ? -e : e;
-  }
-  c->p = p;
-  if (exact && m <= (UINT64_C(1) << 53) && e10 >= -22 && e10 <= 22) {
-    *out = e10 < 0 ? (double)m / POW10[-e10] : (double)m * POW10[e10];
-    return 0;
-  }
-  /* Rare: long mantissa or large exponent. glibc strtod rounds correctly. */
-  char buf[128];
-  int64_t len = p - s;
-  if (len >= (int64_t)sizeof buf) return BAIL;
-  memcpy(buf, s, (size_t)len);
-  buf[len] = 0;
-  errno = 0;
-  char* stop = NULL;
-  double v = strtod(buf, &stop);
-  if (stop != buf + len || errno != 0 || !isfinite(v)) return BAIL;
-  *out = v;
-  return 0;
-}
-
-static int skip_value(cursor* c, int depth);
-
-static int skip_literal(cursor* c, const char* lit, int64_t n) {
-  if (c->end - c->p < n || memcmp(c->p, lit, (size_t)n) != 0) return BAIL;
-  c->p += n;
-  return 0;
-}
-
-static int skip_number(cursor* c) {
-  /* Any JSON number, negative included (unknown fields are not validated). */
-  if (c->p < c->end && *c->p == '-') ++c->p;
-  double ignored;
-  return read_number(c, &ignored) == 0 ? 0 : BAIL;
-}
-
-static int skip_value(cursor* c, int depth) {
-  if (depth > MAX_DEPTH || c->p >= c->end) return BAIL;
-  const unsigned char* s;
-  int64_t n;
-  switch (*c->p) {
-    case '"':
-      return read_string(c, &s, &n);
-    case 't':
-      return skip_literal(c, "true", 4);
-    case 'f':
-      return skip_literal(c, "false", 5);
-    case 'n':
-      return skip_literal(c, "null", 4);
-    case '[':
-      ++c->p;
-      ws(c);
-      if (c->p < c->end && *c->p == ']') {
-        ++c->p;
-        return 0;
-      }
-      for (;;) {
-        if (skip_value(c, depth + 1)) return BAIL;
-        ws(c);
-        if (c->p >= c->end) return BAIL;
-        if (*c->p == ']') {
-          ++c->p;
-          return 0;
-        }
-        if (*c->p != ',') return BAIL;
-        ++c->p;
-        ws(c);
-      }
-    case '{':
-      ++c->p;
-      ws(c);
-      if (c->p < c->end && *c->p == '}') {
-        ++c->p;
-        return 0;
-      }
-      for (;;) {
-        if (read_string(c, &s, &n)) return BAIL;
-        ws(c);
-        if (c->p >= c->end || *c->p != ':') return BAIL;
-        ++c->p;
-        ws(c);
-        if (skip_value(c, depth + 1)) return BAIL;
-        ws(c);
-        if (c->p >= c->end) return BAIL;
-        if (*c->p == '}') {
-          ++c->p;
-          return 0;
-        }
-        if (*c->p != ',') return BAIL;
-        ++c->p;
-        ws(c);
-      }
-    default:
-      return skip_number(c);
-  }
-}
 
 static int find_field(const schema* sc, const unsigned char* s, int64_t n) {
   for (int32_t f = 0; f < sc->nfields; ++f) {
@@ -640,6 +454,7 @@ int64_t slc_pairs_json(const char* pairs, int64_t len, const char* open, int64_t
   return o - out;
 }
 """
+)
 
 SOURCE_SHA256 = hashlib.sha256(SOURCE.encode()).hexdigest()
 

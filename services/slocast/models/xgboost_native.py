@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slocast.core.c_json import JSON_READER
 from slocast.core.compiled_trees import (
     CompiledLibrary,
     compile_c_library,
@@ -39,6 +40,7 @@ from slocast.core.compiled_trees import (
 from slocast.core.digests import sha256_bytes, sha256_file
 from slocast.core.features import N_CALENDAR, FeatureSpec, spec_arrays, tabular_width
 from slocast.models.xgboost_forecaster import _dynamics_constants
+from slocast.serve.native_forecast_c import REQUEST_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,9 @@ int64_t slocast_tree_rows(const uint64_t *fns, int64_t n_fn, const float *x, int
     return 0;
 }
 """
+# One library for the whole XGBoost request path: the request kernel reads JSON with
+# the shared reader and calls the two kernels above directly.
+SOURCE = JSON_READER + SOURCE + REQUEST_SOURCE
 SOURCE_SHA256 = sha256_bytes(SOURCE.encode())
 
 
@@ -217,14 +222,14 @@ class NativeFeatures:
     """:meth:`XGBoostForecaster.features` through the C kernel, for one spec."""
 
     def __init__(self, library: Path, spec: FeatureSpec, targets: tuple[int, ...]) -> None:
-        self._lib = ctypes.CDLL(str(library))
+        self.library = ctypes.CDLL(str(library))
         vp, i64 = ctypes.c_void_p, ctypes.c_int64
-        function = self._lib.slocast_xgb_features
+        function = self.library.slocast_xgb_features
         function.restype = i64
         function.argtypes = [vp, i64, i64, vp, i64, i64, vp, vp, i64, vp, i64, vp, i64, vp]
         function.argtypes += [vp, i64, vp]
         self._function = function
-        self._tree_rows = self._lib.slocast_tree_rows
+        self._tree_rows = self.library.slocast_tree_rows
         self._tree_rows.restype = i64
         self._tree_rows.argtypes = [vp, i64, vp, i64, i64, vp]
         arrays = spec_arrays(spec)
@@ -236,9 +241,10 @@ class NativeFeatures:
         self._targets = np.asarray(targets, np.int64)
         self._ewm = np.ascontiguousarray(ewm[:, :, 0], np.float64)
         self._floor = np.ascontiguousarray(floor, np.float64)
-        self._caps_ptr, self._targets_ptr = self._caps.ctypes.data, self._targets.ctypes.data
-        self._ewm_ptr, self._floor_ptr = self._ewm.ctypes.data, self._floor.ctypes.data
-        self._calendar = tabular_width(spec) - N_CALENDAR
+        self.caps_ptr, self.targets_ptr = self._caps.ctypes.data, self._targets.ctypes.data
+        self.ewm_ptr, self.floor_ptr = self._ewm.ctypes.data, self._floor.ctypes.data
+        self.n_ewm = self._ewm.shape[0]
+        self.calendar_column = tabular_width(spec) - N_CALENDAR
         self.width = tabular_width(spec) + (3 + len(ewm) + 4) * len(targets)
 
     def features(
@@ -262,14 +268,14 @@ class NativeFeatures:
             _address(ends),
             n,
             self._window,
-            self._caps_ptr,
+            self.caps_ptr,
             _address(ns),
             self._step_ns,
-            self._targets_ptr,
+            self.targets_ptr,
             self._targets.size,
-            self._ewm_ptr,
-            self._ewm.shape[0],
-            self._floor_ptr,
+            self.ewm_ptr,
+            self.n_ewm,
+            self.floor_ptr,
             _address(out),
             self.width,
             _address(phases),
@@ -278,7 +284,7 @@ class NativeFeatures:
             raise IndexError("window ends out of range for the given series")
         if status != 0:
             return None
-        calendar = out[:, self._calendar : self._calendar + N_CALENDAR]
+        calendar = out[:, self.calendar_column : self.calendar_column + N_CALENDAR]
         calendar[:, 0::2] = np.sin(phases)
         calendar[:, 1::2] = np.cos(phases)
         return out
@@ -300,7 +306,8 @@ class TreeRows:
             [ctypes.cast(lib.predict, ctypes.c_void_p).value for lib in self._libraries],
             np.uint64,
         )
-        self._functions_ptr = self._functions.ctypes.data
+        self.functions_ptr = self._functions.ctypes.data
+        self.count = int(self._functions.size)
         self.num_features = num_features
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -311,7 +318,7 @@ class TreeRows:
         out = np.empty((self._functions.size, x.shape[0]), np.float32)
         if x.shape[0]:
             self._kernel._tree_rows(
-                self._functions_ptr,
+                self.functions_ptr,
                 self._functions.size,
                 _address(x),
                 x.shape[0],

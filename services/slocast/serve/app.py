@@ -25,8 +25,8 @@ from slocast import __version__
 from slocast.serve import schemas
 from slocast.serve.fastpath import FastPath, Handler, error_body, read_body
 from slocast.serve.forecasting import batch_body, forecast_body
-from slocast.serve.loading import ServedModel
 from slocast.serve.metrics import ServeMetrics
+from slocast.serve.native_forecast import ENGINE as NATIVE_ENGINE
 from slocast.serve.reloading import ModelHolder, ReloadOutcome, ReloadWatcher, request_reload
 from slocast.serve.settings import ServeSettings
 from slocast.serve.validation import InputError, parse_batch, parse_forecast
@@ -126,23 +126,29 @@ def create_app(settings: ServeSettings | None = None) -> ASGIApp:
         lifespan=lifespan,
     )
 
-    def _model() -> ServedModel:
-        model = holder.current
-        if model is None:
-            raise InputError("model", "no model loaded yet; retry when /readyz is 200", 503)
-        return model
-
-    def _forecast_handler(route: str, parse, render) -> Handler:
+    def _forecast_handler(route: str, parse, render, batch: bool) -> Handler:
         service_time = metrics.handler_timer(route)
 
         def handle(body: bytes) -> tuple[int, bytes]:
             started = time.perf_counter()
-            try:
-                model = _model()  # read once: a concurrent swap cannot change it under us
-                payload, windows = render(model, parse(body, model.rules))
-            except InputError as exc:
-                return error_body(exc)
-            metrics.count_predictions(model.predictor.engine_for(windows), windows)
+            model = holder.current  # read once: a concurrent swap cannot change it under us
+            if model is None:
+                return error_body(
+                    InputError("model", "no model loaded yet; retry when /readyz is 200", 503)
+                )
+            done = model.native.forecast(body, batch) if model.native is not None else None
+            if done is not None:
+                payload, windows = done
+                engine = NATIVE_ENGINE
+            else:
+                # No kernel for this model, or a body the kernel leaves to the reference
+                # path (every invalid one among them): Python decides.
+                try:
+                    payload, windows = render(model, parse(body, model.rules))
+                except InputError as exc:
+                    return error_body(exc)
+                engine = model.predictor.engine_for(windows)
+            metrics.count_predictions(engine, windows)
             service_time.observe(time.perf_counter() - started)
             return 200, payload
 
@@ -167,8 +173,8 @@ def create_app(settings: ServeSettings | None = None) -> ASGIApp:
             )
         return 200, orjson.dumps(model.info)
 
-    forecast_one = _forecast_handler("/v1/forecast", parse_forecast, forecast_body)
-    forecast_many = _forecast_handler("/v1/forecast/batch", parse_batch, batch_body)
+    forecast_one = _forecast_handler("/v1/forecast", parse_forecast, forecast_body, False)
+    forecast_many = _forecast_handler("/v1/forecast/batch", parse_batch, batch_body, True)
     # Outside FastAPI, not inside its middleware stack: a hot request then skips
     # FastAPI's per-call OpenTelemetry check and Starlette's error middleware too
     # (an unexpected exception still becomes uvicorn's 500, counted as such here).

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
-from slocast.core.features import target_times
-from slocast.serve.loading import ServedModel
+from slocast.core.features import residual_scale, target_times
 from slocast.serve.validation import InputError, ParsedRequest
+
+if TYPE_CHECKING:  # loading builds models with this module's functions
+    from slocast.serve.loading import ServedModel
 
 _EPOCH = datetime(1970, 1, 1)
 _PYTHON_TIMES_UP_TO = 32
@@ -29,9 +32,9 @@ def compute(model: ServedModel, request: ParsedRequest) -> tuple[list, int]:
     ends = np.arange(1, n_series + 1, dtype=np.int64) * rows
     point = model.predictor.predict(request.times, request.values, ends)
     if not np.isfinite(point).all():  # only absurd inputs (e.g. 1e308) overflow
-        s = int(np.flatnonzero(~np.isfinite(point).all(axis=(1, 2)))[0])
-        field = "history" if request.ids is None else f"series[{s}].history"
-        raise InputError(field, "values out of range: the forecast is not a finite number")
+        raise _out_of_range(
+            request, int(np.argmax(~np.isfinite(point).all(axis=(1, 2)))), "forecast"
+        )
     h = request.horizon
     times = _time_strings(request.times, ends, h, model.bundle.spec.step_seconds)
     targets = model.targets
@@ -40,10 +43,15 @@ def compute(model: ServedModel, request: ParsedRequest) -> tuple[list, int]:
     # One flat list per part over (series, step), dicts built by map/zip in C loops:
     # a batch of 1000 builds its response ~3x faster than step by step.
     points = _target_dicts(targets, point[:, :h])
-    uppers = [
-        _target_dicts(targets, bundle.upper(point, q, request.values, ends)[:, :h])
-        for q in request.quantiles
-    ]
+    try:
+        uppers = [
+            _target_dicts(targets, bundle.upper(point, q, request.values, ends)[:, :h])
+            for q in request.quantiles
+        ]
+    except ValueError:  # the conformal scale overflowed: only absurd inputs (e.g. -1e308)
+        scale = residual_scale(bundle.spec, request.values, ends)
+        bad = ~(np.isfinite(scale) & (scale > 0)).all(axis=(1, 2))
+        raise _out_of_range(request, int(np.argmax(bad)), "bound") from None
     levels = [dict(zip(keys, per_step, strict=True)) for per_step in zip(*uppers, strict=True)]
     steps = [
         {"time": t, "point": p, "quantiles": q}
@@ -51,6 +59,11 @@ def compute(model: ServedModel, request: ParsedRequest) -> tuple[list, int]:
     ]
     series = [steps[i : i + h] for i in range(0, len(steps), h)]
     return series, n_series
+
+
+def _out_of_range(request: ParsedRequest, series: int, what: str) -> InputError:
+    field = "history" if request.ids is None else f"series[{series}].history"
+    return InputError(field, f"values out of range: the {what} is not a finite number")
 
 
 def _time_strings(

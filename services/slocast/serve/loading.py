@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,10 @@ from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
 from slocast.models.bundle import ModelBundle, load_bundle, read_manifest
 from slocast.models.compiled_bundle import COMPILED_DIR, INDEX, TAG_COMPILED_INDEX
 from slocast.serve.engines import Predictor, make_predictor
+from slocast.serve.forecasting import batch_body, forecast_body
+from slocast.serve.native_forecast import NativeForecast, build_native_forecast
 from slocast.serve.settings import ServeSettings
-from slocast.serve.validation import RequestRules
+from slocast.serve.validation import RequestRules, parse_batch, parse_forecast
 
 log = logging.getLogger(__name__)
 PREFERRED_QUANTILE = 0.9
@@ -43,6 +45,8 @@ class ServedModel:
     loaded_at: float
     load_seconds: float
     targets: tuple[str, ...] = field(default=TARGET_COLUMNS)
+    # Answers whole requests natively when it can (None: the Python path always).
+    native: NativeForecast | None = None
 
     @property
     def version(self) -> str:
@@ -147,17 +151,26 @@ def build_served_model(ref: VersionRef, bundle_dir: Path, settings: ServeSetting
         "load_seconds": round(load_seconds, 3),
         "pid": os.getpid(),
     }
-    block = {"name": info["name"], "version": ref.version, "family": bundle.family}
-    return ServedModel(
+    block = orjson.dumps({"name": info["name"], "version": ref.version, "family": bundle.family})
+    served = ServedModel(
         ref=ref,
         bundle=bundle,
         predictor=predictor,
         rules=rules,
-        model_block=orjson.Fragment(orjson.dumps(block)),
+        model_block=orjson.Fragment(block),
         info=info,
         loaded_at=loaded_at,
         load_seconds=load_seconds,
     )
+
+    def reference(body: bytes, batch: bool) -> bytes:
+        if batch:
+            return batch_body(served, parse_batch(body, rules))[0]
+        return forecast_body(served, parse_forecast(body, rules))[0]
+
+    native, how = build_native_forecast(bundle, predictor, rules, block, reference)
+    info["request_path"] = how
+    return replace(served, native=native)
 
 
 def _self_test(predictor: Predictor, rules: RequestRules, horizon: int) -> None:

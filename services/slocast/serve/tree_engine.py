@@ -35,7 +35,7 @@ from slocast.core.schema import FEATURE_COLUMNS, TARGET_INDEX
 from slocast.models import xgboost_native
 from slocast.models.bundle import ModelBundle, read_manifest
 from slocast.models.compiled_bundle import Adoption, adopt_compiled
-from slocast.models.xgboost_native import TreeRows
+from slocast.models.xgboost_native import NativeFeatures, TreeRows
 
 log = logging.getLogger(__name__)
 # Batch sizes (windows per call) timed at load; a call uses the choice of the
@@ -176,6 +176,15 @@ class CompiledTreesPredictor:
             for step, k, tree in self._trees:
                 raw[:, step, k] = tree.predict_with(engine, x)
         return self.forecaster.finish(raw, values, ends)
+
+    def native_parts(self) -> tuple[NativeFeatures, TreeRows] | None:
+        """What the native request kernel (:mod:`slocast.serve.native_forecast`) calls:
+        the feature kernel and every booster in (step, target) order; it serves the
+        batch sizes :meth:`engine_for` gives the compiled trees."""
+        native = self.forecaster.native
+        if native is None or not isinstance(self._batch, TreeRows) or not self._step_major:
+            return None
+        return native, self._batch
 
     def engine_for(self, windows: int) -> str:
         engine = self._choice[0][1]
