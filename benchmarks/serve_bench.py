@@ -72,7 +72,9 @@ def _env(home: Path) -> dict[str, str]:
 def ensure_champion(home: Path, data: Path, test_data: Path) -> None:
     from slocast.core.registry import ModelRegistry
 
-    registry = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}")
+    registry = ModelRegistry(
+        f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()
+    )
     ref = registry.champion(TASK)
     if ref is not None and ref.family == "xgboost" and _loads(registry, ref):
         print(f"reusing champion {TASK} v{ref.version} (xgboost) in {home}", file=sys.stderr)
@@ -310,7 +312,9 @@ def engine_microbench(home: Path, test_data: Path) -> list[dict]:
     from slocast.models.compiled_bundle import TAG_COMPILED_INDEX
     from slocast.serve.tree_engine import CompiledTreesPredictor
 
-    registry = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}")
+    registry = ModelRegistry(
+        f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()
+    )
     ref = registry.champion(TASK)
     bundle_dir = registry.download(ref, Path(tempfile.mkdtemp(prefix="bench-bundle-")))
     bundle = load_bundle(bundle_dir)

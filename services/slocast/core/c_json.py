@@ -45,6 +45,33 @@ static inline void ws(cursor* c) {
 
 static inline int is_digit(unsigned char ch) { return ch >= '0' && ch <= '9'; }
 
+/* Eight ASCII digits at p, and their value (SWAR, as in fast_float): numbers
+   printed in full have 16-19 digits, and a byte at a time is most of the parse. */
+static inline uint64_t load_eight(const unsigned char* p) {
+  uint64_t v;
+  memcpy(&v, p, sizeof v);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  v = __builtin_bswap64(v);
+#endif
+  return v;
+}
+
+static inline int eight_digits(const unsigned char* p) {
+  const uint64_t v = load_eight(p);
+  return ((v & UINT64_C(0xF0F0F0F0F0F0F0F0)) |
+          (((v + UINT64_C(0x0606060606060606)) & UINT64_C(0xF0F0F0F0F0F0F0F0)) >> 4)) ==
+         UINT64_C(0x3333333333333333);
+}
+
+static inline uint64_t parse_eight(const unsigned char* p) {
+  const uint64_t mask = UINT64_C(0x000000FF000000FF);
+  const uint64_t mul1 = UINT64_C(0x000F424000000064); /* 100 + (1000000 << 32) */
+  const uint64_t mul2 = UINT64_C(0x0000271000000001); /* 1 + (10000 << 32) */
+  uint64_t v = load_eight(p) - UINT64_C(0x3030303030303030);
+  v = (v * 10) + (v >> 8);
+  return (((v & mask) * mul1) + (((v >> 16) & mask) * mul2)) >> 32;
+}
+
 /* A string without escapes, control or non-ASCII bytes (anything else: BAIL). */
 static int read_string(cursor* c, const unsigned char** s, int64_t* n) {
   if (c->p >= c->end || *c->p != '"') return BAIL;
@@ -76,6 +103,11 @@ static int read_number(cursor* c, double* out) {
     ++p;
     if (p < end && is_digit(*p)) return BAIL; /* leading zero: invalid JSON */
   } else if (*p >= '1' && *p <= '9') {
+    while (end - p >= 8 && digits <= 11 && eight_digits(p)) {
+      m = m * 100000000 + parse_eight(p);
+      digits += 8;
+      p += 8;
+    }
     while (p < end && is_digit(*p)) {
       if (digits < 19) {
         m = m * 10 + (uint64_t)(*p - '0');
@@ -94,6 +126,14 @@ static int read_number(cursor* c, double* out) {
   if (p < end && *p == '.') {
     ++p;
     if (p >= end || !is_digit(*p)) return BAIL;
+    if (m == 0) /* leading zeros of a fraction are not significant digits */
+      for (; p < end && *p == '0'; ++p) --e10;
+    while (end - p >= 8 && digits <= 11 && eight_digits(p)) {
+      m = m * 100000000 + parse_eight(p);
+      digits += 8;
+      e10 -= 8;
+      p += 8;
+    }
     while (p < end && is_digit(*p)) {
       if (digits < 19) {
         if (m != 0 || *p != '0') {

@@ -34,13 +34,13 @@ from slocast.core.features import spec_arrays
 from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN
 from slocast.models.bundle import ModelBundle
 from slocast.models.xgboost_native import NativeFeatures, TreeRows
+from slocast.serve.tree_engine import PROBE_WINDOWS
 from slocast.serve.validation import RequestRules
 
 log = logging.getLogger(__name__)
 
 ENGINE = ENGINE_TL2CGEN  # the compiled trees compute the forecasts
 MAX_LEVELS = 16  # LTE_MAX_LEVELS in the C source
-_REQ = 3 + MAX_LEVELS
 _vp, _i64 = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -88,6 +88,30 @@ class _ModelStruct(ctypes.Structure):
         ("level_keys", _vp),
         ("level_key_off", _vp),
         ("calendar", _i64),
+        ("block", _vp),
+        ("block_len", _i64),
+    ]
+
+
+class _CallStruct(ctypes.Structure):
+    """``lte_call`` of the C source, field for field."""
+
+    _fields_ = [
+        ("cap", _i64),
+        ("values", _vp),
+        ("times", _vp),
+        ("ids", _vp),
+        ("x", _vp),
+        ("phases", _vp),
+        ("numbers", _vp),
+        ("out", _vp),
+        ("out_cap", _i64),
+        ("n", _i64),
+        ("horizon", _i64),
+        ("nq", _i64),
+        ("count", _i64),
+        ("id_bytes", _i64),
+        ("q", _i64 * MAX_LEVELS),
     ]
 
 
@@ -120,15 +144,12 @@ class NativeForecast:
             raise ValueError(f"window {spec.window} > 128")
         arrays = spec_arrays(spec)
         lib = features.library
-        self._parse = lib.slocast_lte_parse
-        self._parse.argtypes = [_vp, ctypes.c_char_p, _i64, ctypes.c_int32, _i64] + [_vp] * 6
-        self._parse.restype = _i64
-        self._forecast = lib.slocast_lte_forecast
-        self._forecast.argtypes = [_vp] * 7
-        self._forecast.restype = _i64
+        self._answer = lib.slocast_lte_answer
+        self._answer.argtypes = [_vp, _vp, ctypes.c_char_p, _i64, ctypes.c_int32]
+        self._answer.restype = _i64
+        _check_trig(lib)
         self._render = lib.slocast_lte_render
-        self._render.argtypes = [_vp, _vp, _vp, ctypes.c_char_p, _vp, ctypes.c_int32]
-        self._render.argtypes += [ctypes.c_char_p, _i64, ctypes.c_char_p, _i64, _vp, _i64]
+        self._render.argtypes = [_vp, _vp, ctypes.c_char_p, ctypes.c_int32, ctypes.c_char_p, _i64]
         self._render.restype = _i64
 
         levels = sorted(rules.levels)
@@ -203,11 +224,12 @@ class NativeForecast:
             level_keys=ptr[11],
             level_key_off=ptr[12],
             calendar=features.calendar_column,
+            block=ctypes.cast(ctypes.c_char_p(model_block), _vp).value,
+            block_len=len(model_block),
         )
         self._features = features  # keeps the library (and its constants) loaded
         self._trees = trees
         self._model = ctypes.addressof(self._struct)
-        self._block = model_block
         self._rows = rules.history_rows
         self._ncols = len(FEATURE_COLUMNS)
         self._k = k
@@ -216,6 +238,10 @@ class NativeForecast:
         self._horizon = horizon
         self._nlevels = len(levels)
         self._engine_for = engine_for
+        # Compiled trees at every probed batch size (the usual case): no check per call.
+        self._mixed_engines = any(engine_for(size) != ENGINE for size in PROBE_WINDOWS)
+        self._block = model_block  # the C side points into it
+        self._block_len = len(model_block)
         # Fewest bytes of one valid row ({"time":"YYYY-MM-DDTHH:MM:SS","c":0,...}) and
         # one series: bounds the series a body can hold, so buffers are sized once.
         row = 2 + len(TIME_COLUMN) + 2 + 1 + 21 + sum(len(c) + 4 for c in FEATURE_COLUMNS)
@@ -234,13 +260,13 @@ class NativeForecast:
         """``(response body, windows)``, or None when the Python path must answer."""
         if batch:
             cap = min(self._max_series, len(body) // self._min_series_bytes + 1)
-            return self._run(self._scratch(cap), body, True)
+            return self._run(self._scratch(cap), body, 1)
         # One request at a time per worker (the event loop), so the single-series
         # buffers are reused; a concurrent caller (another thread) gets its own.
         if not self._single_lock.acquire(blocking=False):
-            return self._run(self._scratch(1), body, False)
+            return self._run(self._scratch(1), body, 0)
         try:
-            return self._run(self._single, body, False)
+            return self._run(self._single, body, 0)
         finally:
             self._single_lock.release()
 
@@ -248,65 +274,83 @@ class NativeForecast:
         cells = self._horizon * (1 + self._nlevels) * self._k
         return _Scratch(cap, self._rows, self._ncols, self._width, cap * cells, self._out_bytes)
 
-    def _run(self, scratch: _Scratch, body: bytes, batch: bool) -> tuple[bytes, int] | None:
-        a = scratch.addresses
-        n = self._parse(self._model, body, len(body), batch, scratch.cap, *a[:6])
-        if n < 1 or self._engine_for(n) != ENGINE:
+    def _run(self, scratch: _Scratch, body: bytes, batch: int) -> tuple[bytes, int] | None:
+        call = scratch.address
+        n = self._answer(self._model, call, body, len(body), batch)
+        if n < 1 or (self._mixed_engines and self._engine_for(n) != ENGINE):
             return None  # refused, or a batch size where XGBoost measured faster
-        phases, sin, cos = (
-            scratch.trig if n == 1 else (v[:n] for v in (scratch.phases, scratch.sin, scratch.cos))
-        )
-        np.sin(phases, out=sin)  # NumPy's own sin/cos, as in training
-        np.cos(phases, out=cos)
-        if self._forecast(self._model, a[3], a[0], a[4], a[6], a[7], a[8]):
-            return None
-        req = scratch.req
-        horizon, quantiles = int(req[1]), int(req[2])
-        numbers = scratch.numbers[: n * horizon * (1 + quantiles) * self._k]
-        text = orjson.dumps(numbers, option=orjson.OPT_SERIALIZE_NUMPY)
-        size = len(text) + 64 + len(self._block)
-        size += n * horizon * (self._step_bytes + quantiles * self._level_bytes)
+        fields = scratch.call
+        text = orjson.dumps(scratch.numbers[: fields.count], option=orjson.OPT_SERIALIZE_NUMPY)
+        size = len(text) + 64 + self._block_len
+        size += n * fields.horizon * (self._step_bytes + fields.nq * self._level_bytes)
         if batch:
-            size += n * 32 + int(scratch.ids[1 : 2 * n : 2].sum())
-        out, out_address = scratch.output(size)
-        written = self._render(
-            self._model, a[3], a[1], body, a[2], batch, text, len(text), self._block,
-            len(self._block), out_address, size,
-        )  # fmt: skip
+            size += n * 32 + fields.id_bytes
+        out = scratch.output(size)
+        written = self._render(self._model, call, body, batch, text, len(text))
         if written < 0:
             return None
-        return ctypes.string_at(out_address, written), n
+        return out[:written].tobytes(), n
 
 
 class _Scratch:
-    """Buffers of one call for up to ``cap`` series, and their addresses (taking
-    ``ndarray.ctypes.data`` costs ~2 us each: once per buffer, not per call)."""
+    """Buffers of one call for up to ``cap`` series, and the ``lte_call`` that points
+    at them (built once: taking ``ndarray.ctypes.data`` costs ~2 us a buffer)."""
 
     def __init__(
         self, cap: int, rows: int, ncols: int, width: int, numbers: int, out_bytes: int
     ) -> None:
-        self.cap = cap
         self.values = np.empty((cap * rows, ncols), np.float64)
         self.times = np.empty(cap * rows, np.int64)
         self.ids = np.empty(2 * cap, np.int64)
-        self.req = np.empty(_REQ, np.int64)
         self.x = np.empty((cap, width), np.float32)
         self.phases = np.empty((cap, 3), np.float64)
-        self.sin = np.empty((cap, 3), np.float64)
-        self.cos = np.empty((cap, 3), np.float64)
         self.numbers = np.empty(numbers, np.float64)
-        arrays = (self.values, self.times, self.ids, self.req, self.x, self.phases)
-        arrays += (self.sin, self.cos, self.numbers)
-        self.addresses = tuple(a.ctypes.data for a in arrays)
-        self.trig = (self.phases[:1], self.sin[:1], self.cos[:1])
         self._out = np.empty(out_bytes, np.uint8)
-        self._out_address = self._out.ctypes.data
+        self.call = _CallStruct(
+            cap=cap,
+            values=self.values.ctypes.data,
+            times=self.times.ctypes.data,
+            ids=self.ids.ctypes.data,
+            x=self.x.ctypes.data,
+            phases=self.phases.ctypes.data,
+            numbers=self.numbers.ctypes.data,
+            out=self._out.ctypes.data,
+            out_cap=out_bytes,
+        )
+        self.address = ctypes.addressof(self.call)
 
-    def output(self, size: int) -> tuple[np.ndarray, int]:
+    def output(self, size: int) -> np.ndarray:
         if size > self._out.size:
             self._out = np.empty(size, np.uint8)
-            self._out_address = self._out.ctypes.data
-        return self._out, self._out_address
+            self.call.out, self.call.out_cap = self._out.ctypes.data, size
+        return self._out
+
+
+def _check_trig(lib: ctypes.CDLL) -> None:
+    """The kernel's float32 calendar features equal NumPy's (ValueError if not).
+
+    The kernel takes sin/cos from libm and refuses values too close to a float32
+    rounding boundary to be sure (see ``f32_of_trig``); checked here on every phase
+    of a year of 2-minute steps (day, week and year cycles) and random phases.
+    """
+    grid = np.arange(0, 366 * 86400, 120, dtype=np.float64)
+    phases = np.concatenate(
+        [
+            2 * np.pi * np.remainder(grid - offset, period) / period
+            for period, offset in ((86400.0, 0.0), (604800.0, 259200.0), (31557600.0, 0.0))
+        ]
+        + [np.random.default_rng(0).uniform(0, 2 * np.pi, 100_000)]
+    )
+    out = np.empty((phases.size, 2), np.float32)
+    lib.slocast_trig_f32.argtypes = [_vp, _i64, _vp]
+    lib.slocast_trig_f32.restype = None
+    lib.slocast_trig_f32(phases.ctypes.data, phases.size, out.ctypes.data)
+    expected = np.stack([np.sin(phases), np.cos(phases)], axis=1).astype(np.float32)
+    sure = ~np.isnan(out)
+    if not np.array_equal(out[sure], expected[sure]):
+        raise ValueError("libm sin/cos round to other float32 values than NumPy's here")
+    if sure.mean() < 0.999:
+        raise ValueError(f"calendar features refused for {1 - sure.mean():.2%} of phases")
 
 
 def build_native_forecast(

@@ -48,10 +48,26 @@ typedef struct {
   const char* level_keys;
   const int64_t* level_key_off;
   int64_t calendar; /* first of the six calendar columns in a feature row */
+  const char* block; /* the response's "model" object, JSON */
+  int64_t block_len;
 } lte_model;
 
-/* req: [n_series, horizon, n_quantiles, level index of each quantile...] */
-enum { REQ_SERIES = 0, REQ_HORIZON = 1, REQ_NQ = 2, REQ_Q = 3 };
+/* One call's buffers (sized for cap series) and what parsing found. */
+typedef struct {
+  int64_t cap;
+  double* values;  /* cap * keep rows */
+  int64_t* times;  /* cap * keep */
+  int64_t* ids;    /* byte spans in the body, 2 per series */
+  float* x;        /* features, cap rows */
+  double* phases;  /* cap x 3, filled by parse */
+  double* numbers; /* forecasts and bounds, in response order */
+  char* out;
+  int64_t out_cap;
+  /* found by parse: */
+  int64_t n, horizon, nq, count, id_bytes;
+  int64_t q[LTE_MAX_LEVELS]; /* level index of each quantile asked for */
+} lte_call;
+
 
 static const int DAYS_IN_MONTH[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
 
@@ -240,11 +256,11 @@ static int read_history(cursor* c, const lte_model* m, double* vals, int64_t* tm
   return 0;
 }
 
-static int read_quantiles(cursor* c, const lte_model* m, int64_t* req) {
+static int read_quantiles(cursor* c, const lte_model* m, lte_call* call) {
   if (c->p >= c->end || *c->p != '[') return BAIL;
   ++c->p;
   ws(c);
-  req[REQ_NQ] = 0;
+  call->nq = 0;
   if (c->p < c->end && *c->p == ']') {
     ++c->p;
     return 0;
@@ -257,8 +273,8 @@ static int read_quantiles(cursor* c, const lte_model* m, int64_t* req) {
       if (m->levels[l] == q) level = l;
     if (level < 0) return BAIL; /* not calibrated: the 422 lists what is */
     int dup = 0;
-    for (int64_t i = 0; i < req[REQ_NQ]; ++i) dup |= req[REQ_Q + i] == level;
-    if (!dup) req[REQ_Q + req[REQ_NQ]++] = level;
+    for (int64_t i = 0; i < call->nq; ++i) dup |= call->q[i] == level;
+    if (!dup) call->q[call->nq++] = level;
     int end = next_or_close(c, ']');
     if (end < 0) return BAIL;
     if (end) return 0;
@@ -331,13 +347,15 @@ int64_t slocast_xgb_features(const double* values, int64_t n_rows, int64_t c,
                              float* out, int64_t width, double* phases);
 
 /* Parse a forecast body (batch = 0) or a batch body (batch = 1) into the last keep
-   rows of each series (values, times), the ids' byte spans (ids, 2 per series) and
-   req; then the features of every series' window into x (the calendar columns are
-   left to NumPy, from phases). Returns the number of series, or BAIL. */
-int64_t slocast_lte_parse(const lte_model* m, const char* body, int64_t len, int32_t batch,
-                          int64_t cap, double* values, int64_t* times, int64_t* ids,
-                          int64_t* req, float* x, double* phases) {
-  const int64_t nc = m->ncols, keep = m->keep;
+   rows of each series (values, times), the ids' byte spans (ids, 2 per series),
+   horizon and quantiles; then the features of every series' window into x (the
+   calendar columns are left to NumPy, from phases). Returns the number of series,
+   or BAIL. */
+int64_t slocast_lte_parse(const lte_model* m, lte_call* call, const char* body, int64_t len,
+                          int32_t batch) {
+  const int64_t nc = m->ncols, keep = m->keep, cap = call->cap;
+  double* values = call->values;
+  int64_t *times = call->times, *ids = call->ids;
   if (nc > LTE_MAX_COLS || nc + 1 > 64 || keep < 1 || cap < 1) return BAIL;
   cursor c = {(const unsigned char*)body, (const unsigned char*)body + len};
   const unsigned char* base = c.p;
@@ -345,9 +363,10 @@ int64_t slocast_lte_parse(const lte_model* m, const char* body, int64_t len, int
   if (!ring) return BAIL;
   int64_t* ring_t = (int64_t*)(ring + keep * nc);
   int64_t n = 0, seen = 0, status = 0;
-  req[REQ_HORIZON] = 1;
-  req[REQ_NQ] = 0;
-  if (m->default_q >= 0) req[REQ_Q + req[REQ_NQ]++] = m->default_q;
+  call->n = 0;
+  call->horizon = 1;
+  call->nq = 0;
+  if (m->default_q >= 0) call->q[call->nq++] = m->default_q;
   static const char TOP_NAMES[] = "historyserieshorizonquantiles";
   static const int64_t TOP_OFF[] = {0, 7, 13, 20, 29};
   const int64_t wanted = batch ? 1 : 0; /* "series" or "history" */
@@ -395,8 +414,8 @@ int64_t slocast_lte_parse(const lte_model* m, const char* body, int64_t len, int
         if (end) break;
       }
     } else if (f == 2) {
-      if (read_int(&c, 1, m->max_horizon, &req[REQ_HORIZON])) goto bail;
-    } else if (read_quantiles(&c, m, req)) {
+      if (read_int(&c, 1, m->max_horizon, &call->horizon)) goto bail;
+    } else if (read_quantiles(&c, m, call)) {
       goto bail;
     }
     int end = next_or_close(&c, '}');
@@ -412,15 +431,42 @@ int64_t slocast_lte_parse(const lte_model* m, const char* body, int64_t len, int
   if (!ends) return BAIL;
   for (int64_t s = 0; s < n; ++s) ends[s] = (s + 1) * keep;
   status = slocast_xgb_features(values, n * keep, nc, ends, n, m->window, m->caps, times,
-                                m->step_ns, m->tidx, m->k, m->ewm, m->n_ewm, m->floor_, x,
-                                m->width, phases);
+                                m->step_ns, m->tidx, m->k, m->ewm, m->n_ewm, m->floor_, call->x,
+                                m->width, call->phases);
   free(ends);
   if (status != 0) return BAIL; /* a window NumPy must handle */
-  req[REQ_SERIES] = n;
+  call->n = n;
+  call->count = n * call->horizon * (1 + call->nq) * m->k;
+  call->id_bytes = 0;
+  for (int64_t s = 0; batch && s < n; ++s) call->id_bytes += ids[2 * s + 1];
   return n;
 bail:
   free(ring);
   return BAIL;
+}
+
+/* The calendar features are float32 of NumPy's float64 sin/cos of the phases
+   (XGBoostForecaster.features). libm's sin/cos and NumPy's (libm itself, or SIMD
+   code within a few ulp) round to the same float32 unless the double lies within
+   a few ulp of a float32 rounding boundary: those (about one in 10**7) are
+   refused, so the Python path computes them. Checked against NumPy at load. */
+static int f32_of_trig(double v, float* out) {
+  const float f = (float)v;
+  const double lo = ((double)f + (double)nextafterf(f, -INFINITY)) / 2;
+  const double hi = ((double)f + (double)nextafterf(f, INFINITY)) / 2;
+  const double margin = 64 * DBL_EPSILON * fabs(v) + 1e-300;
+  if (!isfinite(v) || v - lo <= margin || hi - v <= margin) return BAIL;
+  *out = f;
+  return 0;
+}
+
+/* float32 sin and cos of n phases as the kernel computes them (NaN where it would
+   refuse), for the load-time check against NumPy. */
+void slocast_trig_f32(const double* phases, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (f32_of_trig(sin(phases[i]), &out[2 * i])) out[2 * i] = NAN;
+    if (f32_of_trig(cos(phases[i]), &out[2 * i + 1])) out[2 * i + 1] = NAN;
+  }
 }
 
 /* NumPy's sum of n contiguous doubles (pairwise_sum in its loops): what
@@ -450,13 +496,15 @@ static double pairwise_sum(const double* a, int64_t n) {
 /* np.minimum(v, cap) for finite v. */
 static inline double cap_at(double v, double cap) { return v <= cap ? v : cap; }
 
-/* The calendar columns (from NumPy's sin_ and cos_ of the phases), trees,
-   XGBoostForecaster.finish and ModelBundle.upper for the parsed series:
+/* The calendar columns, trees, XGBoostForecaster.finish and ModelBundle.upper
+   for the parsed series:
    numbers[series][step][0 = point, 1 + i = quantile i][target]. Returns 0, or
    BAIL when a value is not finite (the Python path answers those). */
-int64_t slocast_lte_forecast(const lte_model* m, const int64_t* req, const double* values,
-                             float* x, const double* sin_, const double* cos_, double* numbers) {
-  const int64_t n = req[REQ_SERIES], h = req[REQ_HORIZON], nq = req[REQ_NQ];
+int64_t slocast_lte_forecast(const lte_model* m, lte_call* call) {
+  const int64_t n = call->n, h = call->horizon, nq = call->nq;
+  const double* values = call->values;
+  float* x = call->x;
+  double* numbers = call->numbers;
   const int64_t k = m->k, nc = m->ncols, keep = m->keep, H = m->horizon, w = m->window;
   if (h < 1 || h > H || h * k > LTE_MAX_CELLS || k > LTE_MAX_COLS || nq > LTE_MAX_LEVELS)
     return BAIL;
@@ -470,10 +518,13 @@ int64_t slocast_lte_forecast(const lte_model* m, const int64_t* req, const doubl
   int64_t status = 0;
   for (int64_t s = 0; s < n && !status; ++s) {
     float* v = x + s * m->width;
-    for (int p = 0; p < 3; ++p) { /* NumPy's sin/cos of the phases, float32 like features() */
-      v[m->calendar + 2 * p] = (float)sin_[s * 3 + p];
-      v[m->calendar + 2 * p + 1] = (float)cos_[s * 3 + p];
+    for (int p = 0; p < 3 && !status; ++p) {
+      const double phase = call->phases[s * 3 + p];
+      if (f32_of_trig(sin(phase), &v[m->calendar + 2 * p]) ||
+          f32_of_trig(cos(phase), &v[m->calendar + 2 * p + 1]))
+        status = BAIL;
     }
+    if (status) break;
     for (int64_t j = 0; j < m->width; ++j) {
       if (isnan(v[j]))
         row[j].missing = -1;
@@ -514,7 +565,7 @@ int64_t slocast_lte_forecast(const lte_model* m, const int64_t* req, const doubl
           for (int64_t e = 0; e < m->bins - 1; ++e) bin += change >= m->edges[(e * H + j) * k + t];
         }
         for (int64_t i = 0; i < nq; ++i) {
-          int64_t level = req[REQ_Q + i];
+          int64_t level = call->q[i];
           double offset = m->bins > 1
                               ? m->group_offsets[((level * m->bins + bin) * H + j) * k + t]
                               : m->offsets[(level * H + j) * k + t];
@@ -527,6 +578,15 @@ int64_t slocast_lte_forecast(const lte_model* m, const int64_t* req, const doubl
   }
   free(row);
   return status;
+}
+
+/* Parse, then forecast: the numbers of a whole request. Returns the number of
+   series, or BAIL. */
+int64_t slocast_lte_answer(const lte_model* m, lte_call* call, const char* body, int64_t len,
+                           int32_t batch) {
+  int64_t n = slocast_lte_parse(m, call, body, len, batch);
+  if (n < 1 || slocast_lte_forecast(m, call)) return BAIL;
+  return n;
 }
 
 typedef struct {
@@ -584,33 +644,32 @@ static int put_targets(writer* w, const lte_model* m, const char** p, const char
   return 0;
 }
 
-/* The response body, as serve/forecasting.py writes it with orjson: numbers is
-   orjson's text of the numbers slocast_lte_forecast wrote. Returns its length,
-   or BAIL (also when cap is too small). */
-int64_t slocast_lte_render(const lte_model* m, const int64_t* req, const int64_t* times,
-                           const char* body, const int64_t* ids, int32_t batch,
-                           const char* numbers, int64_t numbers_len, const char* model_block,
-                           int64_t model_len, char* out, int64_t cap) {
-  const int64_t n = req[REQ_SERIES], h = req[REQ_HORIZON], nq = req[REQ_NQ];
-  writer w = {out, out + cap};
+/* The response body into call->out, as serve/forecasting.py writes it with orjson:
+   numbers is orjson's text of call->numbers. Returns its length, or BAIL (also
+   when out is too small). */
+int64_t slocast_lte_render(const lte_model* m, const lte_call* call, const char* body,
+                           int32_t batch, const char* numbers, int64_t numbers_len) {
+  const int64_t n = call->n, h = call->horizon, nq = call->nq;
+  const int64_t* ids = call->ids;
+  writer w = {call->out, call->out + call->out_cap};
   const char* p = numbers + 1;
   const char* end = numbers + numbers_len;
   if (numbers_len < 2 || numbers[0] != '[') return BAIL;
-  if (put(&w, "{\"model\":", 9) || put(&w, model_block, model_len)) return BAIL;
+  if (put(&w, "{\"model\":", 9) || put(&w, m->block, m->block_len)) return BAIL;
   if (put(&w, batch ? ",\"results\":[" : ",\"forecasts\":[", batch ? 12 : 14)) return BAIL;
   for (int64_t s = 0; s < n; ++s) {
     if (s && put(&w, ",", 1)) return BAIL;
     if (batch && (put(&w, "{\"id\":", 6) || put(&w, body + ids[2 * s], ids[2 * s + 1]) ||
                   put(&w, ",\"forecasts\":[", 14)))
       return BAIL;
-    const int64_t last = times[(s + 1) * m->keep - 1];
+    const int64_t last = call->times[(s + 1) * m->keep - 1];
     for (int64_t j = 0; j < h; ++j) {
       if ((j && put(&w, ",", 1)) || put(&w, "{\"time\":\"", 9) ||
           put_time(&w, last + (j + 1) * m->step_ns) || put(&w, "\",\"point\":{", 11) ||
           put_targets(&w, m, &p, end) || put(&w, "},\"quantiles\":{", 15))
         return BAIL;
       for (int64_t i = 0; i < nq; ++i) {
-        int64_t level = req[REQ_Q + i], a = m->level_key_off[level];
+        int64_t level = call->q[i], a = m->level_key_off[level];
         if ((i && put(&w, ",", 1)) ||
             put(&w, m->level_keys + a, m->level_key_off[level + 1] - a) || put(&w, "{", 1) ||
             put_targets(&w, m, &p, end) || put(&w, "}", 1))
@@ -621,7 +680,7 @@ int64_t slocast_lte_render(const lte_model* m, const int64_t* req, const int64_t
     if (batch && put(&w, "]}", 2)) return BAIL;
   }
   if (put(&w, "]}", 2) || p != end) return BAIL; /* every number used, none missing */
-  return w.o - out;
+  return w.o - call->out;
 }
 /* ---- end of the forecast request kernel ---- */
 """
