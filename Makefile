@@ -33,8 +33,11 @@ run:
 run-poblesec:
 	$(BIN)/slocast run --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv --out $(OUT)/poblesec
 
+# Two workers (the CI machine's two cores): most suites wait on servers and
+# subprocesses part of the time. Suites with server fixtures stay whole on one
+# worker (tests/conftest.py).
 test:
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 test-fast:
 	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
@@ -53,11 +56,11 @@ format:
 bench-pipeline:
 	$(BIN)/python benchmarks/pipeline_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv
 
-# Needs wrk (apt-get install -y wrk): a C load generator, so the client is not the bottleneck.
 bench-calibration:
 	mkdir -p bench-out
 	$(BIN)/python benchmarks/calibration_study.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv --json bench-out/calibration.json
 
+# Needs wrk (apt-get install -y wrk): a C load generator, so the client is not the bottleneck.
 bench-serve:
 	$(BIN)/python benchmarks/serve_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv
 

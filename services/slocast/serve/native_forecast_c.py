@@ -274,7 +274,10 @@ static int read_quantiles(cursor* c, const lte_model* m, lte_call* call) {
     if (level < 0) return BAIL; /* not calibrated: the 422 lists what is */
     int dup = 0;
     for (int64_t i = 0; i < call->nq; ++i) dup |= call->q[i] == level;
-    if (!dup) call->q[call->nq++] = level;
+    if (!dup) {
+      if (call->nq >= LTE_MAX_LEVELS) return BAIL;
+      call->q[call->nq++] = level;
+    }
     int end = next_or_close(c, ']');
     if (end < 0) return BAIL;
     if (end) return 0;
