@@ -69,12 +69,19 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def ensure_champion(home: Path, data: Path, test_data: Path) -> None:
+def _registry(home: Path):
+    """The embedded registry of ``home``, artifacts under it (never ./mlruns): the
+    experiment may be created here, before ``slocast run`` has made it."""
     from slocast.core.registry import ModelRegistry
 
-    registry = ModelRegistry(
+    return ModelRegistry(
         f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()
     )
+
+
+def ensure_champion(home: Path, data: Path, test_data: Path) -> None:
+
+    registry = _registry(home)
     ref = registry.champion(TASK)
     if ref is not None and ref.family == "xgboost" and _loads(registry, ref):
         print(f"reusing champion {TASK} v{ref.version} (xgboost) in {home}", file=sys.stderr)
@@ -306,15 +313,12 @@ def engine_microbench(home: Path, test_data: Path) -> list[dict]:
     """Both tree engines on the same real feature rows, best of several calls."""
     from slocast.core.datasets import load_lte
     from slocast.core.features import fill_missing
-    from slocast.core.registry import ModelRegistry
     from slocast.core.schema import FEATURE_COLUMNS
     from slocast.models.bundle import load_bundle
     from slocast.models.compiled_bundle import TAG_COMPILED_INDEX
     from slocast.serve.tree_engine import CompiledTreesPredictor
 
-    registry = ModelRegistry(
-        f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()
-    )
+    registry = _registry(home)
     ref = registry.champion(TASK)
     bundle_dir = registry.download(ref, Path(tempfile.mkdtemp(prefix="bench-bundle-")))
     bundle = load_bundle(bundle_dir)

@@ -19,6 +19,7 @@ SHARED_DATA = REPO.parent / "shared" / "datasets"
 SERVER_SUITES = frozenset(("integration", "k8s", "latency", "serve"))
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it is installed
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     # xdist's own --dist loadgroup marks do not take effect under pytest 9 (the
     # group rides on a node id suffix): group by scope instead.

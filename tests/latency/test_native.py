@@ -19,6 +19,7 @@ import orjson
 import pytest
 import xgboost as xgb
 
+from byte_mutations import mutated
 from slocast.core.compiled_trees import CompiledLibrary
 from slocast.latency import native
 from slocast.latency.bundle import MANIFEST, publish, read_pointer, write_bundle
@@ -245,17 +246,8 @@ def test_random_mutations_never_accept_what_the_reference_rejects(parser) -> Non
     alphabet = b'{}[],:"0123456789.-+eE \\\ntfalsenul_xyz\xc3\xa9'
     accepted = 0
     for _ in range(4000):
-        body = bytearray(seeds[rng.integers(len(seeds))])
-        for _ in range(rng.integers(1, 4)):
-            at = int(rng.integers(len(body)))
-            op = rng.integers(3)
-            if op == 0:
-                body[at] = alphabet[rng.integers(len(alphabet))]
-            elif op == 1:
-                del body[at]
-            else:
-                body.insert(at, alphabet[rng.integers(len(alphabet))])
-        accepted += check_agrees(parser, bytes(body))
+        body = mutated(seeds[rng.integers(len(seeds))], rng, alphabet, 3)
+        accepted += check_agrees(parser, body)
     assert accepted > 100  # the mutations also produced valid variants it accepted
 
 

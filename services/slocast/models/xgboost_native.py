@@ -39,8 +39,8 @@ from slocast.core.compiled_trees import (
 )
 from slocast.core.digests import sha256_bytes, sha256_file
 from slocast.core.features import N_CALENDAR, FeatureSpec, spec_arrays, tabular_width
+from slocast.models.native_forecast_c import REQUEST_SOURCE
 from slocast.models.xgboost_forecaster import _dynamics_constants
-from slocast.serve.native_forecast_c import REQUEST_SOURCE
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,9 @@ Why (measured on the 2-core dev machine, PobleSec champion, one series): the
 Python request path costs ~450 us (orjson decode and validation ~75, features and
 trees ~75, conformal bounds through NumPy ~160 per level, response dicts ~100),
 against ~120 us of CPU for the whole HTTP exchange of ``GET /healthz``. The kernel
-(:mod:`.native_forecast_c`, compiled into the XGBoost serving library) parses the
-body straight into rows, calls the same feature kernel and compiled trees, applies
+(:mod:`slocast.models.native_forecast_c`, compiled into the XGBoost serving
+library) parses the body straight into rows, calls the same feature kernel and
+compiled trees, applies
 :meth:`XGBoostForecaster.finish` and :meth:`ModelBundle.upper` (one C call), then
 writes the response around the numbers orjson formatted (a second call): ~26 us.
 
@@ -384,7 +385,7 @@ def build_native_forecast(
     except (ValueError, AttributeError, OSError) as exc:
         log.warning("native forecast kernel unavailable, Python path serves: %s", exc)
         return None, f"python ({exc})"
-    for batch, body in probe_bodies(rules, bundle.spec.step_seconds):
+    for batch, body in _probe_bodies(rules, bundle.spec.step_seconds):
         expected = reference(body, batch)
         got = native.forecast(body, batch)
         if got is None or got[0] != expected:
@@ -399,7 +400,7 @@ def build_native_forecast(
     return native, "native"
 
 
-def probe_bodies(rules: RequestRules, step_seconds: float) -> list[tuple[bool, bytes]]:
+def _probe_bodies(rules: RequestRules, step_seconds: float) -> list[tuple[bool, bytes]]:
     """A single and a batch request on a smooth synthetic history."""
     n = rules.history_rows + 2
     start = np.datetime64("2021-03-01T00:00:00", "s")

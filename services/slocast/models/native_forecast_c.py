@@ -1,13 +1,15 @@
-"""C source of the native forecast request kernel (bound by :mod:`.native_forecast`).
+"""C source of the native forecast request kernel (bound by
+:mod:`slocast.serve.native_forecast`).
 
 Compiled into the XGBoost serving library (:mod:`slocast.models.xgboost_native`),
 after the strict JSON reader (:mod:`slocast.core.c_json`) and the feature kernel
-it calls, so it ships, verifies and caches with them. Kept apart from the
-binding so the models package can include it without importing the server.
+it calls, so it is built at promotion and ships, verifies and caches with them.
+Here rather than beside its binding: promotion builds the library without
+importing the server.
 """
 
 REQUEST_SOURCE = r"""
-/* ---- forecast request kernel (slocast/serve/native_forecast_c.py) ----
+/* ---- forecast request kernel (slocast/models/native_forecast_c.py) ----
    Body bytes -> validated rows -> features (slocast_xgb_features) -> compiled
    trees -> forecasts and conformal bounds -> response JSON. Mirrors
    serve/validation.py, XGBoostForecaster.finish and ModelBundle.upper operation
@@ -451,7 +453,7 @@ bail:
 /* The calendar features are float32 of NumPy's float64 sin/cos of the phases
    (XGBoostForecaster.features). libm's sin/cos and NumPy's (libm itself, or SIMD
    code within a few ulp) round to the same float32 unless the double lies within
-   a few ulp of a float32 rounding boundary: those (about one in 10**7) are
+   a few ulp of a float32 rounding boundary: those (about one in 2 million) are
    refused, so the Python path computes them. Checked against NumPy at load. */
 static int f32_of_trig(double v, float* out) {
   const float f = (float)v;
