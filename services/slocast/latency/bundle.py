@@ -38,6 +38,12 @@ from slocast.latency.native import ensure_kernel
 
 log = logging.getLogger(__name__)
 
+# What manifests (and both servers) report: the family, and what every served bound
+# is whatever the trees' training objective, the P-quantile of the latency. Clients
+# of the upstream API branch on "quantile" vs "mean"; per-target objectives are
+# reported separately.
+MODEL_TYPE = "xgboost"
+PUBLIC_OBJECTIVE = "quantile"
 POINTER = "CURRENT"
 MANIFEST = "manifest.json"
 LIB_DIR = "lib"

@@ -34,17 +34,19 @@ from slocast.latency.http_common import (
     json_response,
 )
 from slocast.latency.schema import (
-    MAX_ITEMS,
     BulkPredictionRequest,
     PredictionRequest,
     ValidationFailure,
-    decode_json,
     feature_columns,
-    item_list,
     openapi_body,
-    parse_features,
 )
-from slocast.latency.serving import ModelHolder, PointerWatcher, ServedModel, request_reload
+from slocast.latency.serving import (
+    ModelHolder,
+    PointerWatcher,
+    ServedModel,
+    prior_model,
+    request_reload,
+)
 from slocast.latency.settings import PredictionSettings
 
 NO_MODEL = {"detail": "no model loaded yet; post training data to the training server"}
@@ -59,6 +61,7 @@ def _common(model: ServedModel) -> dict:
         "objective_type": model.objective_type,
         "quantile": model.quantile,
         "last_model_load": model.loaded_at,
+        "cold": model.cold,
     }
 
 
@@ -97,7 +100,11 @@ def _rows_json(model: ServedModel, bounds: dict[str, np.ndarray]) -> bytes:
 def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI:
     """App factory (``uvicorn --factory``): settings come from the environment."""
     settings = settings or PredictionSettings.from_env()
-    holder = ModelHolder(settings.model_dir, settings.compile_cache)
+    holder = ModelHolder(
+        settings.model_dir,
+        settings.compile_cache,
+        prior_model(settings.quantile) if settings.cold_prior else None,
+    )
     watcher = PointerWatcher(holder, settings.watch_interval_s)
     registry = CollectorRegistry()
     pid = str(os.getpid())
@@ -119,6 +126,12 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
     load_errors = Gauge(
         "slocast_latency_model_load_errors",
         "Failed model loads in this worker.",
+        ["worker"],
+        registry=registry,
+    )
+    cold_gauge = Gauge(
+        "slocast_latency_model_cold",
+        "1 while this worker serves the cold-start prior (no trained model yet).",
         ["worker"],
         registry=registry,
     )
@@ -186,45 +199,30 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
     def predict_bulk(body: bytes) -> tuple[int, bytes, int]:
         started = time.perf_counter()
         model = holder.current
-        cols = None
-        if model is not None and model.parser is not None:
-            cols = model.parser.parse(body, "requests", MAX_ITEMS)
-        if cols is not None:  # every item valid
-            valid, errors = list(range(int(cols["kv_cache_percentage"].shape[0]))), []
-            total = len(valid)
-        else:
-            items = item_list(decode_json(body), "requests")
-            total = len(items)
-            if model is None:
-                return 503, _NO_MODEL, 0
-            try:
-                valid, errors = list(range(len(items))), []
-                cols = parse_features(items, ("requests",))
-            except ValidationFailure:
-                # Slow path only when something is wrong: find every bad item.
-                valid, errors = [], []
-                for index, item in enumerate(items):
-                    try:
-                        parse_features([item])
-                        valid.append(index)
-                    except ValidationFailure as exc:
-                        detail = exc.errors[0]
-                        field = ".".join(str(p) for p in detail["loc"][2:]) or "item"
-                        errors.append({"index": index, "error": f"{field}: {detail['msg']}"})
-                cols = parse_features([items[i] for i in valid]) if valid else None
-        predictions: list[dict | None] = [None] * total
-        if cols is not None:
-            for index, row in zip(valid, _rows(model, model.predict(cols)), strict=True):
-                predictions[index] = row
-        body = {
+        cols = feature_columns(body, "requests", model.parser if model is not None else None)
+        if model is None:
+            return 503, _NO_MODEL, 0
+        bounds = model.predict(cols)
+        # A schema error in any item is a 422 for the whole body (as upstream); what
+        # is left per item is a failure at prediction time: a bound that is not a
+        # finite number is reported, not served.
+        finite = np.isfinite(bounds["ttft"]) & np.isfinite(bounds["tpot"])
+        rows = _rows(model, bounds)
+        predictions = [row if ok else None for row, ok in zip(rows, finite.tolist(), strict=True)]
+        errors = [
+            {"index": int(i), "error": "prediction is not a finite number"}
+            for i in np.flatnonzero(~finite)
+        ]
+        served = len(rows) - len(errors)
+        payload = {
             "predictions": predictions,
             "errors": errors,
-            "total_requests": total,
-            "successful_predictions": len(valid),
+            "total_requests": len(rows),
+            "successful_predictions": served,
             "failed_predictions": len(errors),
             "processing_time_ms": 1000 * (time.perf_counter() - started),
         }
-        return 200, orjson.dumps(body), len(valid)
+        return 200, orjson.dumps(payload), served
 
     handlers = {
         "/predict": answer("predict", predict_one),
@@ -256,22 +254,49 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
         if model is None:
             return {
                 "is_ready": False,
+                "cold": True,
                 "model_type": None,
                 "objective_type": None,
                 "quantile": None,
                 "last_model_load": None,
                 "model_version": None,
+                "models_exist": {"ttft": False, "tpot": False},
+                "ensemble_active": False,
             }
+        trained = not model.cold
         return {
             "is_ready": True,
+            # True while the cold-start prior answers (docs/latency.md).
+            "cold": model.cold,
             "model_type": model.model_type,
             "objective_type": model.objective_type,
+            "objectives": model.objectives,
             "quantile": model.quantile,
             "last_model_load": model.loaded_at,
             "model_version": model.version,
+            "models_exist": {"ttft": trained, "tpot": trained},
+            # No gated/ensemble models: one calibrated model per target.
+            "ensemble_active": False,
             "engines": model.engines,
             "worker_pid": os.getpid(),
         }
+
+    @app.get("/")
+    async def root() -> Response:
+        model = holder.current
+        return json_response(
+            {
+                "message": "slocast latency prediction server",
+                "model_type": None if model is None else model.model_type,
+                "objective_type": None if model is None else model.objective_type,
+                "quantile": None if model is None else model.quantile,
+                "is_ready": model is not None,
+                "cold": model is None or model.cold,
+                "model_version": None if model is None else model.version,
+                "description": "P-quantile TTFT/TPOT bounds (ms) from conformal-calibrated "
+                "XGBoost models; docs/latency.md",
+            }
+        )
 
     @app.get("/status")
     async def status() -> Response:
@@ -290,7 +315,14 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
     @app.get("/readyz")
     async def readyz() -> Response:
         if holder.current is None:
-            return json_response({"status": "not ready", "reason": "no model loaded"}, 503)
+            return json_response(
+                {
+                    "status": "not ready",
+                    "reason": "no model trained yet and the cold-start prior is off "
+                    "(SLOCAST_LATENCY_COLD_PRIOR=false)",
+                },
+                503,
+            )
         return json_response({"status": "ready"})
 
     @app.get("/metrics")
@@ -302,6 +334,7 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
             loaded = datetime.fromisoformat(model.loaded_at).timestamp()
             model_info.labels(pid, model.version, engines["ttft"], engines["tpot"]).set(loaded)
         load_errors.labels(pid).set(holder.load_errors)
+        cold_gauge.labels(pid).set(1 if model is None or model.cold else 0)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -28,7 +28,14 @@ import numpy as np
 
 from slocast.core.compiled_trees import TreeModel, load_tree_model
 from slocast.core.conformal import MondrianCalibration
-from slocast.latency.bundle import BundleError, Pointer, read_manifest, read_pointer
+from slocast.latency.bundle import (
+    MODEL_TYPE,
+    PUBLIC_OBJECTIVE,
+    BundleError,
+    Pointer,
+    read_manifest,
+    read_pointer,
+)
 from slocast.latency.features import NUM_REGIMES, build_features, regimes
 from slocast.latency.model import TARGETS, point_from_raw, scale_of
 from slocast.latency.native import (
@@ -42,6 +49,7 @@ from slocast.latency.native import (
     UnsupportedForest,
     load_kernel,
 )
+from slocast.latency.prior import PRIOR_VERSION, PriorTarget, prior_targets
 from slocast.latency.schema import (
     COUNT_FIELDS,
     FRACTION_FIELDS,
@@ -89,10 +97,12 @@ class ServedModel:
     model_type: str
     objective_type: str
     loaded_at: str
-    targets: dict[str, ServedTarget]
+    targets: dict[str, ServedTarget | PriorTarget]
     # The native kernel (None: Python paths) and its request parser.
     kernel: Kernel | None = None
     parser: Parser | None = None
+    # True while the cold-start prior serves (no trained model yet).
+    cold: bool = False
 
     def predict(self, cols: Columns) -> dict[str, np.ndarray]:
         """P-quantile upper bounds (ms) per target for validated columns."""
@@ -103,6 +113,23 @@ class ServedModel:
     @property
     def engines(self) -> dict[str, str]:
         return {name: t.engine for name, t in self.targets.items()}
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        return {name: t.objective for name, t in self.targets.items()}
+
+
+def prior_model(quantile: float) -> ServedModel:
+    """The cold-start prior (:mod:`slocast.latency.prior`) as a served model."""
+    return ServedModel(
+        version=PRIOR_VERSION,
+        quantile=quantile,
+        model_type=MODEL_TYPE,
+        objective_type=PUBLIC_OBJECTIVE,
+        loaded_at=datetime.now(UTC).isoformat(),
+        targets=dict(prior_targets()),
+        cold=True,
+    )
 
 
 def feature_parser(kernel: Kernel) -> Parser:
@@ -171,7 +198,7 @@ def load_served_model(model_dir: Path, pointer: Pointer, compile_cache: Path) ->
         version=pointer.version,
         quantile=float(manifest["quantile"]),
         model_type=manifest["model_type"],
-        objective_type=manifest["objective_type"],
+        objective_type=PUBLIC_OBJECTIVE,
         loaded_at=datetime.now(UTC).isoformat(),
         targets=targets,
         kernel=kernel,
@@ -180,12 +207,15 @@ def load_served_model(model_dir: Path, pointer: Pointer, compile_cache: Path) ->
 
 
 class ModelHolder:
-    """The current model of this worker (``None`` until one is published)."""
+    """The current model of this worker: ``prior`` (or ``None`` without one) until a
+    trained model is published."""
 
-    def __init__(self, model_dir: Path, compile_cache: Path) -> None:
+    def __init__(
+        self, model_dir: Path, compile_cache: Path, prior: ServedModel | None = None
+    ) -> None:
         self.model_dir = model_dir
         self.compile_cache = compile_cache
-        self.current: ServedModel | None = None
+        self.current: ServedModel | None = prior
         self.load_errors = 0
         self._lock = threading.Lock()  # serialises loads, never taken by requests
 
@@ -197,7 +227,7 @@ class ModelHolder:
                 if pointer is None:
                     return False
                 current = self.current
-                if not force and current is not None and current.version == pointer.version:
+                if not force and self.trained and current.version == pointer.version:
                     return False
                 started = time.perf_counter()
                 model = load_served_model(self.model_dir, pointer, self.compile_cache)
@@ -216,6 +246,11 @@ class ModelHolder:
                 1000 * (time.perf_counter() - started),
             )
             return True
+
+    @property
+    def trained(self) -> bool:
+        """A trained model (not the prior) serves."""
+        return self.current is not None and not self.current.cold
 
 
 def request_reload(model_dir: Path) -> None:
@@ -254,7 +289,7 @@ class PointerWatcher(threading.Thread):
                 # (e.g. a bundle still being pruned) is retried on the next tick.
                 forced = reload != seen_reload
                 self.holder.refresh(force=forced)
-                if self.holder.current is not None or pointer is None:
+                if self.holder.trained or pointer is None:
                     seen_pointer, seen_reload = pointer, reload
 
     def stop(self) -> None:

@@ -92,6 +92,9 @@ class PredictionSettings:
     model_dir: Path
     compile_cache: Path
     watch_interval_s: float
+    # Reported with the cold-start prior; trained bundles carry their own.
+    quantile: float
+    cold_prior: bool
 
     @classmethod
     def from_env(cls) -> PredictionSettings:
@@ -105,4 +108,6 @@ class PredictionSettings:
                 _get("SLOCAST_LATENCY_COMPILE_CACHE", str(model_dir / ".compile-cache"))
             ),
             watch_interval_s=_float("SLOCAST_LATENCY_WATCH_INTERVAL_S", 0.1, 0.01, 10.0),
+            quantile=_float("SLOCAST_LATENCY_QUANTILE", 0.9, 0.5, 0.999),
+            cold_prior=_bool("SLOCAST_LATENCY_COLD_PRIOR", True),
         )

@@ -29,6 +29,8 @@ import numpy as np
 from slocast.core.conformal import AdaptiveConformal, MondrianCalibration
 from slocast.core.metrics import coverage, pinball_loss
 from slocast.latency.bundle import (
+    MODEL_TYPE,
+    PUBLIC_OBJECTIVE,
     BundleError,
     Pointer,
     publish,
@@ -38,7 +40,6 @@ from slocast.latency.bundle import (
 )
 from slocast.latency.features import FEATURE_NAMES, build_features, regimes
 from slocast.latency.model import (
-    OBJECTIVE_TYPE,
     TARGET_COLUMNS,
     TARGET_PARAMS,
     TARGETS,
@@ -69,8 +70,8 @@ ACI_WINDOW = 2000
 ACI_MIN_RESIDUALS = 500
 ACI_TOLERANCE = 0.02
 MODEL_INFO = {
-    "model_type": "xgboost",
-    "objective_type": OBJECTIVE_TYPE,
+    "model_type": MODEL_TYPE,
+    "objective_type": PUBLIC_OBJECTIVE,
     "features": list(FEATURE_NAMES),
 }
 

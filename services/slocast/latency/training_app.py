@@ -20,8 +20,17 @@ from prometheus_client import (
     generate_latest,
 )
 
+from slocast.latency.bundle import MODEL_TYPE, PUBLIC_OBJECTIVE
+from slocast.latency.features import FEATURE_NAMES, KV_EDGES
 from slocast.latency.http_common import install_validation_handler, json_response, read_json
 from slocast.latency.model import TARGETS
+from slocast.latency.published import (
+    MODEL_NAMES,
+    PublishedModel,
+    PublishedModels,
+    model_file_info,
+    regime_counts_by_bucket,
+)
 from slocast.latency.schema import (
     BulkTrainingRequest,
     FlushBody,
@@ -32,9 +41,11 @@ from slocast.latency.schema import (
 )
 from slocast.latency.settings import TrainingSettings
 from slocast.latency.stream import InProcessStream, KafkaStream, SampleStream, StreamFull
-from slocast.latency.trainer import MODEL_INFO, StreamingTrainer
+from slocast.latency.trainer import StreamingTrainer
 
 FLUSH_FIELDS = ("flush_training_data", "flush_test_data", "flush_metrics")
+KV_BUCKETS = len(KV_EDGES) + 1
+TREE_ENDPOINTS = {f"{t}_trees": f"/model/{t}/xgb/json" for t in TARGETS}
 
 
 def make_stream(settings: TrainingSettings) -> SampleStream:
@@ -119,9 +130,61 @@ class _Metrics:
         self.refresh = refresh
 
 
+def upstream_metric_lines(
+    trainer: StreamingTrainer, published: PublishedModel | None, quantile: float
+) -> list[str]:
+    """The upstream predictor's metric families, which operators' dashboards chart.
+
+    Written by hand because upstream emits unlabelled samples as ``name{}``, which
+    dashboards and the upstream client match literally (prometheus_client would
+    write ``name``); both forms are valid exposition format.
+    """
+    lines = [
+        "# HELP model_type Model family serving (upstream llm-d family).",
+        "# TYPE model_type gauge",
+        f'model_type{{type="{MODEL_TYPE}"}} 1',
+        "# HELP objective_type What the served predictions are (quantile or mean).",
+        "# TYPE objective_type gauge",
+        f'objective_type{{type="{PUBLIC_OBJECTIVE}"}} 1',
+        "# HELP model_quantile Quantile of the served bounds.",
+        "# TYPE model_quantile gauge",
+        f"model_quantile{{}} {quantile}",
+        "# HELP ensemble_active 1 when gated queue/no-queue ensembles serve (never here).",
+        "# TYPE ensemble_active gauge",
+        "ensemble_active{} 0",
+        "# HELP ensemble_mode 1 when gated ensembles are configured (never here).",
+        "# TYPE ensemble_mode gauge",
+        "ensemble_mode{} 0",
+    ]
+    for target in TARGETS:
+        importances = (
+            published.importances(target)
+            if published is not None
+            else dict.fromkeys(FEATURE_NAMES, 0.0)
+        )
+        lines += [
+            f"# HELP {target}_importance Share of the published {target.upper()} "
+            "model's split gain per feature.",
+            f"# TYPE {target}_importance gauge",
+        ]
+        lines += [f'{target}_importance{{feature="{f}"}} {v:.6f}' for f, v in importances.items()]
+    lines += [
+        "# HELP training_samples_count Training rows in the window per target and regime.",
+        "# TYPE training_samples_count gauge",
+    ]
+    for target in TARGETS:
+        counts = regime_counts_by_bucket(trainer.windows[target].regime_counts("train"), KV_BUCKETS)
+        lines += [
+            f'training_samples_count{{model="{target}",queue_bucket="{q}",cache_bucket="{c}"}} {n}'
+            for (q, c), n in counts.items()
+        ]
+    return lines
+
+
 def create_training_app(settings: TrainingSettings) -> FastAPI:
     trainer = StreamingTrainer(settings, make_stream(settings))
     metrics = _Metrics(trainer)
+    published = PublishedModels(settings.model_dir)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -207,10 +270,25 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
             return {"ttft_samples": ttft, "tpot_samples": tpot, "total_samples": ttft + tpot}
 
         state = trainer.state
+        train_regimes = regime_counts_by_bucket(
+            trainer.windows["ttft"].regime_counts("train"), KV_BUCKETS
+        )
+        evaluations = dict(state.last_evaluations)
         return json_response(
             {
                 "training_data": block(("train",)),
                 "test_data": block(("calibration", "evaluation")),
+                # One calibrated model per target: no gated ensembles.
+                "ensemble": {"ensemble_mode": False, "ensemble_active": False},
+                # Held-out evaluations kept (the last retrain's, until flushed).
+                "metrics": {
+                    **{f"{t}_scores_count": int(t in evaluations) for t in TARGETS},
+                    "last_evaluation": {t: e.__dict__ for t, e in evaluations.items()},
+                },
+                # TTFT training rows per regime (queue depth bucket x KV bucket).
+                "bucket_distribution": {
+                    f"queue_{q}_cache_{c}": n for (q, c), n in train_regimes.items() if n
+                },
                 "model_ready": state.serving_version is not None,
                 "model_version": state.serving_version,
                 "model_data_since": _iso(state.serving_data_since),
@@ -219,20 +297,116 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
             }
         )
 
+    @app.get("/")
+    async def root() -> Response:
+        return json_response(
+            {
+                "message": "slocast latency training server",
+                "model_type": MODEL_TYPE,
+                "objective_type": PUBLIC_OBJECTIVE,
+                "quantile": settings.quantile,
+                "description": f"Learns the P{settings.quantile * 100:g} of TTFT and TPOT "
+                "online; docs/latency.md",
+            }
+        )
+
     @app.get("/model/download/info")
     async def model_info() -> Response:
         state = trainer.state
+        current = published.current()
         return json_response(
             {
-                "model_type": MODEL_INFO["model_type"],
-                "objective_type": MODEL_INFO["objective_type"],
+                "model_type": MODEL_TYPE,
+                "objective_type": PUBLIC_OBJECTIVE,
+                "objectives": (
+                    {t: m.objective for t, m in current.targets.items()} if current else None
+                ),
                 "quantile": settings.quantile,
-                "model_version": state.serving_version,
-                "model_ready": state.serving_version is not None,
+                "available_endpoints": {
+                    "trees": TREE_ENDPOINTS,
+                    "models": "/models/list",
+                    "download": {t: f"/model/{t}/download" for t in TARGETS},
+                },
+                "model_status": {f"{t}_model_ready": current is not None for t in TARGETS},
+                "model_version": None if current is None else current.version,
+                "model_ready": current is not None,
                 "model_dir": str(settings.model_dir),
                 "evaluation": {t: e.__dict__ for t, e in state.last_evaluations.items()},
             }
         )
+
+    @app.get("/models/list")
+    async def models_list() -> Response:
+        current = published.current()
+        return json_response(
+            {
+                "models": {name: model_file_info(current, name) for name in MODEL_NAMES},
+                "model_type": MODEL_TYPE,
+                "quantile": settings.quantile,
+                "model_version": None if current is None else current.version,
+                "server_time": datetime.now(UTC).isoformat(),
+            }
+        )
+
+    def unknown_model(name: str) -> Response:
+        return json_response(
+            {"detail": f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}"}, 404
+        )
+
+    def not_trained(name: str) -> Response:
+        return json_response(
+            {"detail": f"model {name!r} does not exist yet: no model has been trained"}, 404
+        )
+
+    @app.get("/model/{name}/info")
+    async def model_file(name: str) -> Response:
+        if name not in MODEL_NAMES:
+            return unknown_model(name)
+        current = published.current()
+        info = model_file_info(current, name)
+        if not info["exists"]:
+            return not_trained(name)
+        return json_response(
+            {
+                "model_name": name,
+                **info,
+                "model_version": current.version,
+                "model_type": MODEL_TYPE,
+                "quantile": settings.quantile,
+                "objective": current.targets[name].objective,
+            }
+        )
+
+    @app.get("/model/{name}/download")
+    async def model_download(name: str) -> Response:
+        if name not in MODEL_NAMES:
+            return unknown_model(name)
+        current = published.current()
+        if current is None or name not in TARGETS:
+            return not_trained(name)
+        return Response(
+            current.document(name),
+            media_type="application/json",
+            headers={
+                "content-disposition": f'attachment; filename="{name}-{current.version}.json"'
+            },
+        )
+
+    def tree_dump(target: str) -> Response:
+        current = published.current()
+        if current is None:
+            return json_response(
+                {"detail": f"{target.upper()} model not available: none trained yet"}, 404
+            )
+        return Response(current.tree_dump(target), media_type="application/json")
+
+    @app.get("/model/ttft/xgb/json")
+    async def ttft_trees() -> Response:
+        return tree_dump("ttft")
+
+    @app.get("/model/tpot/xgb/json")
+    async def tpot_trees() -> Response:
+        return tree_dump("tpot")
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -247,7 +421,9 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
     @app.get("/metrics")
     async def prometheus() -> Response:
         metrics.refresh()
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        upstream = upstream_metric_lines(trainer, published.current(), settings.quantile)
+        body = generate_latest(metrics.registry) + ("\n".join(upstream) + "\n").encode()
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return app
 
