@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -72,20 +73,26 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         }
         return
     root = tmp_path_factory.mktemp("latency-servers")
+    with server_pair(root, {"SLOCAST_ADMIN_TOKEN": ADMIN_TOKEN}) as urls:
+        yield {**urls, "token": ADMIN_TOKEN}
+
+
+@contextmanager
+def server_pair(root: Path, extra_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A training server and a 2-worker prediction server sharing ``root/models``."""
     env = {
         "SLOCAST_LATENCY_HOST": "127.0.0.1",
         "SLOCAST_LATENCY_MODEL_DIR": str(root / "models"),
-        "SLOCAST_ADMIN_TOKEN": ADMIN_TOKEN,
         "SLOCAST_LATENCY_RETRAIN_INTERVAL_S": "1",
         "SLOCAST_LATENCY_MIN_NEW_SAMPLES": "200",
         "SLOCAST_LATENCY_TRAINING_PORT": str(free_port()),
         "SLOCAST_LATENCY_PREDICTION_PORT": str(free_port()),
         "SLOCAST_LATENCY_WORKERS": "2",
+        **extra_env,
     }
     urls = {
         "training": f"http://127.0.0.1:{env['SLOCAST_LATENCY_TRAINING_PORT']}",
         "prediction": f"http://127.0.0.1:{env['SLOCAST_LATENCY_PREDICTION_PORT']}",
-        "token": ADMIN_TOKEN,
     }
     procs = [
         start_server("latency-trainer", env, root / "trainer.log"),
@@ -102,7 +109,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 
 @pytest.fixture(scope="session")
 def empty_predictor(tmp_path_factory: pytest.TempPathFactory):
-    """A prediction server with no model (local runs only)."""
+    """A prediction server with no model and the cold-start prior off (local runs only)."""
     if os.environ.get("SLOCAST_LATENCY_PREDICTION_URL"):
         pytest.skip("needs a prediction server without a model")
     root: Path = tmp_path_factory.mktemp("empty")
@@ -113,6 +120,7 @@ def empty_predictor(tmp_path_factory: pytest.TempPathFactory):
             "SLOCAST_LATENCY_MODEL_DIR": str(root / "models"),
             "SLOCAST_LATENCY_PREDICTION_PORT": str(port),
             "SLOCAST_LATENCY_WORKERS": "1",
+            "SLOCAST_LATENCY_COLD_PRIOR": "false",
         },
         root / "log",
     )

@@ -24,6 +24,7 @@ FEATURES = {
     "prefix_cache_score": 0.0,
 }
 PREDICTION_FIELDS = {
+    "cold",
     "ttft_ms",
     "tpot_ms",
     "predicted_at",
@@ -66,7 +67,9 @@ def post_samples(servers: dict[str, str], records: list[dict]) -> None:
 
 
 def served_version(servers: dict[str, str]) -> str | None:
-    return httpx.get(f"{servers['prediction']}/status").json().get("model_version")
+    """The trained model version a worker serves (None while it serves the prior)."""
+    status = httpx.get(f"{servers['prediction']}/status").json()
+    return None if status.get("cold", True) else status.get("model_version")
 
 
 def wait_for_new_model(servers: dict[str, str], flushed_at: str, timeout: float = 90) -> str:
@@ -106,6 +109,9 @@ def test_health_and_metrics(servers: dict[str, str]) -> None:
 
 
 def test_no_model_answers_503(empty_predictor: str) -> None:
+    """With the cold-start prior off (test_upstream_compat covers it on), a predictor
+    without a trained model is not ready and says why."""
+    assert httpx.get(f"{empty_predictor}/readyz").json()["reason"].startswith("no model")
     assert httpx.get(f"{empty_predictor}/readyz").status_code == 503
     assert httpx.get(f"{empty_predictor}/status").json()["is_ready"] is False
     assert httpx.post(f"{empty_predictor}/predict", json=FEATURES).status_code == 503
@@ -312,12 +318,17 @@ def test_all_endpoints_agree_and_use_every_feature(servers: dict[str, str], lear
     assert plain["ttft_ms"] != bulk_strict["predictions"][0]["ttft_ms"]
 
 
-def test_bulk_reports_invalid_items(servers: dict[str, str], learned: dict) -> None:
-    items = [FEATURES, {**FEATURES, "kv_cache_percentage": 3}, FEATURES]
-    body = httpx.post(f"{servers['prediction']}/predict/bulk", json={"requests": items}).json()
-    assert body["predictions"][1] is None and body["predictions"][0] is not None
-    assert [e["index"] for e in body["errors"]] == [1]
-    assert body["successful_predictions"] == 2 and body["failed_predictions"] == 1
+def test_bulk_rejects_the_whole_body_on_a_schema_error(
+    servers: dict[str, str], learned: dict
+) -> None:
+    """As upstream: one invalid item is a 422 for the whole body, naming the item."""
+    missing = {k: v for k, v in FEATURES.items() if k != "prefix_cache_score"}
+    for bad in ({**FEATURES, "kv_cache_percentage": 3}, missing):
+        r = httpx.post(
+            f"{servers['prediction']}/predict/bulk", json={"requests": [FEATURES, bad, FEATURES]}
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"][:3] == ["body", "requests", 1]
 
 
 def test_status_and_reload(servers: dict[str, str], learned: dict) -> None:

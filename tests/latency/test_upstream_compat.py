@@ -1,0 +1,233 @@
+"""What clients of the upstream llm-d latency predictor rely on, from a cold start.
+
+One fresh pair of servers (empty model directory, no token), driven the way a
+router and an operator would: ready at once with the documented prior (flagged
+cold), the upstream status/metrics/model endpoints, then replaced by a trained
+model whose downloadable document reproduces what the predictor serves.
+(scripts/upstream-latency-tests.sh runs the upstream's own test file.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import xgboost as xgb
+from prometheus_client.parser import text_string_to_metric_families
+from tests.latency.conftest import server_pair
+
+from slocast.core.conformal import MondrianCalibration
+from slocast.latency.features import FEATURE_NAMES, build_features, regimes
+from slocast.latency.model import point_from_raw, upper_bound
+from slocast.latency.schema import parse_features
+from slocast.latency.synthetic import generate, to_records
+
+FEATURES = {
+    "kv_cache_percentage": 0.4,
+    "input_token_length": 800,
+    "num_request_waiting": 2,
+    "num_request_running": 6,
+    "num_tokens_generated": 3,
+    "prefix_cache_score": 0.2,
+}
+UPSTREAM_MODEL_TYPES = {"bayesian_ridge", "xgboost", "lightgbm"}
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    if os.environ.get("SLOCAST_LATENCY_PREDICTION_URL"):
+        pytest.skip("needs freshly started servers with an empty model directory")
+    root: Path = tmp_path_factory.mktemp("cold-pair")
+    started = time.monotonic()
+    with server_pair(root, {"SLOCAST_ADMIN_TOKEN": ""}) as urls:
+        yield {**urls, "started": started}
+
+
+def ready_within(url: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def strict(fresh: dict, items: list[dict]) -> list[dict]:
+    r = httpx.post(f"{fresh['prediction']}/predict/bulk/strict", json={"requests": items})
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"]
+
+
+def metric_samples(text: str) -> dict[str, list]:
+    """Samples per family name; parsing fails on invalid exposition format."""
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+# --- cold: the prior ----------------------------------------------------------------
+
+
+def test_cold_predictor_is_ready_and_flags_the_prior(fresh: dict) -> None:
+    assert ready_within(fresh["prediction"], 5), "a fresh predictor must turn ready at once"
+    status = httpx.get(f"{fresh['prediction']}/status").json()
+    assert status["is_ready"] is True and status["cold"] is True
+    assert status["model_version"] == "prior" and status["engines"] == {
+        "ttft": "prior",
+        "tpot": "prior",
+    }
+    assert status["models_exist"] == {"ttft": False, "tpot": False}
+    assert status["ensemble_active"] is False
+    assert status["objective_type"] == "quantile" and status["model_type"] in UPSTREAM_MODEL_TYPES
+    one = httpx.post(f"{fresh['prediction']}/predict", json=FEATURES).json()
+    assert one["cold"] is True and one["ttft_ms"] > 0 and one["tpot_ms"] > 0
+    assert one["objective_type"] == "quantile"
+    root = httpx.get(f"{fresh['prediction']}/").json()
+    assert root["cold"] is True and root["objective_type"] == "quantile"
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "input_token_length",
+        "num_request_waiting",
+        "num_request_running",
+        "prefill_tokens_in_flight",
+        "decode_tokens_in_flight",
+        "kv_cache_percentage",
+    ],
+)
+def test_prior_never_drops_when_load_grows(fresh: dict, field: str) -> None:
+    values = [0.0, 0.25, 0.5, 1.0] if field == "kv_cache_percentage" else [0, 1, 10, 100, 10_000]
+    preds = strict(fresh, [{**FEATURES, field: v} for v in values])
+    for target in ("ttft_ms", "tpot_ms"):
+        series = [p[target] for p in preds]
+        assert all(b >= a for a, b in zip(series[:-1], series[1:], strict=True)), (
+            field,
+            target,
+            series,
+        )
+    # every load input the prior names moves at least one target
+    assert preds[-1]["ttft_ms"] > preds[0]["ttft_ms"] or preds[-1]["tpot_ms"] > preds[0]["tpot_ms"]
+
+
+def test_training_server_before_any_model(fresh: dict) -> None:
+    base = fresh["training"]
+    listed = httpx.get(f"{base}/models/list").json()
+    assert set(listed["models"]) == {"ttft", "tpot", "ttft_gated", "tpot_gated"}
+    assert all(not m["exists"] and m["size_bytes"] == 0 for m in listed["models"].values())
+    assert "server_time" in listed and listed["model_type"] in UPSTREAM_MODEL_TYPES
+    for path in ("/model/ttft/info", "/model/tpot/download", "/model/ttft/xgb/json"):
+        r = httpx.get(f"{base}{path}")
+        assert r.status_code == 404 and "trained" in r.json()["detail"], (path, r.text)
+    unknown = httpx.get(f"{base}/model/bogus/info")
+    assert unknown.status_code == 404 and "known: ttft" in unknown.json()["detail"]
+    info = httpx.get(f"{base}/model/download/info").json()
+    assert info["available_endpoints"]["trees"] == {
+        "ttft_trees": "/model/ttft/xgb/json",
+        "tpot_trees": "/model/tpot/xgb/json",
+    }
+    assert info["model_status"] == {"ttft_model_ready": False, "tpot_model_ready": False}
+    root = httpx.get(f"{base}/").json()
+    assert root["objective_type"] == "quantile" and root["model_type"] == info["model_type"]
+    status = httpx.get(f"{base}/data/status").json()
+    assert status["ensemble"] == {"ensemble_mode": False, "ensemble_active": False}
+    assert {"bucket_distribution", "metrics"} <= set(status)
+
+
+def test_training_metrics_carry_the_upstream_families(fresh: dict) -> None:
+    text = httpx.get(f"{fresh['training']}/metrics").text
+    # upstream clients match these literally
+    for literal in ('model_type{type="xgboost"} 1', "ensemble_active{} 0", "ensemble_mode{} 0"):
+        assert literal in text
+    families = metric_samples(text)
+    for target in ("ttft", "tpot"):
+        features = {s.labels["feature"] for s in families[f"{target}_importance"]}
+        assert features == set(FEATURE_NAMES)
+    assert {s.labels["model"] for s in families["training_samples_count"]} == {"ttft", "tpot"}
+    assert "slocast_latency_samples_ingested" in families  # ours, beside them
+
+
+# --- trained: the prior is replaced ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(fresh: dict) -> dict:
+    """Post samples of a known law; wait until every worker serves a trained model."""
+    records = to_records(generate("sharegpt-like", 3000, seed=5))
+    r = httpx.post(f"{fresh['training']}/add_training_data_bulk", json={"entries": records})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        # new connections land on either worker: eight warm answers in a row
+        if all(not httpx.get(f"{fresh['prediction']}/status").json()["cold"] for _ in range(8)):
+            return httpx.get(f"{fresh['prediction']}/status").json()
+        time.sleep(0.2)
+    raise AssertionError("the prior was not replaced by a trained model within 90 s")
+
+
+def test_trained_model_replaces_the_prior(fresh: dict, trained: dict) -> None:
+    assert trained["model_version"] != "prior" and trained["models_exist"] == {
+        "ttft": True,
+        "tpot": True,
+    }
+    assert trained["objective_type"] == "quantile"
+    assert set(trained["objectives"]) == {"ttft", "tpot"}
+    one = httpx.post(f"{fresh['prediction']}/predict", json=FEATURES).json()
+    assert one["cold"] is False
+    assert httpx.get(f"{fresh['prediction']}/").json()["cold"] is False
+
+
+def test_model_files_describe_what_is_served(fresh: dict, trained: dict) -> None:
+    base = fresh["training"]
+    listed = httpx.get(f"{base}/models/list").json()["models"]
+    assert listed["ttft_gated"]["exists"] is False
+    items = [
+        {**FEATURES, "input_token_length": n, "num_request_waiting": w, "kv_cache_percentage": kv}
+        for n, w, kv in [(50, 0, 0.1), (800, 2, 0.4), (3000, 9, 0.8), (12000, 30, 0.95)]
+    ]
+    served = strict(fresh, items)
+    cols = parse_features(items)
+    for target in ("ttft", "tpot"):
+        info = httpx.get(f"{base}/model/{target}/info").json()
+        download = httpx.get(f"{base}/model/{target}/download")
+        assert download.status_code == 200
+        assert (
+            info["exists"]
+            and info["size_bytes"] == len(download.content) == (listed[target]["size_bytes"])
+        )
+        assert info["model_version"] == trained["model_version"]
+        doc = json.loads(download.content)
+        assert doc["features"] == list(FEATURE_NAMES) and doc["target"] == target
+        booster = xgb.Booster()
+        booster.load_model(bytearray(json.dumps(doc["xgboost_model"]).encode()))
+        raw = booster.inplace_predict(build_features(cols)).astype(np.float64)
+        point = point_from_raw(raw, doc["objective"])
+        bound = upper_bound(point, MondrianCalibration.from_dict(doc["calibration"]), regimes(cols))
+        got = np.array([p[f"{target}_ms"] for p in served])
+        np.testing.assert_allclose(bound, got, rtol=1e-5)
+
+        dump = httpx.get(f"{base}/model/{target}/xgb/json").json()
+        assert isinstance(dump, list) and all("nodeid" in tree for tree in dump)
+        assert len(dump) == booster.num_boosted_rounds()
+
+
+def test_importances_after_training(fresh: dict, trained: dict) -> None:
+    families = metric_samples(httpx.get(f"{fresh['training']}/metrics").text)
+    for target in ("ttft", "tpot"):
+        shares = {s.labels["feature"]: s.value for s in families[f"{target}_importance"]}
+        assert shares["prefix_cache_score"] >= 0
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-4)
+    counts = sum(s.value for s in families["training_samples_count"] if s.labels["model"] == "ttft")
+    status = httpx.get(f"{fresh['training']}/data/status").json()
+    assert counts == status["training_data"]["ttft_samples"] > 0
+    assert sum(status["bucket_distribution"].values()) == counts
+    info = httpx.get(f"{fresh['training']}/model/download/info").json()
+    assert info["model_status"] == {"ttft_model_ready": True, "tpot_model_ready": True}
