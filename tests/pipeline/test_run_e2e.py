@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -49,6 +53,7 @@ def test_run_end_to_end_then_reuse(tmp_path):
     html = (tmp_path / "out1" / "report.html").read_text()
     assert "data:image/png;base64," in html and champion in html
     assert champion in first.stdout and "champion" in first.stdout
+    _serves_what_the_hint_says(tmp_path, first.stdout)
 
     # The alias in the embedded MLflow store points at the promoted version.
     from mlflow import MlflowClient
@@ -67,3 +72,39 @@ def test_run_end_to_end_then_reuse(tmp_path):
     assert again["dataset"]["id"] == report["dataset"]["id"]
     assert again["decision"]["reference"], again["decision"]
     assert any(k.startswith("champion:") for k in again["decision"]["reference"])
+
+
+def _serves_what_the_hint_says(tmp_path, stdout: str) -> None:
+    """The command `slocast run` prints serves the champion it just promoted, as printed."""
+    hint = next(line for line in stdout.splitlines() if line.startswith("serve it: "))
+    argv = shlex.split(hint.removeprefix("serve it: "))
+    assert argv[:4] == ["slocast", "serve", "--task", "synthetic"], hint
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = [*argv[:-2], "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "SLOCAST_HOME": str(tmp_path / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("SLOCAST_TASK", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "slocast.cli", *argv[1:]],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=2) as r:
+                    info = json.loads(r.read())
+                break
+            except OSError:
+                assert server.poll() is None, "slocast serve exited"
+                assert time.monotonic() < deadline, "slocast serve never answered /v1/model"
+                time.sleep(0.5)
+        assert info["task"] == "synthetic", info
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -94,6 +95,17 @@ def _run(args: argparse.Namespace) -> int:
     print(results_table(result.report))
     print(f"\n{result.report['decision']['reason']}")
     print(f"report: {json_path} {html_path}  ({result.report['timings']['total_seconds']:.1f} s)")
+    if result.report["champion"] is not None:
+        print(serve_hint(result.report["task"]))
     for family, error in result.failures.items():
         print(f"FAILED {family}: {error}", file=sys.stderr)
     return 1 if result.failures else 0
+
+
+def serve_hint(task: str) -> str:
+    """The command that serves the champion this run left for ``task``.
+
+    ``slocast serve`` reads the same ``SLOCAST_HOME`` / ``MLFLOW_TRACKING_URI`` as the run,
+    so only the task has to be named (its default is 'synthetic').
+    """
+    return f"serve it: slocast serve --task {shlex.quote(task)} --port 8000"

@@ -74,6 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="object store: moto S3 server or a local directory (default s3)",
     )
     up.add_argument("--predict-port", type=int, default=8000, help="prediction server port")
+    up.add_argument(
+        "--task",
+        default="synthetic",
+        help="task whose champion the stack's prediction service serves (default synthetic; "
+        "`slocast submit` names a dataset's task after its file unless given --task)",
+    )
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops all")
     up.set_defaults(func=_up)
     subparsers.add_parser("down", help="stop what `slocast up` started").set_defaults(func=_down)
@@ -156,6 +162,7 @@ def _up(args: argparse.Namespace) -> int:
         families=families,
         storage=args.storage,
         predict_port=args.predict_port,
+        task=args.task,
         foreground=args.foreground,
     )
 

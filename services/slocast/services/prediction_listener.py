@@ -38,6 +38,12 @@ class ModelSelectedListener:
         except EventError as exc:
             raise PermanentError(str(exc)) from exc
         if event.task != self.task:
+            log.info(
+                "model-selected %s v%s not served here: this server serves task %s (SLOCAST_TASK)",
+                event.task,
+                event.model_version,
+                self.task,
+            )
             return
         generation = self.reload()
         log.info(

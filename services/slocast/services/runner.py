@@ -17,6 +17,7 @@ from collections.abc import Callable
 from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient
 
+from slocast.core.errors import ConfigError
 from slocast.core.registry import ModelRegistry
 from slocast.core.storage import ArtifactStore, open_store
 from slocast.services.health import (
@@ -63,6 +64,14 @@ class ServiceContext:
         needs_mlflow: bool = True,
         needs_store: bool = True,
     ) -> None:
+        if needs_mlflow and not settings.mlflow_configured:
+            # A private SQLite store would pass every check and promote models that no
+            # prediction server or other service ever sees.
+            raise ConfigError(
+                f"{name}: MLFLOW_TRACKING_URI is not set; point it at the shared MLflow "
+                "server (e.g. http://mlflow:5000, or `. $SLOCAST_HOME/stack/env.sh` for "
+                "`slocast up`)"
+            )
         self.name = name
         self.settings = settings
         self.stop = threading.Event()

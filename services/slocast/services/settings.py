@@ -75,7 +75,7 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     EnvVar(
         "MLFLOW_TRACKING_URI",
         None,
-        "MLflow tracking server (`http://mlflow:5000`). Default: SQLite under `$SLOCAST_HOME` (single machine only).",
+        "MLflow tracking server (`http://mlflow:5000`). Required by the services that use MLflow (trainer, evaluator, `slocast promote`): they refuse to start without it.",
     ),
     EnvVar(
         "SLOCAST_HEALTH_PORT",
@@ -121,16 +121,6 @@ ENV_VARS: dict[str, EnvVar] = _vars(
         "SLOCAST_INSTANCE_ID",
         None,
         "Name of this prediction worker (default: host name); its consumer group is `<ns>.predict-<id>` so every worker sees every model-selected event.",
-    ),
-    EnvVar(
-        "SLOCAST_ALIAS_POLL_SECONDS",
-        "30",
-        "Safety net: how often a prediction worker re-reads the `champion` alias from MLflow.",
-    ),
-    EnvVar(
-        "SLOCAST_SERVE_TASK",
-        "synthetic",
-        "Registry task whose champion the prediction worker serves.",
     ),
 )
 
@@ -288,6 +278,8 @@ class CommonSettings:
     store_uri: str
     s3_endpoint_url: str | None
     tracking_uri: str
+    # False when MLFLOW_TRACKING_URI was unset and tracking_uri is the local SQLite default.
+    mlflow_configured: bool
     health_port: int
     max_attempts: int
     retry_backoff_seconds: float
@@ -317,6 +309,7 @@ class CommonSettings:
             store_uri=e.str("SLOCAST_STORE_URI") or str(home / "artifacts"),
             s3_endpoint_url=e.str("SLOCAST_S3_ENDPOINT_URL"),
             tracking_uri=e.str("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
+            mlflow_configured=e.str("MLFLOW_TRACKING_URI") is not None,
             health_port=e.int("SLOCAST_HEALTH_PORT"),
             max_attempts=e.int("SLOCAST_MAX_ATTEMPTS", 1),
             retry_backoff_seconds=e.float("SLOCAST_RETRY_BACKOFF_SECONDS"),

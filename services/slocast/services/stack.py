@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -186,7 +187,7 @@ def stack_dir() -> Path:
 
 
 def stack_up(
-    *, families: tuple[str, ...], storage: str, predict_port: int, foreground: bool
+    *, families: tuple[str, ...], storage: str, predict_port: int, task: str, foreground: bool
 ) -> int:
     directory = stack_dir()
     pid_file = directory / "pid"
@@ -205,9 +206,11 @@ def stack_up(
         storage,
         "--predict-port",
         str(predict_port),
+        "--task",
+        task,
     ]
     if foreground:
-        return supervise(families, storage, predict_port, sys.stdout)
+        return supervise(families, storage, predict_port, task, sys.stdout)
     log = open(directory / "stack.log", "a")  # noqa: SIM115 (handed to the supervisor)
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_until(
@@ -217,6 +220,10 @@ def stack_up(
         raise SlocastError(f"the stack failed to start; see {directory / 'stack.log'}")
     print(f"stack running (supervisor pid {proc.pid}); logs: {directory / 'stack.log'}")
     print(f"client settings: . {directory / 'env.sh'}   then   slocast submit --data FILE")
+    print(
+        f"the prediction service (port {predict_port}) serves task {task!r}: submit with "
+        f"--task {task} or a file named {task}.csv, or start the stack with --task NAME"
+    )
     return 0
 
 
@@ -230,13 +237,14 @@ def stack_down() -> int:
         os.kill(pid, signal.SIGTERM)
         with contextlib.suppress(SlocastError):
             wait_until(lambda: not _alive(pid), 60, "the stack to stop", interval=0.3)
-    pid_file.unlink(missing_ok=True)
-    (stack_dir() / "ready").unlink(missing_ok=True)
+    _remove_state(stack_dir())
     print(f"stack stopped (pid {pid})")
     return 0
 
 
-def supervise(families: tuple[str, ...], storage: str, predict_port: int, sink: TextIO) -> int:
+def supervise(
+    families: tuple[str, ...], storage: str, predict_port: int, task: str, sink: TextIO
+) -> int:
     directory = stack_dir()
     home = directory.parent
     (directory / "pid").write_text(str(os.getpid()))
@@ -281,10 +289,7 @@ def supervise(families: tuple[str, ...], storage: str, predict_port: int, sink: 
         wait_until(
             lambda: http_ok(f"http://127.0.0.1:{mlflow_port}/health"), 120, "the MLflow server"
         )
-        _write_env(
-            directory / "env.sh",
-            {k: v for k, v in env.items() if k not in base or k in LOCAL_S3_ENV},
-        )
+        _write_env(directory / "env.sh", client_env(env, base, storage))
         services: list[tuple[str, list[str], dict[str, str]]] = [
             ("preprocess", ["preprocess"], {}),
             *[(f"trainer-{f}", ["trainer", "--family", f], {}) for f in families],
@@ -292,7 +297,7 @@ def supervise(families: tuple[str, ...], storage: str, predict_port: int, sink: 
             (
                 "predict",
                 ["predict", "--host", "127.0.0.1", "--port", str(predict_port)],
-                {"SLOCAST_INSTANCE_ID": "local"},
+                {"SLOCAST_INSTANCE_ID": "local", "SLOCAST_TASK": task},
             ),
         ]
         for name, args, extra in services:
@@ -318,13 +323,34 @@ def supervise(families: tuple[str, ...], storage: str, predict_port: int, sink: 
     finally:
         for child in reversed(children):
             child.stop()
-        (directory / "pid").unlink(missing_ok=True)
-        (directory / "ready").unlink(missing_ok=True)
+        _remove_state(directory)
     return 0
 
 
+def client_env(env: dict[str, str], base: dict[str, str], storage: str) -> dict[str, str]:
+    """What a client of the stack needs: the stack's own settings, never the caller's.
+
+    The S3 keys are the moto placeholders when the stack runs its own S3; with local
+    storage the stack needs no keys, so the caller's (possibly real) ones stay out.
+    """
+    own = {k: v for k, v in env.items() if k not in base}
+    if storage == "s3":
+        own.update({k: env[k] for k in LOCAL_S3_ENV})
+    return own
+
+
 def _write_env(path: Path, env: dict[str, str]) -> None:
-    path.write_text("".join(f"export {k}='{v}'\n" for k, v in sorted(env.items())))
+    """Write ``env.sh`` readable by its owner only (it may name credentials)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
+
+
+def _remove_state(directory: Path) -> None:
+    """A stopped stack leaves no pid, ready marker or client settings behind."""
+    for name in ("pid", "ready", "env.sh"):
+        (directory / name).unlink(missing_ok=True)
 
 
 def _ready_marker(directory: Path) -> bool:
@@ -348,5 +374,8 @@ if __name__ == "__main__":
     parser.add_argument("--families", required=True)
     parser.add_argument("--storage", choices=("s3", "local"), required=True)
     parser.add_argument("--predict-port", type=int, required=True)
+    parser.add_argument("--task", required=True)
     ns = parser.parse_args()
-    sys.exit(supervise(tuple(ns.families.split(",")), ns.storage, ns.predict_port, sys.stdout))
+    sys.exit(
+        supervise(tuple(ns.families.split(",")), ns.storage, ns.predict_port, ns.task, sys.stdout)
+    )

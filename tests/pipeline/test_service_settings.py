@@ -1,0 +1,83 @@
+"""Service start-up rules and the local stack's client settings file (no servers needed)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from slocast.core.errors import ConfigError
+from slocast.services import stack
+from slocast.services.runner import ServiceContext
+from slocast.services.settings import ENV_VARS, SERVICE_ENV, CommonSettings
+
+
+def test_service_using_mlflow_refuses_to_start_without_tracking_uri(tmp_path) -> None:
+    settings = CommonSettings.from_env({"SLOCAST_HOME": str(tmp_path)})
+    assert not settings.mlflow_configured
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI is not set"):
+        ServiceContext("evaluator", settings)
+
+
+def test_evaluator_command_exits_with_the_reason(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["SLOCAST_HOME"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "slocast.cli", "service", "evaluator"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "MLFLOW_TRACKING_URI is not set" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_services_without_mlflow_start_without_it(tmp_path) -> None:
+    settings = CommonSettings.from_env(
+        {"SLOCAST_HOME": str(tmp_path), "SLOCAST_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    )
+    ctx = ServiceContext("preprocess", settings, needs_mlflow=False)
+    assert "mlflow" not in ctx.readiness.report()["checks"]
+
+
+def test_every_documented_variable_is_read_by_some_service() -> None:
+    read = {name for names in SERVICE_ENV.values() for name in names}
+    assert set(ENV_VARS) <= read, set(ENV_VARS) - read
+
+
+def test_local_storage_stack_never_writes_the_callers_keys() -> None:
+    base = {"AWS_ACCESS_KEY_ID": "AKIAREALKEY", "AWS_SECRET_ACCESS_KEY": "real", "PATH": "/bin"}
+    env = {**base, "SLOCAST_HOME": "/h", "MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}
+    written = stack.client_env(env, base, "local")
+    assert written == {"SLOCAST_HOME": "/h", "MLFLOW_TRACKING_URI": "http://127.0.0.1:1"}
+    # With its own S3 the stack hands out moto's placeholders, never the caller's keys.
+    s3_env = {**env, **stack.LOCAL_S3_ENV}
+    assert stack.client_env(s3_env, base, "s3")["AWS_ACCESS_KEY_ID"] == "local-stack"
+
+
+def test_env_file_is_owner_only_quoted_and_removed_on_down(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SLOCAST_HOME", str(tmp_path))
+    directory = stack.stack_dir()
+    directory.mkdir(parents=True)
+    (directory / "env.sh").write_text("old")
+    os.chmod(directory / "env.sh", 0o644)
+    stack._write_env(directory / "env.sh", {"SLOCAST_HOME": "/a b", "X": "it's"})
+    mode = stat.S_IMODE((directory / "env.sh").stat().st_mode)
+    assert mode == 0o600
+    sourced = subprocess.run(
+        ["bash", "-c", f'. {directory / "env.sh"}; printf "%s|%s" "$SLOCAST_HOME" "$X"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert sourced.stdout == "/a b|it's"
+    # A supervisor that died without cleaning up: `down` still removes its files.
+    (directory / "pid").write_text("999999999")
+    (directory / "ready").write_text("1")
+    assert stack.stack_down() == 0
+    assert not any((directory / n).exists() for n in ("pid", "ready", "env.sh"))
