@@ -6,13 +6,21 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from slocast.core.errors import ConfigError
+from slocast.core.registry import check_task, task_from_file
+from slocast.runtime.settings import RunSettings
+from slocast.serve.settings import ServeSettings
 from slocast.services import stack
+from slocast.services.events import DatasetReady
+from slocast.services.health import HealthServer, Readiness
 from slocast.services.runner import ServiceContext
 from slocast.services.settings import ENV_VARS, SERVICE_ENV, CommonSettings
+from slocast.services.submit import promote_by_hand, submit_dataset
 
 
 def test_service_using_mlflow_refuses_to_start_without_tracking_uri(tmp_path) -> None:
@@ -81,3 +89,49 @@ def test_env_file_is_owner_only_quoted_and_removed_on_down(tmp_path, monkeypatch
     (directory / "ready").write_text("1")
     assert stack.stack_down() == 0
     assert not any((directory / n).exists() for n in ("pid", "ready", "env.sh"))
+
+
+@pytest.mark.parametrize("task", ["", "a b", "x' OR '1'='1", "-lead", "a/b", "t" * 101])
+def test_task_names_that_could_break_a_registry_filter_are_refused(task: str, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="task name"):
+        check_task(task)
+    with pytest.raises(ConfigError, match="SLOCAST_TASK"):
+        ServeSettings.from_env({"SLOCAST_HOME": str(tmp_path), "SLOCAST_TASK": task})
+    with pytest.raises(ConfigError, match="task name"):
+        RunSettings(task=task).task_name  # noqa: B018 (the property validates)
+    with pytest.raises(ValidationError):
+        DatasetReady(
+            producer="t",
+            task=task,
+            dataset_id="0" * 64,
+            dataset_uri="s3://b/k",
+            metadata_sha256="0" * 64,
+            train_windows=1,
+            test_windows=1,
+        )
+
+
+def test_default_task_from_a_file_name_is_made_safe() -> None:
+    assert RunSettings(data=Path("PobleSec.csv")).task_name == "PobleSec"
+    assert RunSettings(data=Path("Les Corts (2).csv")).task_name == "Les_Corts__2_"
+    assert task_from_file(Path("_x'.parquet")) == "t_x_"
+
+
+def test_submit_and_promote_refuse_bad_names_before_touching_anything(tmp_path) -> None:
+    settings = CommonSettings.from_env({"SLOCAST_HOME": str(tmp_path)})
+    with pytest.raises(ConfigError, match="task name"):
+        submit_dataset(settings, tmp_path / "missing.csv", task="a'b")
+    with pytest.raises(ConfigError, match="not a dataset id"):
+        promote_by_hand("abc' OR '1'='1")
+    assert not any(tmp_path.iterdir())
+
+
+def test_health_port_binds_where_it_is_told(tmp_path) -> None:
+    assert CommonSettings.from_env({}).health_host == "127.0.0.1"
+    told = CommonSettings.from_env({"SLOCAST_HEALTH_HOST": "0.0.0.0", "SLOCAST_HEALTH_PORT": "0"})
+    assert told.health_host == "0.0.0.0"
+    server = HealthServer(Readiness({}), 0, "127.0.0.1").start()
+    try:
+        assert server.httpd.server_address[0] == "127.0.0.1"
+    finally:
+        server.stop()

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from slocast.core.errors import ConfigError
 
 CHAMPION_ALIAS = "champion"
 EXPERIMENT = "slocast"
@@ -22,11 +25,31 @@ TAG_DATASET = "slocast.dataset_id"
 TAG_FAMILY = "slocast.family"
 TAG_ROLE = "slocast.role"
 
+# A task names a registered model and appears inside MLflow filter strings: keep it to
+# characters that need no quoting anywhere (and fit MLflow's name limits).
+TASK_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
 log = logging.getLogger(__name__)
 
 
+def check_task(task: str) -> str:
+    """``task`` unchanged, or a :class:`ConfigError` that says what a task name may hold."""
+    if not re.fullmatch(TASK_PATTERN, task):
+        raise ConfigError(
+            f"task name {task!r} is not allowed: use 1-100 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit (e.g. --task PobleSec)"
+        )
+    return task
+
+
+def task_from_file(path: Path) -> str:
+    """The default task of a data file: its stem, with characters a task cannot hold as '_'."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:100]
+    return check_task(name if name[:1].isalnum() else f"t{name}"[:100])
+
+
 def registered_name(task: str) -> str:
-    return f"slocast-{task}"
+    return f"slocast-{check_task(task)}"
 
 
 @dataclass(frozen=True)

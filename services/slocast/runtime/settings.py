@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slocast.core.config import PipelineConfig
+from slocast.core.registry import check_task, task_from_file
 
 
 def default_home() -> Path:
@@ -42,9 +43,9 @@ class RunSettings:
 
     @property
     def task_name(self) -> str:
-        if self.task:
-            return self.task
-        return self.data.stem if self.data is not None else "synthetic"
+        if self.task is not None:
+            return check_task(self.task)
+        return "synthetic" if self.data is None else task_from_file(self.data)
 
     @property
     def artifacts_dir(self) -> Path:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slocast.core.errors import ConfigError
+from slocast.core.registry import check_task
 
 # name -> what it sets; printed by `slocast serve --help` (docs/serving.md has the table).
 ENVIRONMENT: dict[str, str] = {
@@ -89,8 +90,10 @@ class ServeSettings:
         return settings
 
     def validate(self) -> None:
-        if not self.task or "/" in self.task:
-            raise ConfigError(f"SLOCAST_TASK must be a plain name, got {self.task!r}")
+        try:
+            check_task(self.task)
+        except ConfigError as exc:
+            raise ConfigError(f"SLOCAST_TASK: {exc}") from None
         for name in ("max_body_bytes", "max_batch_series", "max_history_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -155,9 +155,11 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from slocast.core.registry import check_task
     from slocast.services.stack import stack_up
 
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    check_task(args.task)
     return stack_up(
         families=families,
         storage=args.storage,

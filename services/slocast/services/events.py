@@ -13,8 +13,11 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from slocast.core.registry import TASK_PATTERN
+
 SCHEMA_VERSION = 1
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Task = Annotated[str, Field(pattern=TASK_PATTERN)]
 
 # Topic suffixes; the full name is ``<namespace>.<suffix>`` (see settings.Topics).
 DATASET_SUBMITTED = "dataset-submitted"
@@ -46,7 +49,7 @@ class DatasetSubmitted(Event):
     """Raw files uploaded to the object store; preprocess takes it from here."""
 
     event_type: Literal["dataset-submitted"] = "dataset-submitted"
-    task: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    task: Task
     train_uri: str
     train_sha256: Sha256
     test_uri: str | None = None
@@ -58,7 +61,7 @@ class DatasetReady(Event):
     """A processed dataset is stored under its content hash."""
 
     event_type: Literal["dataset-ready"] = "dataset-ready"
-    task: str
+    task: Task
     dataset_id: Sha256
     dataset_uri: str
     metadata_sha256: Sha256
@@ -67,7 +70,7 @@ class DatasetReady(Event):
 
 
 class _TrainingEvent(Event):
-    task: str
+    task: Task
     dataset_id: Sha256
     family: str
     idempotency_key: Sha256
@@ -97,7 +100,7 @@ class ModelSelected(Event):
     """The ``champion`` alias now points at this version."""
 
     event_type: Literal["model-selected"] = "model-selected"
-    task: str
+    task: Task
     dataset_id: Sha256
     decision_id: str
     registered_model: str

@@ -91,7 +91,7 @@ class Readiness:
 class HealthServer:
     """``GET /healthz`` (process alive) and ``GET /readyz`` (JSON of every check)."""
 
-    def __init__(self, readiness: Readiness, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(self, readiness: Readiness, port: int, host: str) -> None:
         handler = _handler(readiness)
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True

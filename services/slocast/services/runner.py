@@ -99,7 +99,9 @@ class ServiceContext:
         return "present"
 
     def start(self) -> ServiceContext:
-        self.health = HealthServer(self.readiness, self.settings.health_port).start()
+        self.health = HealthServer(
+            self.readiness, self.settings.health_port, self.settings.health_host
+        ).start()
         log.info("%s health port %d", self.name, self.health.port)
         self.readiness.start_background()
         for sig in (signal.SIGTERM, signal.SIGINT):

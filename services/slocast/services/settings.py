@@ -83,6 +83,11 @@ ENV_VARS: dict[str, EnvVar] = _vars(
         "Port of `/healthz` and `/readyz` for services without their own HTTP port; 0 picks a free port.",
     ),
     EnvVar(
+        "SLOCAST_HEALTH_HOST",
+        "127.0.0.1",
+        "Address the health port binds; a pod sets `0.0.0.0` so the kubelet's probes reach it.",
+    ),
+    EnvVar(
         "SLOCAST_MAX_ATTEMPTS",
         "5",
         "Attempts per message before it goes to `<topic>.dlq` (dependency outages are retried without limit and never dead-lettered).",
@@ -137,6 +142,7 @@ _COMMON = (
     "AWS_DEFAULT_REGION",
     "MLFLOW_TRACKING_URI",
     "SLOCAST_HEALTH_PORT",
+    "SLOCAST_HEALTH_HOST",
     "SLOCAST_MAX_ATTEMPTS",
     "SLOCAST_RETRY_BACKOFF_SECONDS",
     "SLOCAST_LOG_LEVEL",
@@ -185,6 +191,7 @@ SERVICE_ENV: dict[str, list[str]] = {
         if n
         not in (
             "SLOCAST_HEALTH_PORT",
+            "SLOCAST_HEALTH_HOST",
             "SLOCAST_MAX_ATTEMPTS",
             "SLOCAST_RETRY_BACKOFF_SECONDS",
             "SLOCAST_KAFKA_SESSION_TIMEOUT_MS",
@@ -281,6 +288,7 @@ class CommonSettings:
     # False when MLFLOW_TRACKING_URI was unset and tracking_uri is the local SQLite default.
     mlflow_configured: bool
     health_port: int
+    health_host: str
     max_attempts: int
     retry_backoff_seconds: float
     log_level: str
@@ -311,6 +319,7 @@ class CommonSettings:
             tracking_uri=e.str("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
             mlflow_configured=e.str("MLFLOW_TRACKING_URI") is not None,
             health_port=e.int("SLOCAST_HEALTH_PORT"),
+            health_host=e.str("SLOCAST_HEALTH_HOST"),
             max_attempts=e.int("SLOCAST_MAX_ATTEMPTS", 1),
             retry_backoff_seconds=e.float("SLOCAST_RETRY_BACKOFF_SECONDS"),
             log_level=(e.str("SLOCAST_LOG_LEVEL") or "INFO").upper(),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from slocast.core.config import PipelineConfig
 from slocast.core.datasets import load_lte
-from slocast.core.errors import SlocastError
+from slocast.core.errors import ConfigError, SlocastError
+from slocast.core.registry import check_task, task_from_file
 from slocast.core.storage import open_store
 from slocast.preprocess.stage import dataset_id, min_rows
 from slocast.services.claims import upload_file
@@ -36,6 +38,7 @@ def submit_dataset(
     """Validate locally (fail fast, and learn the dataset id), upload, publish."""
     from confluent_kafka.admin import AdminClient
 
+    task = check_task(task) if task else task_from_file(data)
     config = PipelineConfig(window=window, horizon=horizon)
     train = load_lte(data, min_rows=min_rows(config), spacing_tolerance=config.spacing_tolerance)
     test = None
@@ -51,7 +54,7 @@ def submit_dataset(
     test_uri, test_sha = upload_file(store, test_data) if test_data else (None, None)
     event = DatasetSubmitted(
         producer="submit",
-        task=task or data.stem,
+        task=task,
         train_uri=train_uri,
         train_sha256=train_sha,
         test_uri=test_uri,
@@ -78,6 +81,13 @@ def promote_by_hand(dataset: str, task: str | None = None) -> DecisionRecord | N
     from slocast.services.runner import ServiceContext, configure_logging
     from slocast.services.settings import EvaluatorSettings
 
+    if not re.fullmatch(r"[0-9a-f]{64}", dataset):
+        raise ConfigError(
+            f"--dataset {dataset!r} is not a dataset id (64 lowercase hex digits, as "
+            "`slocast submit` prints)"
+        )
+    if task is not None:
+        check_task(task)
     settings = EvaluatorSettings.from_env()
     configure_logging("promote", settings.common.log_level)
     ctx = ServiceContext("promote", settings.common)
