@@ -63,6 +63,35 @@ def test_forecast_time_continues_grid(server, model_info, synthetic_history) -> 
     assert list(body["forecasts"][0]["quantiles"]) == ["0.9"]  # the default level
 
 
+@pytest.mark.parametrize("route", ["/v1/forecast", "/v1/forecast/batch"])
+def test_forecast_times_past_2262_are_refused_not_wrapped(
+    server, model_info, synthetic_history, route
+) -> None:
+    """The latest datetime64[ns] is 2262-04-11T23:47:16: later forecasts would wrap to 1677."""
+    import numpy as np
+
+    horizon = model_info["max_horizon"]
+    step = np.timedelta64(int(model_info["step_seconds"]), "s")
+    end = np.datetime64("2262-04-11T23:47:16", "s") - step * (horizon - 1)
+    history = copy.deepcopy(synthetic_history)
+    for k, row in enumerate(reversed(history)):
+        row["time"] = str(end - step * k)
+    body = {"history": history, "horizon": horizon}
+    if route.endswith("batch"):
+        body = {"series": [{"id": "a", "history": history}], "horizon": horizon}
+    with server.client() as client:
+        response = client.post(route, json=body)
+    assert response.status_code == 422, response.text
+    assert "2262-04-11" in response.json()["detail"]
+    # One step earlier fits: the last forecast lands on the last representable second.
+    for row in history:
+        row["time"] = str(np.datetime64(row["time"]) - step)
+    with server.client() as client:
+        response = client.post(route, json=body)
+    assert response.status_code == 200, response.text
+    assert response.text.count("2262-04-11T23:4") >= 1 and "1677" not in response.text
+
+
 def test_older_rows_are_ignored(server, model_info, synthetic_history) -> None:
     rows = model_info["history_rows"]
     with server.client() as client:

@@ -76,6 +76,7 @@ def parse_forecast(body: bytes, rules: RequestRules) -> ParsedRequest:
     horizon = _horizon(doc.get("horizon", 1), rules)
     quantiles = _quantiles(doc.get("quantiles"), rules)
     times, values = _history(doc["history"], "history", rules)
+    _check_forecast_times(times, horizon, rules, "history")
     return ParsedRequest(times, values, None, horizon, quantiles)
 
 
@@ -98,6 +99,7 @@ def parse_batch(body: bytes, rules: RequestRules) -> ParsedRequest:
     fast = _batch_fast(series, rules)
     if fast is not None:
         times, values, ids = fast
+        _check_forecast_times(times, horizon, rules, "series")
         return ParsedRequest(times, values, ids, horizon, quantiles)
     # Something is off (or histories differ in length): check series by series, so
     # the error names the first offending field exactly.
@@ -120,9 +122,23 @@ def parse_batch(body: bytes, rules: RequestRules) -> ParsedRequest:
         t, v = _history(item["history"], f"{where}.history", rules)
         times_parts.append(t)
         value_parts.append(v)
-    return ParsedRequest(
-        np.concatenate(times_parts), np.concatenate(value_parts), ids, horizon, quantiles
-    )
+    times = np.concatenate(times_parts)
+    _check_forecast_times(times, horizon, rules, "series")
+    return ParsedRequest(times, np.concatenate(value_parts), ids, horizon, quantiles)
+
+
+_LATEST_NS = int(np.iinfo(np.int64).max)
+
+
+def _check_forecast_times(times: np.ndarray, horizon: int, rules: RequestRules, field: str) -> None:
+    """Forecast times must fit datetime64[ns] (up to 2262-04-11), or they would wrap around."""
+    last = int(times.view(np.int64).max())
+    if last > _LATEST_NS - horizon * rules.step_ns:
+        raise InputError(
+            field,
+            f"history ends at {_fmt(times.max())}: forecasts {horizon} step(s) later would fall "
+            f"after {_fmt(np.datetime64(_LATEST_NS, 'ns'))}, the latest time slocast represents",
+        )
 
 
 _ID_TYPES = (str, int)
