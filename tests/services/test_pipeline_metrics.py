@@ -162,7 +162,7 @@ def test_consumer_counts_handled_and_dead_lettered_messages(monkeypatch) -> None
     ServiceConsumer(
         bootstrap="unused:9092",
         group="g",
-        topics=["dataset-ready"],
+        topics=["dataset-ready", "other"],
         handler=handler,
         producer=producer,
         readiness=Readiness({}),
@@ -176,6 +176,10 @@ def test_consumer_counts_handled_and_dead_lettered_messages(monkeypatch) -> None
     assert value(metrics, messages, outcome="handled", **labels) == 2
     assert value(metrics, messages, outcome="dead_lettered", **labels) == 1
     assert value(metrics, "slocast_pipeline_handler_seconds_count", **labels) == 3
+    assert (
+        value(metrics, messages, outcome="dead_lettered", service="trainer-xgboost", topic="other")
+        == 0
+    )
     # the lag was read once at start (committed 1, high watermark 4)
     assert value(metrics, "slocast_pipeline_consumer_lag", partition="0", **labels) == 3
 

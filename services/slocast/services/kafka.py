@@ -171,6 +171,8 @@ class ServiceConsumer:
         self.on_idle = on_idle
         self.idle_interval_s = idle_interval_s
         self.metrics = metrics
+        if metrics is not None:
+            metrics.init_topics(topics)
         self._outcome = "handled"
         self._last_lag = float("-inf")
         self.config = {

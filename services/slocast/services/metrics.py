@@ -28,6 +28,7 @@ from prometheus_client import (
 TRAINING_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 # Handler time spans milliseconds (a duplicate event) to a whole training.
 HANDLER_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600)
+MESSAGE_OUTCOMES = ("handled", "dead_lettered")
 # Lag is read from the broker at most this often (a metadata round trip per partition).
 LAG_REFRESH_SECONDS = 15.0
 
@@ -94,6 +95,13 @@ class PipelineMetrics:
         )
 
     # --- consumer ------------------------------------------------------------------
+    def init_topics(self, topics: Iterable[str]) -> None:
+        """Create the message series at 0, so that ``increase()`` sees the first one
+        (a series born at 1 has no increase to Prometheus)."""
+        for topic in topics:
+            for outcome in MESSAGE_OUTCOMES:
+                self.messages.labels(self.service, topic, outcome)
+
     def count_message(self, topic: str, outcome: str, seconds: float) -> None:
         self.messages.labels(self.service, topic, outcome).inc()
         self.handler_seconds.labels(self.service, topic).observe(seconds)
