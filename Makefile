@@ -24,6 +24,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[train,stack,test]'
 	scripts/install-kubectl.sh
+	scripts/install-promtool.sh
 
 # The main job on the embedded default: synthetic data, every family, local MLflow.
 run:
@@ -103,4 +104,5 @@ undeploy:
 	scripts/undeploy.sh $(OVERLAY)
 
 k8s-check: kubectl
+	scripts/install-promtool.sh
 	$(BIN)/python -m pytest tests/k8s $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,12 @@ MANIFESTS = REPO / "manifests"
 OVERLAYS = sorted(p.name for p in (MANIFESTS / "overlays").iterdir() if p.is_dir())
 SECRETS_EXAMPLE = MANIFESTS / "secrets.env.example"
 KEY_LINE = re.compile(r"^([A-Z_][A-Z0-9_]*)=")
+# Strict JSON schemas of the custom resources the manifests use, by (apiVersion, kind).
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+CUSTOM_RESOURCE_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "PodMonitor"): SCHEMAS / "podmonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): SCHEMAS / "prometheusrule-monitoring-v1.json",
+}
 
 
 def example_secret_keys() -> list[str]:
@@ -95,3 +102,24 @@ def render(kubectl: str, overlay_dir: Path) -> str:
 def load_rendered(name: str, path: Path, text: str) -> Rendered:
     path.write_text(text)
     return Rendered(name, path, [d for d in yaml.safe_load_all(text) if d])
+
+
+def is_custom_resource(doc: dict) -> bool:
+    """Not a built-in Kubernetes kind: its API group has a dot and is not *.k8s.io."""
+    group = doc["apiVersion"].rpartition("/")[0]
+    return "." in group and not group.endswith(".k8s.io")
+
+
+def custom_resource_errors(doc: dict) -> list[str]:
+    """Schema violations of a custom resource (an unknown kind is one)."""
+    import jsonschema
+
+    name = f"{doc['kind']} {doc.get('metadata', {}).get('name')}"
+    schema_path = CUSTOM_RESOURCE_SCHEMAS.get((doc["apiVersion"], doc["kind"]))
+    if schema_path is None:
+        return [f"{name}: no schema for {doc['apiVersion']} (add one to tests/k8s/schemas)"]
+    validator = jsonschema.Draft202012Validator(json.loads(schema_path.read_text()))
+    return [
+        f"{name}: {'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"
+        for error in validator.iter_errors(doc)
+    ]

@@ -111,6 +111,7 @@ def test_aci_recalibrates_under_drift(tmp_path: Path) -> None:
         feed(trainer, "extreme-contention", 500, seed=seed, slowdown=1.4)
     shifts = trainer.recalibrate_once()
     assert shifts and all(s > 0 for s in shifts.values())
+    assert trainer.recalibrations == 1
     assert trainer.state.serving_version != version
     after = served_coverage(trainer, seed=5, slowdown=1.4)
     for target in ("ttft", "tpot"):
@@ -140,3 +141,45 @@ def test_restart_resumes_the_published_model(tmp_path: Path) -> None:
         before = trainer.state.serving[target].predict(x, regime_ids)
         after = restarted.state.serving[target].predict(x, regime_ids)
         np.testing.assert_allclose(after, before, rtol=1e-6)
+
+
+def test_live_coverage_counts_arriving_truth_against_the_served_bound(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from slocast.latency.training_app import _Metrics
+
+    trainer = make_trainer(tmp_path)
+    feed(trainer, "extreme-contention", 2000, seed=1)
+    # no trained model served yet: nothing to compare with
+    assert trainer.live_observed == {"ttft": 0, "tpot": 0}
+    trainer.retrain_once()
+    fresh = generate("extreme-contention", 3000, 7, 1.0)
+    x, regime_ids = build_features(fresh), regimes(fresh)
+    expected = {}
+    for target, model in trainer.state.serving.items():
+        y = fresh[TARGET_COLUMNS[target]]
+        observed = y > 0
+        bound = model.predict(x[observed], regime_ids[observed])
+        expected[target] = (int(observed.sum()), int(np.count_nonzero(y[observed] <= bound)))
+    trainer.ingest(SampleBatch(time.time(), fresh))
+    for target, (n, covered) in expected.items():
+        assert trainer.live_observed[target] == n
+        assert trainer.live_covered[target] == covered
+        assert 0.8 < covered / n < 0.97
+
+    metrics = _Metrics(trainer)
+    metrics.refresh()
+    samples = {
+        (s.name, s.labels.get("target")): s.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in family.samples
+    }
+    for target, (n, covered) in expected.items():
+        assert samples["slocast_latency_live_observed_total", target] == n
+        assert samples["slocast_latency_live_covered_total", target] == covered
+        assert samples["slocast_latency_aci_alpha", target] == trainer.aci_alpha(target)
+        shift = trainer.aci_shift(target)  # 3000 residuals > ACI_MIN_RESIDUALS
+        assert shift is not None
+        assert samples["slocast_latency_aci_shift", target] == shift
+    assert samples["slocast_latency_recalibrations_total", None] == 0

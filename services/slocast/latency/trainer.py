@@ -113,6 +113,12 @@ class StreamingTrainer:
         self.state = TrainerState()
         self.samples_ingested = 0
         self.samples_dropped_by_flush = 0
+        # Live coverage of the served bound against arriving truth, per target:
+        # samples with an observed value seen while a trained model served, and
+        # those at or under its bound (monotonic; read by /metrics).
+        self.live_observed = dict.fromkeys(TARGETS, 0)
+        self.live_covered = dict.fromkeys(TARGETS, 0)
+        self.recalibrations = 0  # bundles published with ACI-shifted offsets
         self._flushed_at = 0.0
         self._aci = {
             t: AdaptiveConformal(settings.quantile, ACI_GAMMA, ACI_WINDOW) for t in TARGETS
@@ -201,11 +207,17 @@ class StreamingTrainer:
                 regime_ids[observed]
             )
             self._aci[target].update(excess)
+            self.live_observed[target] += int(excess.shape[0])
+            self.live_covered[target] += int(np.count_nonzero(excess <= 0))
 
     def aci_shift(self, target: str) -> float | None:
         """Current ACI shift of ``target``'s offsets (None: not enough residuals)."""
         aci = self._aci[target]
         return aci.offset if len(aci._residuals) >= ACI_MIN_RESIDUALS else None
+
+    def aci_alpha(self, target: str) -> float:
+        """ACI's running miscoverage level for ``target`` (1 - quantile when on target)."""
+        return self._aci[target].alpha
 
     def flush(
         self, training: bool, test: bool, metrics: bool
@@ -317,6 +329,7 @@ class StreamingTrainer:
             "aci_shift": shifts,
         }
         self._publish(self.state.serving, info)
+        self.recalibrations += 1
         log.info("recalibrated by ACI: %s", shifts)
         return shifts
 

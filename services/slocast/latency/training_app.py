@@ -19,6 +19,7 @@ from prometheus_client import (
     Gauge,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 
 from slocast.latency.bundle import MODEL_TYPE, PUBLIC_OBJECTIVE
 from slocast.latency.features import FEATURE_NAMES, KV_EDGES
@@ -110,6 +111,22 @@ class _Metrics:
             "Queued samples dropped because a flush came after their publication.",
             registry=self.registry,
         )
+        aci_shift = Gauge(
+            "slocast_latency_aci_shift",
+            "Shift of the served offsets (normalised units) that adaptive conformal "
+            "inference finds on the newest observed misses; published as a recalibrated "
+            "bundle beyond +-0.02. Absent until 500 residuals were seen.",
+            ["target"],
+            registry=self.registry,
+        )
+        aci_alpha = Gauge(
+            "slocast_latency_aci_alpha",
+            "Running miscoverage level of adaptive conformal inference (1 - quantile "
+            "while the served bound covers as intended).",
+            ["target"],
+            registry=self.registry,
+        )
+        self.registry.register(_LiveCoverage(trainer))
 
         def refresh() -> None:
             for target in TARGETS:
@@ -126,8 +143,49 @@ class _Metrics:
             dropped.set(trainer.samples_dropped_by_flush)
             if trainer.retrain_seconds:
                 retrain_seconds.set(trainer.retrain_seconds[-1])
+            aci_shift.clear()
+            for target in TARGETS:
+                shift = trainer.aci_shift(target)
+                if shift is not None:
+                    aci_shift.labels(target).set(shift)
+                aci_alpha.labels(target).set(trainer.aci_alpha(target))
 
         self.refresh = refresh
+
+
+class _LiveCoverage:
+    """Counters kept by the trainer, exported as counters (rate() over them is the
+    live coverage: covered / observed)."""
+
+    def __init__(self, trainer: StreamingTrainer) -> None:
+        self.trainer = trainer
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        trainer = self.trainer
+        observed = CounterMetricFamily(
+            "slocast_latency_live_observed",
+            "Arriving training samples with an observed value, compared with the bound "
+            "of the trained model serving when they arrived.",
+            labels=["target"],
+        )
+        covered = CounterMetricFamily(
+            "slocast_latency_live_covered",
+            "Of those, samples whose actual value was at or under the served bound.",
+            labels=["target"],
+        )
+        for target in TARGETS:
+            observed.add_metric([target], trainer.live_observed[target])
+            covered.add_metric([target], trainer.live_covered[target])
+        recalibrations = CounterMetricFamily(
+            "slocast_latency_recalibrations",
+            "Bundles published with offsets shifted by adaptive conformal inference "
+            "(the served coverage drifted from the target).",
+        )
+        recalibrations.add_metric([], trainer.recalibrations)
+        return [observed, covered, recalibrations]
 
 
 def upstream_metric_lines(

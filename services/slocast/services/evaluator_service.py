@@ -169,6 +169,7 @@ class DurableEvaluator:
             for key, value in result.evaluations[decision.winner].flat_metrics().items():
                 tags[f"test.{key}"] = repr(float(value))
         record = state.record_decision(task, dataset_id, tags, document)
+        self.ctx.metrics.record_decision(task, trigger, decision.promoted)
         log.info("decision %s for %s: %s", decision.decision_id, dataset_id[:12], decision.reason)
         self.finish(record)
         return record
@@ -204,6 +205,7 @@ class DurableEvaluator:
                     scratch=Path(scratch),
                 )
             log.info("champion of %s is now v%s (%s)", task, version, record.tags.get(TAG_WINNER))
+            self.ctx.metrics.record_promotion(task, record.tags.get(TAG_WINNER, ref.family))
         if self.settings.fault_injection == FAULT_EVALUATOR_AFTER_PROMOTE:
             log.error("fault injection: exiting between the alias move and model-selected")
             os._exit(FAULT_EXIT_CODE)

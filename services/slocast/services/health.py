@@ -1,4 +1,5 @@
-"""Start-up checks and a small ``/healthz`` + ``/readyz`` port for non-HTTP services.
+"""Start-up checks and a small ``/healthz`` + ``/readyz`` (+ ``/metrics``) port for
+non-HTTP services.
 
 A service is *live* while its process runs and *ready* when every dependency check
 passes (broker, bucket, MLflow, credentials). Consumers only poll while ready, so a
@@ -89,10 +90,12 @@ class Readiness:
 
 
 class HealthServer:
-    """``GET /healthz`` (process alive) and ``GET /readyz`` (JSON of every check)."""
+    """``GET /healthz`` (process alive), ``GET /readyz`` (JSON of every check) and, when
+    given metrics (an object with ``render() -> bytes`` and ``content_type``),
+    ``GET /metrics`` in the Prometheus text format."""
 
-    def __init__(self, readiness: Readiness, port: int, host: str) -> None:
-        handler = _handler(readiness)
+    def __init__(self, readiness: Readiness, port: int, host: str, metrics=None) -> None:
+        handler = _handler(readiness, metrics)
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -106,7 +109,7 @@ class HealthServer:
         self.httpd.server_close()
 
 
-def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
+def _handler(readiness: Readiness, metrics=None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path == "/healthz":
@@ -114,13 +117,17 @@ def _handler(readiness: Readiness) -> type[BaseHTTPRequestHandler]:
             elif self.path == "/readyz":
                 report = readiness.report()
                 self._send(200 if report["ready"] else 503, report)
+            elif self.path == "/metrics" and metrics is not None:
+                self._send_bytes(200, metrics.render(), metrics.content_type)
             else:
                 self._send(404, {"detail": "not found"})
 
         def _send(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
+            self._send_bytes(status, json.dumps(body).encode(), "application/json")
+
+        def _send_bytes(self, status: int, data: bytes, content_type: str) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

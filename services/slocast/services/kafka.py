@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from slocast.services.events import DLQ_SUFFIX, Event
 from slocast.services.health import Readiness
+from slocast.services.metrics import LAG_REFRESH_SECONDS, PipelineMetrics, consumer_lag
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -158,6 +159,7 @@ class ServiceConsumer:
         session_timeout_ms: int = 6000,
         on_idle: Callable[[], None] | None = None,
         idle_interval_s: float = 5.0,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self.group = group
         self.topics = topics
@@ -168,6 +170,11 @@ class ServiceConsumer:
         self.retry = retry
         self.on_idle = on_idle
         self.idle_interval_s = idle_interval_s
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.init_topics(topics)
+        self._outcome = "handled"
+        self._last_lag = float("-inf")
         self.config = {
             **base_config(bootstrap),
             "group.id": group,
@@ -194,6 +201,7 @@ class ServiceConsumer:
                 if self.on_idle and time.monotonic() - last_idle >= self.idle_interval_s:
                     self._guarded(self.on_idle, stop)
                     last_idle = time.monotonic()
+                self._refresh_lag(consumer)
                 msg = consumer.poll(0.5)
                 if msg is None:
                     continue
@@ -201,13 +209,31 @@ class ServiceConsumer:
                     # Broker restarts show up here as transport errors; librdkafka reconnects.
                     log.warning("consumer error: %s", msg.error())
                     continue
+                started = time.monotonic()
                 if not self._process(msg, stop):
                     return  # stopping mid-message: leave it uncommitted for redelivery
                 self._commit(consumer, msg)
+                if self.metrics is not None:
+                    self.metrics.count_message(
+                        msg.topic(), self._outcome, time.monotonic() - started
+                    )
         finally:
             consumer.close()
 
+    def _refresh_lag(self, consumer: Consumer) -> None:
+        """Export the group's lag, at most every LAG_REFRESH_SECONDS (broker round trips)."""
+        if self.metrics is None:
+            return
+        if time.monotonic() - self._last_lag < LAG_REFRESH_SECONDS:
+            return
+        self._last_lag = time.monotonic()
+        try:
+            self.metrics.set_lag(consumer_lag(consumer))
+        except KafkaException as exc:  # the broker may be restarting: keep the last values
+            log.debug("cannot read consumer lag: %s", exc)
+
     def _process(self, msg: Message, stop: threading.Event) -> bool:
+        self._outcome = "handled"
         attempt = 0
         while not stop.is_set():
             try:
@@ -250,6 +276,7 @@ class ServiceConsumer:
             try:
                 self.producer.publish_raw(dlq, msg.key(), msg.value(), headers)
                 log.error("sent %s to %s: %s", _where(msg), dlq, exc)
+                self._outcome = "dead_lettered"
                 return True
             except Exception as publish_error:  # the DLQ is the last resort: keep trying
                 log.error("cannot write %s to %s (%s); retrying", _where(msg), dlq, publish_error)

@@ -36,6 +36,7 @@ from slocast.services.kafka import (
     base_config,
     ensure_topics,
 )
+from slocast.services.metrics import PipelineMetrics
 from slocast.services.mlflow_state import RegistryState
 from slocast.services.settings import CommonSettings
 
@@ -90,6 +91,7 @@ class ServiceContext:
         if needs_mlflow:
             checks["mlflow"] = mlflow_check(settings.tracking_uri)
         self.readiness = Readiness(checks)
+        self.metrics = PipelineMetrics(name)
         self._registry: ModelRegistry | None = None
         self._state: RegistryState | None = None
         self.health: HealthServer | None = None
@@ -100,7 +102,10 @@ class ServiceContext:
 
     def start(self) -> ServiceContext:
         self.health = HealthServer(
-            self.readiness, self.settings.health_port, self.settings.health_host
+            self.readiness,
+            self.settings.health_port,
+            self.settings.health_host,
+            metrics=self.metrics,
         ).start()
         log.info("%s health port %d", self.name, self.health.port)
         self.readiness.start_background()
@@ -147,6 +152,7 @@ class ServiceContext:
             session_timeout_ms=self.settings.session_timeout_ms,
             on_idle=on_idle,
             idle_interval_s=idle_interval_s,
+            metrics=self.metrics,
         )
         try:
             consumer.run(self.stop)

@@ -80,7 +80,7 @@ ENV_VARS: dict[str, EnvVar] = _vars(
     EnvVar(
         "SLOCAST_HEALTH_PORT",
         "8081",
-        "Port of `/healthz` and `/readyz` for services without their own HTTP port; 0 picks a free port.",
+        "Port of `/healthz`, `/readyz` and `/metrics` for services without their own HTTP port; 0 picks a free port.",
     ),
     EnvVar(
         "SLOCAST_HEALTH_HOST",

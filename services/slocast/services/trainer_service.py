@@ -72,6 +72,7 @@ class TrainerHandler:
                     reused=True,
                 )
             )
+            self.ctx.metrics.trainings.labels(self.family, "reused").inc()
             return
         failed = state.failed_run_for_key(key)
         if failed is not None:
@@ -82,9 +83,12 @@ class TrainerHandler:
         self._publish(TrainingStarted(**common))
         dataset = load_dataset(self.ctx.store, ready.dataset_id)
         started = time.perf_counter()
+        metrics = self.ctx.metrics
         try:
             model = train_family(dataset, self.family, seed=self.seed)
         except (TrainingError, ValueError) as exc:
+            metrics.training_seconds.labels(self.family).observe(time.perf_counter() - started)
+            metrics.trainings.labels(self.family, "failed").inc()
             # A model that cannot learn this data is a result, not a retryable error.
             error = f"{type(exc).__name__}: {exc}"
             run_id = state.log_failed_run(
@@ -96,6 +100,7 @@ class TrainerHandler:
             )
             self._publish(TrainingFailed(**common, run_id=run_id, error=error))
             return
+        metrics.training_seconds.labels(self.family).observe(time.perf_counter() - started)
         with tempfile.TemporaryDirectory(prefix=f"slocast-{self.family}-") as scratch:
             ref = log_trained_model(
                 self.ctx.registry,
@@ -116,6 +121,7 @@ class TrainerHandler:
                 train_seconds=time.perf_counter() - started,
             )
         )
+        metrics.trainings.labels(self.family, "succeeded").inc()
         log.info("%s on %s trained: v%s", self.family, ready.dataset_id[:12], ref.version)
 
     def _publish(self, event) -> None:
