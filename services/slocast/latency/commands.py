@@ -1,6 +1,7 @@
 """CLI of the latency task: protocol B benchmark and the two servers.
 
-- ``slocast bench latency --data TRACE.jsonl --seeds 10 --json OUT`` (``--inner-cv``:
+- ``slocast bench latency --data TRACE.jsonl --seeds 10 --json OUT`` (or
+  ``--synthetic W`` / ``--simulated REGIME`` with ``--rows N``; ``--inner-cv``:
   the same splits scored by CV inside the training 90%, for model selection)
 - ``slocast latency-trainer`` / ``slocast latency-predictor`` (settings from env,
   see docs/latency.md); :func:`run_training_server` and
@@ -29,7 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="WORKLOAD",
         help="generate a synthetic trace instead: sharegpt-like, long-prompts, extreme-contention",
     )
-    latency.add_argument("--rows", type=int, default=4000, help="rows of a synthetic trace")
+    source.add_argument(
+        "--simulated",
+        metavar="REGIME",
+        help="simulate a continuous-batching server instead (slocast.latency.simulator): "
+        "light, moderate, saturated, overloaded",
+    )
+    latency.add_argument(
+        "--rows", type=int, default=4000, help="rows of a synthetic or simulated trace"
+    )
     latency.add_argument("--seeds", type=int, default=10)
     latency.add_argument("--json", type=Path, help="write the result JSON here")
     latency.add_argument(
@@ -72,6 +81,14 @@ def _bench_latency(args: argparse.Namespace) -> int:
         from slocast.latency.trace import load_trace
 
         cols = load_trace(args.data)
+    elif args.simulated is not None:
+        from slocast.latency.simulator import REGIME_NAMES, simulate
+
+        if args.simulated not in REGIME_NAMES:
+            raise DatasetError(
+                f"unknown regime {args.simulated!r}; choose from {list(REGIME_NAMES)}"
+            )
+        cols = simulate(args.simulated, args.rows, seed=0)
     else:
         from slocast.latency.synthetic import WORKLOADS, generate
 
@@ -89,7 +106,9 @@ def _bench_latency(args: argparse.Namespace) -> int:
                 f"{summary['coverage']['mean']:.3f} +- {summary['coverage']['std']:.3f}"
             )
         ratio = models["slocast"]["pinball"]["mean"] / models["reference"]["pinball"]["mean"]
-        print(f"{target:5s} pinball ratio slocast/reference {ratio:.3f}")
+        models["ratio"] = ratio
+        chosen = models["slocast"].get("chosen")
+        print(f"{target:5s} pinball ratio slocast/reference {ratio:.3f}  chosen {chosen}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

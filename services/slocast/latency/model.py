@@ -20,7 +20,7 @@ Treelite (it applies the first target's base score to all).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +105,17 @@ class TreeParams:
     subsample: float = 0.8
     colsample_bytree: float = 0.8
     min_child_weight: float = 1.0
+    # Monotone constraints on the load features (off only for the upstream config).
+    monotone: bool = True
+    # Conformal correction (see :func:`calibrate`): "mondrian" (per load regime,
+    # non-decreasing in queue depth), "two_sided" (one pooled offset that shrinks
+    # the bound as readily as it widens it: for models that already estimate the
+    # quantile) or "none" (the trees' output is the bound).
+    calibration: str = "mondrian"
+
+    def trees(self) -> TreeParams:
+        """The same trees without the calibration choice (fits can be shared)."""
+        return replace(self, calibration="mondrian")
 
     def xgb_params(self, quantile: float, seed: int, monotone: bool) -> dict:
         params = {
@@ -118,7 +129,7 @@ class TreeParams:
             "seed": seed,
             "nthread": 1,
         }
-        if monotone:
+        if monotone and self.monotone:
             params["monotone_constraints"] = "(" + ",".join(map(str, monotone_constraints())) + ")"
         return params
 
@@ -137,6 +148,33 @@ TARGET_PARAMS: dict[str, TreeParams] = {
         learning_rate=0.02,
         subsample=0.5,
         min_child_weight=20.0,
+    ),
+}
+# The upstream production configuration (llm-d latency predictor): XGBoost's
+# quantile objective at the served level, 200 trees of depth 6, the same features.
+# Always a candidate: a target never serves something that validated worse than it.
+UPSTREAM_PARAMS = TreeParams(
+    objective="quantile",
+    n_estimators=200,
+    max_depth=6,
+    learning_rate=0.05,
+    subsample=0.8,
+    colsample_bytree=0.8,
+    monotone=False,
+    calibration="none",
+)
+# Candidates per target, chosen by validation pinball loss on rows the candidate
+# was not fitted on (:func:`fit_selected`, and the trainer's promotion rule).
+CANDIDATES: dict[str, tuple[TreeParams, ...]] = {
+    "ttft": (
+        TARGET_PARAMS["ttft"],
+        UPSTREAM_PARAMS,
+        replace(UPSTREAM_PARAMS, calibration="two_sided"),
+    ),
+    "tpot": (
+        TARGET_PARAMS["tpot"],
+        UPSTREAM_PARAMS,
+        replace(UPSTREAM_PARAMS, calibration="two_sided"),
     ),
 }
 OBJECTIVE_TYPE = ",".join(f"{t}:{p.objective}" for t, p in TARGET_PARAMS.items()) + "+conformal"
@@ -171,14 +209,35 @@ def scale_of(point: np.ndarray) -> np.ndarray:
 
 
 def calibrate(
-    point: np.ndarray, y: np.ndarray, regime_ids: np.ndarray, quantile: float
+    point: np.ndarray,
+    y: np.ndarray,
+    regime_ids: np.ndarray,
+    quantile: float,
+    mode: str = "mondrian",
 ) -> MondrianCalibration:
-    """Per-regime offsets on normalised signed residuals ``(y - point) / scale``.
+    """Offsets on normalised signed residuals ``(y - point) / scale``.
 
-    Offsets are then made non-decreasing in queue depth (per KV bucket): a deeper
-    queue must never get a smaller relative margin, or the bound could drop when a
-    request starts waiting, breaking "more load never lowers the prediction".
+    "mondrian": per regime, then made non-decreasing in queue depth (per KV
+    bucket): a deeper queue must never get a smaller relative margin, or the bound
+    could drop when a request starts waiting ("more load never lowers the
+    prediction"). "two_sided": one pooled offset, the order statistic of the
+    signed residuals, negative when the trees already over-cover: a quantile model
+    is moved toward the level from either side, never only widened. "none": no
+    offset.
     """
+    if mode == "none":
+        return MondrianCalibration(q=quantile, pooled=0.0, per_group={})
+    if mode == "two_sided":
+        pooled = MondrianCalibration.fit(
+            np.asarray(y, np.float64) - point,
+            np.zeros(len(point), np.int64),
+            quantile,
+            scale=scale_of(point),
+            min_group_size=len(point) + 1,
+        ).pooled
+        return MondrianCalibration(q=quantile, pooled=pooled, per_group={})
+    if mode != "mondrian":
+        raise ValueError(f"unknown calibration {mode!r}")
     fitted = MondrianCalibration.fit(
         np.asarray(y, np.float64) - point,
         regime_ids,
@@ -261,7 +320,7 @@ def fit_target_model(
     """Split conformal: trees on the training rows, offsets on the calibration rows."""
     booster = fit_booster(train_x, train_y, quantile, params, seed)
     point = predict_booster(booster, calib_x, params.objective)
-    calibration = calibrate(point, calib_y, calib_regimes, quantile)
+    calibration = calibrate(point, calib_y, calib_regimes, quantile, params.calibration)
     return TargetModel(target, quantile, params.objective, booster, calibration)
 
 
@@ -291,5 +350,70 @@ def fit_cross_conformal(
         booster = fit_booster(x[~held], y[~held], quantile, params, seed + 1 + k)
         out_of_fold[held] = predict_booster(booster, x[held], params.objective)
     booster = fit_booster(x, y, quantile, params, seed)
-    calibration = calibrate(out_of_fold, y, regime_ids, quantile)
+    calibration = calibrate(out_of_fold, y, regime_ids, quantile, params.calibration)
     return TargetModel(target, quantile, params.objective, booster, calibration)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Validation scores of every candidate (cross-validated inside the fit rows)."""
+
+    pinball: tuple[float, ...]
+    coverage: tuple[float, ...]
+    chosen: int
+
+
+def fit_selected(
+    target: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    regime_ids: np.ndarray,
+    quantile: float,
+    candidates: tuple[TreeParams, ...],
+    seed: int,
+    folds: int = 5,
+) -> tuple[TargetModel, Selection]:
+    """Cross-conformal fit of the candidate with the lowest validation pinball loss.
+
+    Every candidate's trees are fitted on ``folds`` folds' complements (out-of-fold
+    points for every row) and on all rows (the served trees), as in
+    :func:`fit_cross_conformal`. A candidate is scored, per fold, by its bound on
+    that fold: out-of-fold points plus offsets calibrated on the *other* folds'
+    out-of-fold residuals, so neither its trees nor its offsets saw the scored
+    rows. Only ``x, y`` are read: callers pass the training part, never test rows.
+    Candidates with the same trees (differing only in calibration) share fits. The
+    upstream configuration (:data:`UPSTREAM_PARAMS`, no offset) fitted with
+    ``seed`` is exactly the reference, so choosing it reproduces the reference.
+    """
+    n = y.shape[0]
+    fold = np.random.default_rng(seed).permutation(n) % folds
+    fits: dict[TreeParams, tuple[np.ndarray, xgb.Booster]] = {}
+    scores, covers = [], []
+    y64 = np.asarray(y, np.float64)
+    for params in candidates:
+        key = params.trees()
+        if key not in fits:
+            out_of_fold = np.empty(n, dtype=np.float64)
+            for k in range(folds):
+                held = fold == k
+                booster = fit_booster(x[~held], y[~held], quantile, params, seed + 1 + k)
+                out_of_fold[held] = predict_booster(booster, x[held], params.objective)
+            fits[key] = (out_of_fold, None)
+        out_of_fold = fits[key][0]
+        bound = np.empty(n, dtype=np.float64)
+        for k in range(folds):
+            held = fold == k
+            calib = calibrate(
+                out_of_fold[~held], y64[~held], regime_ids[~held], quantile, params.calibration
+            )
+            bound[held] = upper_bound(out_of_fold[held], calib, regime_ids[held])
+        residual = y64 - bound
+        scores.append(float(np.mean(np.maximum(quantile * residual, (quantile - 1) * residual))))
+        covers.append(float(np.mean(y64 <= bound)))
+    chosen = int(np.argmin(scores))
+    params = candidates[chosen]
+    booster = fit_booster(x, y, quantile, params, seed)
+    out_of_fold = fits[params.trees()][0]
+    calibration = calibrate(out_of_fold, y64, regime_ids, quantile, params.calibration)
+    model = TargetModel(target, quantile, params.objective, booster, calibration)
+    return model, Selection(tuple(scores), tuple(covers), chosen)

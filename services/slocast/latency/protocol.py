@@ -1,9 +1,11 @@
 """Protocol B (llm-d benchmark standard) for slocast and the upstream reference.
 
 For each target, rows where that target is observed (> 0); for each seed a random
-90/10 train/test split. slocast fits its trees on the 90% and its conformal offsets
-on out-of-fold residuals within the 90% (cross-conformal; never on the test rows,
-see :func:`slocast.latency.model.fit_cross_conformal`); the reference is XGBoost
+90/10 train/test split. slocast picks one of its candidate configurations (the
+upstream one included) by cross-validated pinball loss inside the 90%, fits its
+trees on the 90% and its conformal offsets on out-of-fold residuals within the 90%
+(cross-conformal; never on the test rows, see
+:func:`slocast.latency.model.fit_selected`); the reference is XGBoost
 ``reg:quantileerror`` configured like the upstream production predictor on the
 whole 90% with the same features. Both predict the P90 of the same 10%.
 
@@ -23,11 +25,11 @@ import xgboost as xgb
 from slocast.core.metrics import coverage, pinball_loss
 from slocast.latency.features import build_features, regimes
 from slocast.latency.model import (
+    CANDIDATES,
     TARGET_COLUMNS,
-    TARGET_PARAMS,
     TARGETS,
     TreeParams,
-    fit_cross_conformal,
+    fit_selected,
 )
 from slocast.latency.schema import Columns
 
@@ -50,15 +52,18 @@ REFERENCE_TREES = 200
 class SeedResult:
     pinball: float
     coverage: float
+    chosen: int = -1  # index of the candidate slocast selected (-1: reference)
 
 
 def _fit_reference(x: np.ndarray, y: np.ndarray, seed: int) -> xgb.Booster:
     return xgb.train({**REFERENCE_PARAMS, "seed": seed}, xgb.DMatrix(x, label=y), REFERENCE_TREES)
 
 
-def _score(y: np.ndarray, upper: np.ndarray) -> SeedResult:
+def _score(y: np.ndarray, upper: np.ndarray, chosen: int = -1) -> SeedResult:
     return SeedResult(
-        pinball=float(pinball_loss(y, upper, QUANTILE)), coverage=float(coverage(y, upper))
+        pinball=float(pinball_loss(y, upper, QUANTILE)),
+        coverage=float(coverage(y, upper)),
+        chosen=chosen,
     )
 
 
@@ -76,22 +81,34 @@ def _fit_and_score(
     fit: np.ndarray,
     score: np.ndarray,
     seed: int,
-    params: TreeParams,
-) -> tuple[np.ndarray, np.ndarray]:
-    """slocast's and the reference's P90 for the ``score`` rows, fitted on ``fit`` only."""
-    model = fit_cross_conformal("target", x[fit], y[fit], regime_ids[fit], QUANTILE, params, seed)
+    candidates: tuple[TreeParams, ...],
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """slocast's and the reference's P90 for the ``score`` rows, fitted on ``fit`` only,
+    and the index of the candidate slocast chose (by validation inside ``fit``)."""
+    model, selection = fit_selected(
+        "target", x[fit], y[fit], regime_ids[fit], QUANTILE, candidates, seed
+    )
     ours = model.predict(x[score], regime_ids[score])
     reference = _fit_reference(x[fit], y[fit], seed)
-    return ours, np.asarray(reference.inplace_predict(x[score]), np.float64)
+    return ours, np.asarray(reference.inplace_predict(x[score]), np.float64), selection.chosen
+
+
+def _candidates(params: TreeParams | tuple[TreeParams, ...]) -> tuple[TreeParams, ...]:
+    return (params,) if isinstance(params, TreeParams) else tuple(params)
 
 
 def run_seed(
-    x: np.ndarray, y: np.ndarray, regime_ids: np.ndarray, seed: int, params: TreeParams
+    x: np.ndarray,
+    y: np.ndarray,
+    regime_ids: np.ndarray,
+    seed: int,
+    params: TreeParams | tuple[TreeParams, ...],
 ) -> tuple[SeedResult, SeedResult]:
-    """(slocast, reference) scores for one random 90/10 split."""
+    """(slocast, reference) scores for one random 90/10 split; ``params``: one
+    configuration or the candidates to select from inside the 90%."""
     train, test = split(y.shape[0], seed)
-    ours, ref = _fit_and_score(x, y, regime_ids, train, test, seed, params)
-    return _score(y[test], ours), _score(y[test], ref)
+    ours, ref, chosen = _fit_and_score(x, y, regime_ids, train, test, seed, _candidates(params))
+    return _score(y[test], ours, chosen), _score(y[test], ref)
 
 
 def run_seed_inner_cv(
@@ -99,7 +116,7 @@ def run_seed_inner_cv(
     y: np.ndarray,
     regime_ids: np.ndarray,
     seed: int,
-    params: TreeParams,
+    params: TreeParams | tuple[TreeParams, ...],
     folds: int = 5,
 ) -> tuple[SeedResult, SeedResult]:
     """(slocast, reference) scores by ``folds``-fold CV inside the seed's 90% split.
@@ -113,34 +130,40 @@ def run_seed_inner_cv(
     ours, ref = np.empty(train.shape[0]), np.empty(train.shape[0])
     for k in range(folds):
         held = fold == k
-        ours[held], ref[held] = _fit_and_score(
-            x, y, regime_ids, train[~held], train[held], seed * folds + k, params
+        ours[held], ref[held], _ = _fit_and_score(
+            x, y, regime_ids, train[~held], train[held], seed * folds + k, _candidates(params)
         )
     return _score(y[train], ours), _score(y[train], ref)
 
 
-def _summary(results: list[SeedResult]) -> dict[str, dict[str, float]]:
+def _summary(results: list[SeedResult]) -> dict:
     pin = np.array([r.pinball for r in results])
     cov = np.array([r.coverage for r in results])
-    return {
+    out = {
         "pinball": {"mean": float(pin.mean()), "std": float(pin.std())},
         "coverage": {"mean": float(cov.mean()), "std": float(cov.std())},
     }
+    if any(r.chosen >= 0 for r in results):
+        out["chosen"] = [r.chosen for r in results]
+    return out
 
 
 def run_protocol_b(
     cols: Columns,
     seeds: int,
-    params: dict[str, TreeParams] | None = None,
+    params: dict[str, TreeParams | tuple[TreeParams, ...]] | None = None,
     inner_cv: bool = False,
     targets: tuple[str, ...] = TARGETS,
 ) -> dict:
     """``{target: {"slocast": summary, "reference": summary}}`` over ``seeds`` splits.
 
-    With ``inner_cv`` the scores come from cross-validation inside each training split
+    ``params`` per target: one configuration or candidates; by default
+    :data:`slocast.latency.model.CANDIDATES` (the served configuration, the upstream
+    one, ...), selected per seed by validation inside the 90%. With ``inner_cv`` the
+    scores come from cross-validation inside each training split
     (:func:`run_seed_inner_cv`), the test rows unused: the numbers to select on.
     """
-    params = params or TARGET_PARAMS
+    params = params or CANDIDATES
     run = run_seed_inner_cv if inner_cv else run_seed
     features = build_features(cols)
     regime_ids = regimes(cols)

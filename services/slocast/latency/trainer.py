@@ -8,7 +8,9 @@ Two daemon threads per training server:
   ``min_new_samples`` new training rows since its last fit it fits a candidate on
   the training split and calibrates it on the calibration split.
 
-Promotion (per target): the candidate's pinball loss at the served quantile on the
+Promotion (per target): every configuration of ``model.CANDIDATES`` (the served
+default, the upstream production configuration, ...) is fitted and calibrated; the
+one with the lowest pinball loss on the evaluation split is the candidate. Its loss at the served quantile on the
 evaluation split, rows no model version was fitted or calibrated on, must beat the
 serving model's on the same rows, and the first model must beat a constant
 baseline (the calibration rows' quantile), which a stub or a broken fit cannot.
@@ -40,8 +42,8 @@ from slocast.latency.bundle import (
 )
 from slocast.latency.features import FEATURE_NAMES, build_features, regimes
 from slocast.latency.model import (
+    CANDIDATES,
     TARGET_COLUMNS,
-    TARGET_PARAMS,
     TARGETS,
     TargetModel,
     fit_target_model,
@@ -84,6 +86,10 @@ class Evaluation:
     incumbent_pinball: float
     candidate_coverage: float
     promoted: bool
+    # the chosen configuration (index in CANDIDATES[target]) and every candidate's
+    # pinball loss on the evaluation rows
+    chosen: int = 0
+    candidate_pinballs: tuple[float, ...] = ()
 
 
 @dataclass
@@ -356,19 +362,29 @@ class StreamingTrainer:
         q = self.settings.quantile
         evaluations, winners = [], {}
         for target, (train, calib, held) in snapshots.items():
-            candidate = fit_target_model(
-                target,
-                train.features,
-                train.targets,
-                calib.features,
-                calib.targets,
-                calib.regimes,
-                q,
-                TARGET_PARAMS[target],
-                seed=int(time.time()) % 2**31,
-            )
-            cand_upper = candidate.predict(held.features, held.regimes)
-            cand_loss = float(pinball_loss(held.targets, cand_upper, q))
+            seed = int(time.time()) % 2**31
+            # Every configuration (the upstream one included) is fitted on the
+            # training split and calibrated on the calibration split; the one with
+            # the lowest pinball loss on the evaluation split is the candidate.
+            fitted, losses = [], []
+            for params in CANDIDATES[target]:
+                model = fit_target_model(
+                    target,
+                    train.features,
+                    train.targets,
+                    calib.features,
+                    calib.targets,
+                    calib.regimes,
+                    q,
+                    params,
+                    seed=seed,
+                )
+                upper = model.predict(held.features, held.regimes)
+                fitted.append((model, upper))
+                losses.append(float(pinball_loss(held.targets, upper, q)))
+            chosen = int(np.argmin(losses))
+            candidate, cand_upper = fitted[chosen]
+            cand_loss = losses[chosen]
             incumbent = self.state.serving.get(target)
             if incumbent is not None:
                 inc_loss = float(
@@ -388,6 +404,8 @@ class StreamingTrainer:
                     inc_loss,
                     float(coverage(held.targets, cand_upper)),
                     promoted,
+                    chosen,
+                    tuple(losses),
                 )
             )
             if promoted:

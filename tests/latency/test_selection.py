@@ -1,0 +1,173 @@
+"""Model selection that cannot lose badly: the upstream configuration is always a
+candidate, chosen by validation inside the training rows; quantile models are not
+conformal-inflated; the streaming trainer promotes by the same rule."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slocast.core.metrics import coverage
+from slocast.latency import model as m
+from slocast.latency.features import build_features, regimes
+from slocast.latency.protocol import REFERENCE_PARAMS, REFERENCE_TREES, _fit_reference, split
+from slocast.latency.simulator import simulate
+from slocast.latency.stream import SampleBatch
+from slocast.latency.synthetic import sample_features
+
+UPSTREAM = m.UPSTREAM_PARAMS
+
+
+def test_upstream_config_is_a_candidate_of_every_target() -> None:
+    assert UPSTREAM.objective == "quantile" and UPSTREAM.calibration == "none"
+    for target in m.TARGETS:
+        assert UPSTREAM in m.CANDIDATES[target]
+        assert m.TARGET_PARAMS[target] in m.CANDIDATES[target]
+    params = UPSTREAM.xgb_params(0.9, seed=0, monotone=True)
+    for key, value in REFERENCE_PARAMS.items():
+        assert params[key] == value, key
+    assert "monotone_constraints" not in params
+    assert UPSTREAM.n_estimators == REFERENCE_TREES
+
+
+def decreasing_law(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TTFT that *drops* as waiting grows: monotone candidates cannot follow it."""
+    rng = np.random.default_rng(seed)
+    cols = sample_features("extreme-contention", n, rng)
+    y = (400.0 - 1.8 * cols["num_request_waiting"]) * rng.gamma(8.0, 1 / 8.0, n)
+    return build_features(cols), y, regimes(cols)
+
+
+def test_upstream_is_chosen_when_better_and_is_the_reference() -> None:
+    x, y, r = decreasing_law(1500, seed=1)
+    model, selection = m.fit_selected("ttft", x, y, r, 0.9, m.CANDIDATES["ttft"], seed=3)
+    assert m.CANDIDATES["ttft"][selection.chosen].objective == "quantile"
+    served = selection.pinball[0]  # the monotone default
+    assert min(selection.pinball) < 0.8 * served
+    # the upstream candidate alone reproduces the reference exactly
+    alone, _ = m.fit_selected("ttft", x, y, r, 0.9, (UPSTREAM,), seed=3)
+    reference = _fit_reference(x, y, 3)
+    np.testing.assert_allclose(
+        alone.predict(x[:200], r[:200]),
+        np.asarray(reference.inplace_predict(x[:200]), np.float64),
+        rtol=1e-6,
+    )
+
+
+def test_selection_never_reads_the_test_rows() -> None:
+    from slocast.latency.protocol import run_seed
+
+    cols = simulate("saturated", 1600, seed=3)
+    y = cols["actual_ttft_ms"]
+    observed = y > 0
+    x, y, r = build_features(cols)[observed], y[observed], regimes(cols)[observed]
+    clean_ours, clean_ref = run_seed(x, y, r, 0, m.CANDIDATES["ttft"])
+    _, test = split(y.shape[0], 0)
+    y_bad = y.copy()
+    y_bad[test] = 1e9
+    bad_ours, bad_ref = run_seed(x, y_bad, r, 0, m.CANDIDATES["ttft"])
+    assert bad_ours.chosen == clean_ours.chosen >= 0
+    # the test rows only change the scores, computed after the fit
+    assert bad_ours.coverage == 0.0 and bad_ref.coverage == 0.0
+
+
+def test_two_sided_offset_shrinks_an_over_covering_quantile_model() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.gamma(8.0, 1 / 8.0, 5000) * 100
+    point = np.full_like(y, np.quantile(y, 0.99))  # far too high
+    groups = np.zeros(y.shape[0], np.int64)
+    calib = m.calibrate(point, y, groups, 0.9, "two_sided")
+    assert calib.pooled < 0 and not calib.per_group
+    assert abs(coverage(y, m.upper_bound(point, calib, groups)) - 0.9) < 0.01
+    assert m.calibrate(point, y, groups, 0.9, "none").pooled == 0.0
+
+
+@pytest.mark.parametrize("target", ["ttft", "tpot"])
+def test_quantile_models_are_not_inflated_on_a_saturated_trace(target: str) -> None:
+    cols = simulate("saturated", 4000, seed=5)
+    y = cols[m.TARGET_COLUMNS[target]]
+    observed = y > 0
+    x, y, r = build_features(cols)[observed], y[observed], regimes(cols)[observed]
+    covers = []
+    for seed in range(2):
+        train, test = split(y.shape[0], seed)
+        model, _ = m.fit_selected(
+            target, x[train], y[train], r[train], 0.9, m.CANDIDATES[target][1:], seed
+        )
+        covers.append(coverage(y[test], model.predict(x[test], r[test])))
+    assert 0.85 <= float(np.mean(covers)) <= 0.95, covers
+
+
+def test_trainer_promotes_the_best_candidate_upstream_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.latency.test_trainer import make_trainer
+
+    trainer = make_trainer(tmp_path)
+    rng = np.random.default_rng(2)
+    cols = sample_features("extreme-contention", 6000, rng)
+    ttft = (400.0 - 1.8 * cols["num_request_waiting"]) * rng.gamma(8.0, 1 / 8.0, 6000)
+    tpot = (10.0 + 0.05 * cols["num_request_running"]) * rng.gamma(8.0, 1 / 8.0, 6000)
+    is_ttft = rng.random(6000) < 0.5
+    cols["actual_ttft_ms"] = np.where(is_ttft, ttft, 0.0)
+    cols["actual_tpot_ms"] = np.where(is_ttft, 0.0, tpot)
+    trainer.ingest(SampleBatch(time.time(), cols))
+    evaluations = {e.target: e for e in trainer.retrain_once()}
+    for target, e in evaluations.items():
+        assert len(e.candidate_pinballs) == len(m.CANDIDATES[target])
+        assert e.chosen == int(np.argmin(e.candidate_pinballs))
+        assert e.candidate_pinball == min(e.candidate_pinballs)
+        assert e.promoted
+    ttft = evaluations["ttft"]
+    assert m.CANDIDATES["ttft"][ttft.chosen].objective == "quantile"
+    assert trainer.state.serving["ttft"].objective == "quantile"
+    # the published bundle serves it (format unchanged)
+    from slocast.latency.bundle import read_manifest, read_pointer
+
+    bundle, manifest = read_manifest(trainer.settings.model_dir, read_pointer(tmp_path / "models"))
+    loaded = m.load_target_model(bundle, "ttft", manifest["targets"]["ttft"])
+    assert loaded.objective == "quantile"
+    # a candidate set without the upstream configuration loses on this law
+    monkeypatch.setattr(
+        "slocast.latency.trainer.CANDIDATES",
+        {t: (m.TARGET_PARAMS[t],) for t in m.TARGETS},
+    )
+    trainer.ingest(SampleBatch(time.time(), cols))
+    again = {e.target: e for e in trainer.retrain_once()}
+    assert not again["ttft"].promoted  # the monotone default cannot beat it
+
+
+def stress_law(n: int, rng: np.random.Generator) -> tuple[dict, np.ndarray, np.ndarray]:
+    cols = sample_features("sharegpt-like", n, rng)
+    ttft_mean = 20.0 + 0.05 * cols["input_token_length"] + 1.0 * cols["num_request_running"]
+    tpot_mean = 8.0 + 0.3 * cols["num_request_running"] + 10.0 * cols["kv_cache_percentage"]
+    return cols, ttft_mean, tpot_mean
+
+
+def test_upstream_stress_property() -> None:
+    """The upstream stress test's property: 3,000 samples of a known law plus noise;
+    >= 70 % of fresh points get both P90s within 15 % of the true P90, and coverage
+    is within 0.05 of 0.9."""
+    shape = 100.0  # gamma noise, CV 0.1
+    p90 = float(np.quantile(np.random.default_rng(0).gamma(shape, 1 / shape, 200_000), 0.9))
+    rng = np.random.default_rng(7)
+    cols, ttft_mean, tpot_mean = stress_law(3000, rng)
+    fresh, fresh_ttft, fresh_tpot = stress_law(2000, rng)
+    x, r = build_features(cols), regimes(cols)
+    xf, rf = build_features(fresh), regimes(fresh)
+    within = np.ones(2000, bool)
+    for target, mean, fresh_mean in (
+        ("ttft", ttft_mean, fresh_ttft),
+        ("tpot", tpot_mean, fresh_tpot),
+    ):
+        y = mean * rng.gamma(shape, 1 / shape, mean.shape[0])
+        model, _ = m.fit_selected(target, x, y, r, 0.9, m.CANDIDATES[target], seed=1)
+        predicted = model.predict(xf, rf)
+        truth = fresh_mean * p90
+        within &= np.abs(predicted / truth - 1) <= 0.15
+        y_fresh = fresh_mean * rng.gamma(shape, 1 / shape, 2000)
+        assert abs(coverage(y_fresh, predicted) - 0.9) <= 0.05, target
+    assert within.mean() >= 0.7, within.mean()

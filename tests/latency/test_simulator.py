@@ -1,0 +1,107 @@
+"""The continuous-batching server simulator: schema, light load like the recorded
+trace, loaded regimes like the held-out servers' description."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slocast.latency.simulator import REGIME_NAMES, simulate, to_trace_records, write_trace
+from slocast.latency.trace import load_trace
+
+TRACE = Path(__file__).resolve().parents[2] / "../shared/datasets/llm-latency/sharegpt-h200.jsonl"
+ROWS = 3000
+
+
+@pytest.fixture(scope="module")
+def traces() -> dict:
+    return {regime: simulate(regime, ROWS, seed=1) for regime in REGIME_NAMES}
+
+
+def ttft_rows(cols: dict) -> np.ndarray:
+    return cols["actual_ttft_ms"] > 0
+
+
+def test_fast_enough() -> None:
+    started = time.perf_counter()
+    simulate("overloaded", 4000, seed=2)
+    simulate("light", 4000, seed=2)
+    assert time.perf_counter() - started < 10
+
+
+def test_schema_is_the_datasets(traces: dict, tmp_path: Path) -> None:
+    for regime, cols in traces.items():
+        records = to_trace_records(cols)
+        assert len(records) == ROWS, regime
+        if TRACE.exists():
+            real = json.loads(TRACE.read_text().splitlines()[0])
+            assert list(records[0]) == list(real)
+        # one observation per row, the other target 0, as recorded traces
+        ttft = np.array([r["actual_ttft_ms"] for r in records])
+        tpot = np.array([r["actual_tpot_ms"] for r in records])
+        assert ((ttft > 0) ^ (tpot > 0)).all(), regime
+        assert 0.4 < (ttft > 0).mean() < 0.6
+        assert all(isinstance(r["num_request_waiting"], int) for r in records)
+    path = tmp_path / "sim.jsonl"
+    write_trace(traces["saturated"], path)
+    loaded = load_trace(path)  # validates with the training-sample schema
+    np.testing.assert_allclose(
+        loaded["input_token_length"], traces["saturated"]["input_token_length"]
+    )
+
+
+@pytest.mark.skipif(not TRACE.exists(), reason="needs ../shared/datasets/llm-latency")
+def test_light_regime_looks_like_the_sharegpt_trace(traces: dict) -> None:
+    real, sim = load_trace(TRACE), traces["light"]
+
+    def med(cols, name, rows=None):
+        v = cols[name] if rows is None else cols[name][rows]
+        return float(np.median(v))
+
+    assert 0.5 < med(sim, "input_token_length") / med(real, "input_token_length") < 2
+    assert med(sim, "num_request_waiting") == med(real, "num_request_waiting") == 0
+    assert 0.5 < med(sim, "num_request_running") / med(real, "num_request_running") < 2
+    assert 0.5 < med(sim, "kv_cache_percentage") / med(real, "kv_cache_percentage") < 2
+    real_ttft = med(real, "actual_ttft_ms", ttft_rows(real))
+    sim_ttft = med(sim, "actual_ttft_ms", ttft_rows(sim))
+    assert 0.5 < sim_ttft / real_ttft < 2  # same order of magnitude (tens of ms)
+    real_tpot = med(real, "actual_tpot_ms", ~ttft_rows(real))
+    sim_tpot = med(sim, "actual_tpot_ms", ~ttft_rows(sim))
+    assert 0.8 < sim_tpot / real_tpot < 1.25
+    assert np.percentile(sim["kv_cache_percentage"], 99) < 0.1
+
+
+def test_loaded_regimes(traces: dict) -> None:
+    over, sat = traces["overloaded"], traces["saturated"]
+    for cols in (over, sat):
+        prompts = cols["input_token_length"]
+        assert prompts.min() >= 4000 and prompts.max() <= 12000
+        # bimodal prompt mix: both the 4-8k and the 8-12k classes
+        assert 0.25 < (prompts > 8000).mean() < 0.65
+    assert np.median(over["num_request_waiting"]) > 50
+    assert np.percentile(over["num_request_waiting"], 90) > 200  # hundreds queued
+    ttft = over["actual_ttft_ms"][ttft_rows(over)]
+    assert np.percentile(ttft, 5) < 5_000 and np.percentile(ttft, 90) > 100_000
+    assert ttft.max() < 320_000  # clients time out after 300 s
+    kv = np.concatenate([over["kv_cache_percentage"], sat["kv_cache_percentage"]])
+    assert np.percentile(kv, 10) < 0.3 and np.percentile(kv, 90) > 0.9 and kv.max() <= 1
+    sat_ttft = sat["actual_ttft_ms"][ttft_rows(sat)]
+    assert np.percentile(sat_ttft, 10) < 1_000 and np.percentile(sat_ttft, 90) > 10_000
+    # moderate sits between light and saturated
+    mod = traces["moderate"]
+    assert np.median(traces["light"]["input_token_length"]) < np.median(mod["input_token_length"])
+    assert np.median(mod["actual_ttft_ms"][ttft_rows(mod)]) < np.median(sat_ttft)
+
+
+def test_latency_is_not_a_function_of_the_features(traces: dict) -> None:
+    """Hidden state: requests with near-identical snapshots see very different TTFTs."""
+    cols = traces["saturated"]
+    rows = ttft_rows(cols) & (cols["num_request_waiting"] == 0)
+    rows &= cols["input_token_length"] < 6000
+    ttft = cols["actual_ttft_ms"][rows]
+    assert rows.sum() > 100
+    assert np.percentile(ttft, 90) / np.percentile(ttft, 10) > 3
