@@ -117,6 +117,7 @@ def stack() -> Iterator[dict[str, str]]:
             SLOCAST_LATENCY_TRAINING_PORT=str(train_port),
             SLOCAST_LATENCY_PREDICTION_PORT=str(predict_port),
             SLOCAST_LATENCY_WORKERS="2",
+            SLOCAST_LATENCY_MONOTONE="true",
         )
         commands = {
             "serve": ["serve", "--host", "127.0.0.1", "--port", str(serve_port), "--workers", "1"],

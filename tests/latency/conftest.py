@@ -73,7 +73,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         }
         return
     root = tmp_path_factory.mktemp("latency-servers")
-    with server_pair(root, {"SLOCAST_ADMIN_TOKEN": ADMIN_TOKEN}) as urls:
+    # Monotone candidates only: test_http_api checks "more load never lowers a bound".
+    with server_pair(
+        root, {"SLOCAST_ADMIN_TOKEN": ADMIN_TOKEN, "SLOCAST_LATENCY_MONOTONE": "true"}
+    ) as urls:
         yield {**urls, "token": ADMIN_TOKEN}
 
 

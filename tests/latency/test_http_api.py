@@ -275,6 +275,12 @@ def test_learns_the_law_with_calibrated_p90(servers: dict[str, str], learned: di
 
 
 def test_monotone_in_load(servers: dict[str, str], learned: dict) -> None:
+    """With SLOCAST_LATENCY_MONOTONE (the servers fixture sets it) every candidate,
+    the upstream configuration included, is constrained: more load never lowers a bound."""
+    info = httpx.get(f"{servers['training']}/model/download/info", timeout=10).json()
+    if not info["monotone"]:
+        pytest.skip("servers under test run without SLOCAST_LATENCY_MONOTONE")
+    assert all("free" not in label for labels in info["candidates"].values() for label in labels)
     base = {**FEATURES, "kv_cache_percentage": 0.8, "num_request_running": 100}
     for field, values in (
         ("input_token_length", [0, 100, 500, 1000, 2000, 4000, 8000, 16000]),

@@ -34,7 +34,6 @@ def booster(tpot_data):
 
 def test_tpot_uses_the_log_quantile_objective() -> None:
     assert PARAMS.objective == "log_quantile"
-    assert "tpot:log_quantile" in m.OBJECTIVE_TYPE
 
 
 def test_trees_alone_estimate_the_quantile(tpot_data, booster) -> None:

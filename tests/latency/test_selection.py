@@ -4,6 +4,7 @@ conformal-inflated; the streaming trainer promotes by the same rule."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -101,9 +102,7 @@ def test_quantile_models_are_not_inflated_on_a_saturated_trace(target: str) -> N
     assert 0.85 <= float(np.mean(covers)) <= 0.95, covers
 
 
-def test_trainer_promotes_the_best_candidate_upstream_included(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_trainer_promotes_the_best_candidate_upstream_included(tmp_path: Path) -> None:
     from tests.latency.test_trainer import make_trainer
 
     trainer = make_trainer(tmp_path)
@@ -130,13 +129,14 @@ def test_trainer_promotes_the_best_candidate_upstream_included(
     bundle, manifest = read_manifest(trainer.settings.model_dir, read_pointer(tmp_path / "models"))
     loaded = m.load_target_model(bundle, "ttft", manifest["targets"]["ttft"])
     assert loaded.objective == "quantile"
-    # a candidate set without the upstream configuration loses on this law
-    monkeypatch.setattr(
-        "slocast.latency.trainer.CANDIDATES",
-        {t: (m.TARGET_PARAMS[t],) for t in m.TARGETS},
-    )
+    assert ttft.chosen_config.startswith("quantile ") and " free " in ttft.chosen_config
+    # SLOCAST_LATENCY_MONOTONE: the upstream configuration cannot keep the constraints,
+    # so it is not a candidate, and what is left loses on this law
+    trainer.settings = dataclasses.replace(trainer.settings, monotone=True)
+    assert all(p.monotone and p.objective != "quantile" for p in m.candidates("ttft", True))
     trainer.ingest(SampleBatch(time.time(), cols))
     again = {e.target: e for e in trainer.retrain_once()}
+    assert len(again["ttft"].candidate_pinballs) == len(m.candidates("ttft", True))
     assert not again["ttft"].promoted  # the monotone default cannot beat it
 
 

@@ -113,6 +113,14 @@ class TreeParams:
     # quantile) or "none" (the trees' output is the bound).
     calibration: str = "mondrian"
 
+    @property
+    def label(self) -> str:
+        """Short description for /status: objective, trees, constraints, calibration."""
+        shape = f"{self.n_estimators}x{self.max_depth}@{self.learning_rate:g}"
+        return (
+            f"{self.objective} {shape} {'monotone' if self.monotone else 'free'} {self.calibration}"
+        )
+
     def trees(self) -> TreeParams:
         """The same trees without the calibration choice (fits can be shared)."""
         return replace(self, calibration="mondrian")
@@ -177,7 +185,24 @@ CANDIDATES: dict[str, tuple[TreeParams, ...]] = {
         replace(UPSTREAM_PARAMS, calibration="two_sided"),
     ),
 }
-OBJECTIVE_TYPE = ",".join(f"{t}:{p.objective}" for t, p in TARGET_PARAMS.items()) + "+conformal"
+
+
+# Objectives whose trees keep monotone constraints (reg:quantileerror re-fits leaves).
+MONOTONE_OBJECTIVES = frozenset(OBJECTIVES) - {"quantile"}
+
+
+def candidates(target: str, monotone: bool) -> tuple[TreeParams, ...]:
+    """The configurations a target chooses from.
+
+    ``monotone``: only configurations whose trees keep the monotone constraints, all
+    constrained, so more load never lowers a bound whichever wins; the upstream
+    configuration (``reg:quantileerror``) cannot keep them and is left out.
+    """
+    if not monotone:
+        return CANDIDATES[target]
+    return tuple(
+        replace(p, monotone=True) for p in CANDIDATES[target] if p.objective in MONOTONE_OBJECTIVES
+    )
 
 
 def fit_booster(
@@ -316,9 +341,15 @@ def fit_target_model(
     quantile: float,
     params: TreeParams,
     seed: int,
+    booster: xgb.Booster | None = None,
 ) -> TargetModel:
-    """Split conformal: trees on the training rows, offsets on the calibration rows."""
-    booster = fit_booster(train_x, train_y, quantile, params, seed)
+    """Split conformal: trees on the training rows, offsets on the calibration rows.
+
+    ``booster``: trees already fitted with ``params.trees()`` on the same rows (candidates
+    that differ only in calibration share one fit).
+    """
+    if booster is None:
+        booster = fit_booster(train_x, train_y, quantile, params, seed)
     point = predict_booster(booster, calib_x, params.objective)
     calibration = calibrate(point, calib_y, calib_regimes, quantile, params.calibration)
     return TargetModel(target, quantile, params.objective, booster, calibration)

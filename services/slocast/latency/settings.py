@@ -61,6 +61,7 @@ class TrainingSettings:
     min_train_samples: int
     window_per_regime: int
     compile_trees: bool
+    monotone: bool
     queue_batches: int
     kafka_bootstrap: str | None
     kafka_topic: str
@@ -78,6 +79,7 @@ class TrainingSettings:
             min_train_samples=_int("SLOCAST_LATENCY_MIN_TRAIN_SAMPLES", 200, 20),
             window_per_regime=_int("SLOCAST_LATENCY_WINDOW_PER_REGIME", 5000, 100),
             compile_trees=_bool("SLOCAST_LATENCY_COMPILE", True),
+            monotone=_bool("SLOCAST_LATENCY_MONOTONE", False),
             queue_batches=_int("SLOCAST_LATENCY_QUEUE_BATCHES", 1000, 1),
             kafka_bootstrap=_get("SLOCAST_KAFKA_BOOTSTRAP", "") or None,
             kafka_topic=_get("SLOCAST_LATENCY_TOPIC", "latency-samples"),

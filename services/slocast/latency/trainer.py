@@ -8,8 +8,9 @@ Two daemon threads per training server:
   ``min_new_samples`` new training rows since its last fit it fits a candidate on
   the training split and calibrates it on the calibration split.
 
-Promotion (per target): every configuration of ``model.CANDIDATES`` (the served
-default, the upstream production configuration, ...) is fitted and calibrated; the
+Promotion (per target): every configuration of ``model.candidates`` (the served
+default, the upstream production configuration, ...; all monotone when
+``SLOCAST_LATENCY_MONOTONE``) is fitted and calibrated; the
 one with the lowest pinball loss on the evaluation split is the candidate. Its loss at the served quantile on the
 evaluation split, rows no model version was fitted or calibrated on, must beat the
 serving model's on the same rows, and the first model must beat a constant
@@ -42,10 +43,11 @@ from slocast.latency.bundle import (
 )
 from slocast.latency.features import FEATURE_NAMES, build_features, regimes
 from slocast.latency.model import (
-    CANDIDATES,
     TARGET_COLUMNS,
     TARGETS,
     TargetModel,
+    candidates,
+    fit_booster,
     fit_target_model,
     load_target_model,
     predict_booster,
@@ -86,9 +88,10 @@ class Evaluation:
     incumbent_pinball: float
     candidate_coverage: float
     promoted: bool
-    # the chosen configuration (index in CANDIDATES[target]) and every candidate's
-    # pinball loss on the evaluation rows
+    # the chosen configuration (index in model.candidates(target, ...), and its
+    # TreeParams.label) and every candidate's pinball loss on the evaluation rows
     chosen: int = 0
+    chosen_config: str = ""
     candidate_pinballs: tuple[float, ...] = ()
 
 
@@ -366,8 +369,13 @@ class StreamingTrainer:
             # Every configuration (the upstream one included) is fitted on the
             # training split and calibrated on the calibration split; the one with
             # the lowest pinball loss on the evaluation split is the candidate.
-            fitted, losses = [], []
-            for params in CANDIDATES[target]:
+            fitted, losses, trees = [], [], {}
+            configs = candidates(target, self.settings.monotone)
+            for params in configs:
+                if params.trees() not in trees:
+                    trees[params.trees()] = fit_booster(
+                        train.features, train.targets, q, params, seed
+                    )
                 model = fit_target_model(
                     target,
                     train.features,
@@ -378,6 +386,7 @@ class StreamingTrainer:
                     q,
                     params,
                     seed=seed,
+                    booster=trees[params.trees()],
                 )
                 upper = model.predict(held.features, held.regimes)
                 fitted.append((model, upper))
@@ -405,6 +414,7 @@ class StreamingTrainer:
                     float(coverage(held.targets, cand_upper)),
                     promoted,
                     chosen,
+                    configs[chosen].label,
                     tuple(losses),
                 )
             )

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily
 from slocast.latency.bundle import MODEL_TYPE, PUBLIC_OBJECTIVE
 from slocast.latency.features import FEATURE_NAMES, KV_EDGES
 from slocast.latency.http_common import install_validation_handler, json_response, read_json
-from slocast.latency.model import TARGETS
+from slocast.latency.model import TARGETS, candidates
 from slocast.latency.published import (
     MODEL_NAMES,
     PublishedModel,
@@ -380,6 +380,11 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
                     {t: m.objective for t, m in current.targets.items()} if current else None
                 ),
                 "quantile": settings.quantile,
+                # What the promotion rule chooses from (SLOCAST_LATENCY_MONOTONE).
+                "monotone": settings.monotone,
+                "candidates": {
+                    t: [p.label for p in candidates(t, settings.monotone)] for t in TARGETS
+                },
                 "available_endpoints": {
                     "trees": TREE_ENDPOINTS,
                     "models": "/models/list",
