@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +302,97 @@ def test_flat_forest_reproduces_xgboost(kernel, tmp_path: Path, params, rounds, 
         for portable in (False, True):  # AVX2 (where available) and scalar code
             got = flat.predict(x, portable=portable)
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+# The same source built with AddressSanitizer, run in a child process with the ASan
+# runtime preloaded (Python itself is not instrumented; PYTHONMALLOC=malloc lets ASan
+# see every buffer). Shallow forests (depth 1-2: 2-4 leaves per tree) once made the
+# AVX2 path load 8 leaf values per tree, reading past the end of the leaf table.
+ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
+ASAN_CHILD = r"""
+import ctypes, sys
+from pathlib import Path
+import numpy as np
+import orjson
+from slocast.latency import native
+from slocast.latency.serving import feature_parser
+
+kernel = native.Kernel(Path(sys.argv[1]))
+simd_rows = 0
+for model in sys.argv[2:]:
+    flat = native.FlatForest(kernel, Path(model))
+    for rows in (8, 16, 67, 1000):
+        x = np.ascontiguousarray(flat.probe_rows(rows=rows))
+        for portable in (False, True):
+            assert np.isfinite(flat.predict(x, portable=portable)).all()
+        simd_rows += rows if kernel.simd else 0
+# the parser and the splice on exact-size buffers (a bytes object has a spare NUL)
+parser = feature_parser(kernel)
+base = {"kv_cache_percentage": 0.5, "input_token_length": 123456789,
+        "num_request_waiting": 2, "num_request_running": 4, "num_tokens_generated": 0,
+        "prefix_cache_score": 0.25, "pod_type": "decode", "x": [1, {"y": None}]}
+body = orjson.dumps({"requests": [base, {**base, "kv_cache_percentage": 0.12345678901234567}]})
+out = np.empty((len(parser.names), 4))
+for end in range(len(body) + 1):
+    exact = np.frombuffer(body[:end], dtype=np.uint8).copy()
+    kernel._parse(ctypes.cast(exact.ctypes.data, ctypes.c_char_p), end, b"requests", 8,
+                  *parser._args, out.ctypes.data, 4)
+pairs = orjson.dumps(np.array([[1.5, 2.25]] * 9), option=orjson.OPT_SERIALIZE_NUMPY)
+for end in range(len(pairs) + 1):
+    exact = np.frombuffer(pairs[:end], dtype=np.uint8).copy()
+    cap = end + 9 * 3 + 2  # what pairs_json allocates
+    dest = np.empty(cap, dtype=np.uint8)
+    kernel._pairs(ctypes.cast(exact.ctypes.data, ctypes.c_char_p), end, b"{", 1, b",", 1,
+                  b"}", 1, dest.ctypes.data, cap)
+print("simd rows", simd_rows)
+"""
+
+
+def test_kernel_reads_only_its_buffers_under_address_sanitizer(kernel, tmp_path: Path) -> None:
+    libasan = subprocess.run(
+        ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if not libasan or not Path(libasan).is_file():
+        pytest.skip("gcc without AddressSanitizer")
+    files = native.build_kernel(tmp_path / "asan", ASAN_FLAGS)
+    assert files.library != native.kernel_files(tmp_path / "asan").library  # separate cache
+    assert native.verified_kernel(tmp_path / "asan") is None  # never served
+    models = [booster_file(tmp_path, {"max_depth": depth}, 7) for depth in (1, 2, 3, 4)]
+    # (the sanitized library is only ever loaded by the child: without the ASan
+    # runtime preloaded, loading it aborts the process)
+    depths = [native.FlatForest(kernel, m).depth for m in models]
+    assert depths == [1, 2, 3, 4]
+    child = subprocess.run(
+        [sys.executable, "-c", ASAN_CHILD, str(files.library), *map(str, models)],
+        env={
+            **os.environ,
+            "LD_PRELOAD": libasan,
+            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=99",
+            "PYTHONMALLOC": "malloc",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    report = child.stderr[-6000:]
+    assert "AddressSanitizer" not in child.stderr, report
+    assert child.returncode == 0, report
+    assert "simd rows" in child.stdout
+
+
+def test_leaf_tables_hold_every_leaf_of_shallow_trees(kernel, tmp_path: Path) -> None:
+    """Depth 1 and 2 forests over 8+ rows (the AVX2 path) equal XGBoost exactly."""
+    fresh = build_features(generate("long-prompts", 1000, seed=6))
+    for depth in (1, 2):
+        path = booster_file(tmp_path, {"max_depth": depth, "eta": 0.3}, 25)
+        flat = native.FlatForest(kernel, path)
+        assert flat.depth == depth
+        booster = xgb.Booster(model_file=str(path))
+        for x in (fresh, fresh[:8], fresh[:9], flat.probe_rows()):
+            want = np.asarray(booster.inplace_predict(x), np.float64)
+            for portable in (False, True):
+                np.testing.assert_array_equal(flat.predict(x, portable=portable), want)
 
 
 def test_too_deep_forest_is_refused(kernel, tmp_path: Path) -> None:

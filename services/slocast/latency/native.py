@@ -346,8 +346,16 @@ static inline __attribute__((always_inline)) AVX2 void simd_rows(
         idx = _mm256_or_si256(_mm256_add_epi32(idx, idx),
                               _mm256_srli_epi32(_mm256_castps_si256(cand[0]), 31));
       }
+      /* Loads cover exactly this tree's nl leaves: a tree of depth 1 or 2 has 2 or 4,
+         and an 8-float load would read past the last tree's table (idx < nl, so the
+         lanes above nl are never selected). */
       __m256 v;
-      if (nl <= 8) {
+      if (nl == 2) {
+        __m128 two = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)lv));
+        v = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), idx);
+      } else if (nl == 4) {
+        v = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(lv)), idx);
+      } else if (nl == 8) {
         v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lv), idx);
       } else if (nl == 16) {
         __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lv), idx);
@@ -465,20 +473,29 @@ class KernelFiles:
     manifest: Path
 
 
-def kernel_files(lib_dir: Path) -> KernelFiles:
+def kernel_files(lib_dir: Path, extra_flags: tuple[str, ...] = ()) -> KernelFiles:
+    """Where the kernel lives in ``lib_dir``. A build with ``extra_flags`` (e.g. a
+    sanitizer build for tests) gets its own file names, so it can never be taken
+    for the served kernel (:func:`verified_kernel` only looks for the plain one)."""
     stem = f"latency-kernel-{SOURCE_SHA256[:16]}"
+    if extra_flags:
+        stem += "-" + hashlib.sha256("\0".join(extra_flags).encode()).hexdigest()[:8]
     return KernelFiles(lib_dir / f"{stem}.so", lib_dir / f"{stem}.json")
 
 
-def build_kernel(lib_dir: Path) -> KernelFiles:
-    """Compile the kernel into ``lib_dir``; raises ``RuntimeError`` without gcc."""
-    files = kernel_files(lib_dir)
-    seconds = compile_c_library(SOURCE, files.library, COMPILER, what="latency kernel")
+def build_kernel(lib_dir: Path, extra_flags: tuple[str, ...] = ()) -> KernelFiles:
+    """Compile the kernel into ``lib_dir``; raises ``RuntimeError`` without gcc.
+
+    ``extra_flags`` (tests: ``-fsanitize=address``) are appended to the compiler
+    command and the library is written under its own name (:func:`kernel_files`)."""
+    files = kernel_files(lib_dir, extra_flags)
+    compiler = [*COMPILER, *extra_flags]
+    seconds = compile_c_library(SOURCE, files.library, compiler, what="latency kernel")
     manifest = {
         "source_sha256": SOURCE_SHA256,
         "library_sha256": sha256_file(files.library),
         "library": files.library.name,
-        "compiler": COMPILER,
+        "compiler": compiler,
         "compile_seconds": round(seconds, 3),
         "toolchain": toolchain_info(),
     }
