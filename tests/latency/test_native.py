@@ -35,7 +35,14 @@ from slocast.latency.model import (
     point_from_raw,
     upper_bound,
 )
-from slocast.latency.schema import MAX_ITEMS, ValidationFailure, feature_columns
+from slocast.latency.schema import (
+    FRACTION_FIELDS,
+    MAX_ITEMS,
+    UPPER_BOUNDS,
+    ValidationFailure,
+    bound_text,
+    feature_columns,
+)
 from slocast.latency.serving import feature_parser, load_served_model
 from slocast.latency.synthetic import generate, to_records
 
@@ -145,14 +152,56 @@ def test_fraction_numbers_round_like_orjson(parser, text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
-    ["5", "5.0", "1e2", "1E+2", "12345678901234567", "900719925474099300", "4.5e15", "0e0"],
+    ("text", "in_range"),
+    [
+        ("5", True),
+        ("5.0", True),
+        ("1e2", True),
+        ("1E+2", True),
+        ("0e0", True),
+        ("9999999", True),
+        ("1e7", True),  # the bound itself (MAX_TOKENS)
+        ("10000000.000", True),
+        ("9.999999e6", True),
+        ("10000001", False),
+        ("1.0000001e7", False),
+        ("12345678901234567", False),
+        ("900719925474099300", False),
+        ("4.5e15", False),
+        ("1e308", False),
+        ("1.7976931348623157e308", False),
+    ],
 )
-def test_count_numbers(parser, text: str) -> None:
+def test_count_numbers(parser, text: str, in_range: bool) -> None:
     body = orjson.dumps({"requests": [BASE]}).replace(
         b'"input_token_length":100', b'"input_token_length":' + text.encode()
     )
-    assert check_agrees(parser, body)
+    # out of range: the kernel declines and the reference answers with its 422
+    assert check_agrees(parser, body) is in_range
+    assert (outcome(body, "requests")[0] == "ok") is in_range
+
+
+def test_parser_declines_every_value_beyond_its_field_range(parser) -> None:
+    """Each numeric field at its bound is accepted; just above it, or at 1e308, the
+    kernel declines and the reference names the field and the range (422)."""
+    for name, upper in UPPER_BOUNDS.items():
+        if name in ("actual_ttft_ms", "actual_tpot_ms"):
+            continue  # samples only: not in the prediction schema
+        fraction = name in FRACTION_FIELDS
+        at = {**BASE, name: upper if fraction else int(upper)}
+        assert check_agrees(parser, orjson.dumps({"requests": [BASE, at]}))
+        above = float(np.nextafter(upper, np.inf)) if fraction else int(upper) + 1
+        for value in (above, 1e308):
+            body = orjson.dumps({"requests": [BASE, {**BASE, name: value}]})
+            assert parser.parse(body, "requests", MAX_ITEMS) is None, (name, value)
+            with pytest.raises(ValidationFailure) as err:
+                feature_columns(body, "requests", parser)
+            detail = err.value.errors[0]
+            assert detail["loc"] == ["body", "requests", 1, name]
+            assert detail["type"] == "less_than_equal"
+            assert f"between 0 and {bound_text(upper)}" in detail["msg"] and name in detail["msg"]
+        single = orjson.dumps({**BASE, name: 1e308})
+        assert parser.parse(single, None, 1) is None
 
 
 def test_random_doubles_parse_exactly(parser) -> None:

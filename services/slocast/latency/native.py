@@ -77,6 +77,7 @@ typedef struct {
   const int32_t* kinds;
   const int32_t* required;
   const double* defaults;
+  const double* maxima;
   int32_t nenum;
   const char* enums;
   const int32_t* enum_off;
@@ -148,6 +149,7 @@ static int read_item(cursor* c, const schema* sc, double* out, int64_t cap, int6
           v = (double)code;
         } else {
           if (read_number(c, &v)) return BAIL;
+          if (!(v <= sc->maxima[f])) return BAIL; /* out of the field's range */
           if (kind == K_FRACTION && v > 1.0) return BAIL;
           if (kind == K_COUNT && v != floor(v)) return BAIL;
         }
@@ -180,10 +182,11 @@ static int read_item(cursor* c, const schema* sc, double* out, int64_t cap, int6
 int64_t slc_parse(const char* body, int64_t len, const char* key, int64_t key_len,
                   int32_t nfields, const char* names, const int32_t* name_off,
                   const int32_t* kinds, const int32_t* required, const double* defaults,
-                  int32_t nenum, const char* enums, const int32_t* enum_off, double* out,
-                  int64_t cap) {
+                  const double* maxima, int32_t nenum, const char* enums,
+                  const int32_t* enum_off, double* out, int64_t cap) {
   if (nfields <= 0 || nfields > MAX_FIELDS || cap <= 0) return BAIL;
-  schema sc = {nfields, names, name_off, kinds, required, defaults, nenum, enums, enum_off};
+  schema sc = {nfields, names, name_off, kinds,
+               required, defaults, maxima, nenum, enums, enum_off};
   int32_t follow[MAX_FIELDS + 1];
   for (int32_t f = 0; f <= nfields; ++f) follow[f] = f < nfields ? f : 0;
   cursor c = {(const unsigned char*)body, (const unsigned char*)body + len};
@@ -566,6 +569,9 @@ class Field:
     kind: int
     required: bool
     default: float = 0.0
+    # Largest accepted value: anything above it (or non-finite) makes the parser
+    # decline, so the reference validator answers with its 422.
+    maximum: float = float("inf")
 
 
 class Kernel:
@@ -577,7 +583,7 @@ class Kernel:
         self._parse = lib.slc_parse
         self._parse.argtypes = [
             ctypes.c_char_p, i64, ctypes.c_char_p, i64, i32,
-            ctypes.c_char_p, vp, vp, vp, vp, i32, ctypes.c_char_p, vp, vp, i64,
+            ctypes.c_char_p, vp, vp, vp, vp, vp, i32, ctypes.c_char_p, vp, vp, i64,
         ]  # fmt: skip
         self._parse.restype = i64
         self._forest = lib.slc_forest
@@ -623,6 +629,7 @@ class Parser:
         self._kinds = np.array([f.kind for f in fields], dtype=np.int32)
         self._required = np.array([f.required for f in fields], dtype=np.int32)
         self._defaults = np.array([f.default for f in fields], dtype=np.float64)
+        self._maxima = np.array([f.maximum for f in fields], dtype=np.float64)
         enums = [v.encode("ascii") for v in enum_values]
         self._enums = b"".join(enums)
         self._enum_off = np.cumsum([0, *map(len, enums)]).astype(np.int32)
@@ -634,8 +641,8 @@ class Parser:
         )
         self._args = (
             len(fields), self._names, self._name_off.ctypes.data, self._kinds.ctypes.data,
-            self._required.ctypes.data, self._defaults.ctypes.data, self._nenum, self._enums,
-            self._enum_off.ctypes.data,
+            self._required.ctypes.data, self._defaults.ctypes.data, self._maxima.ctypes.data,
+            self._nenum, self._enums, self._enum_off.ctypes.data,
         )  # fmt: skip
 
     def parse(self, body: bytes, key: str | None, max_rows: int) -> dict[str, np.ndarray] | None:

@@ -55,6 +55,7 @@ from slocast.latency.schema import (
     FRACTION_FIELDS,
     OPTIONAL_COUNT_FIELDS,
     POD_TYPES,
+    UPPER_BOUNDS,
     Columns,
 )
 
@@ -136,9 +137,9 @@ def feature_parser(kernel: Kernel) -> Parser:
     """The kernel's parser for prediction requests, in ``parse_features``'s column
     order and with its rules (latency-api.md)."""
     fields = (
-        [Field(name, FRACTION, True) for name in FRACTION_FIELDS]
-        + [Field(name, COUNT, True) for name in COUNT_FIELDS]
-        + [Field(name, COUNT, False) for name in OPTIONAL_COUNT_FIELDS]
+        [Field(n, FRACTION, True, maximum=UPPER_BOUNDS[n]) for n in FRACTION_FIELDS]
+        + [Field(n, COUNT, True, maximum=UPPER_BOUNDS[n]) for n in COUNT_FIELDS]
+        + [Field(n, COUNT, False, maximum=UPPER_BOUNDS[n]) for n in OPTIONAL_COUNT_FIELDS]
         + [Field("pod_type", ENUM, False, float(POD_TYPES[""]))]
     )
     return kernel.parser(fields, sorted(POD_TYPES, key=POD_TYPES.__getitem__))

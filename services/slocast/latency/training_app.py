@@ -111,6 +111,18 @@ class _Metrics:
             registry=self.registry,
         )
 
+        invalid = Gauge(
+            "slocast_latency_samples_dropped_invalid",
+            "Consumed samples the trainer dropped as out of range or not finite "
+            "(HTTP validates them; anything can arrive on a Kafka topic).",
+            registry=self.registry,
+        )
+        invalid_batches = Gauge(
+            "slocast_latency_batches_dropped_invalid",
+            "Consumed messages dropped whole: not a sample batch.",
+            registry=self.registry,
+        )
+
         def refresh() -> None:
             for target in TARGETS:
                 for split, n in trainer.windows[target].counts().items():
@@ -124,6 +136,10 @@ class _Metrics:
                 cover.labels(target).set(e.candidate_coverage)
             ingested.set(trainer.samples_ingested)
             dropped.set(trainer.samples_dropped_by_flush)
+            invalid.set(trainer.samples_dropped_invalid)
+            invalid_batches.set(
+                trainer.batches_dropped_invalid + getattr(trainer.stream, "undecodable", 0)
+            )
             if trainer.retrain_seconds:
                 retrain_seconds.set(trainer.retrain_seconds[-1])
 
