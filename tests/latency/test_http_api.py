@@ -119,7 +119,8 @@ def test_no_model_answers_503(empty_predictor: str) -> None:
     body = {"requests": [FEATURES]}
     assert httpx.post(f"{empty_predictor}/predict/bulk", json=body).status_code == 503
     assert httpx.post(f"{empty_predictor}/predict/bulk/strict", json=body).status_code == 503
-    assert httpx.post(f"{empty_predictor}/reload").json()["is_ready"] is False
+    reload = httpx.post(f"{empty_predictor}/reload").json()  # no admin token configured
+    assert reload["is_ready"] is False and reload["reload"] == "scheduled"
     # invalid input is still a 422, model or not
     assert httpx.post(f"{empty_predictor}/predict", json={}).status_code == 422
 
@@ -381,8 +382,10 @@ def test_status_and_reload(servers: dict[str, str], learned: dict) -> None:
     status = httpx.get(f"{servers['prediction']}/status").json()
     assert status["is_ready"] and status["quantile"] == 0.9 and status["model_version"]
     assert httpx.get(f"{servers['prediction']}/readyz").json() == {"status": "ready"}
-    reloaded = httpx.post(f"{servers['prediction']}/reload").json()
-    assert reloaded["is_ready"] is True
+    reloaded = httpx.post(f"{servers['prediction']}/reload", headers=auth(servers))
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["is_ready"] is True
+    assert reloaded.json()["reload"] in ("scheduled", "pending")  # runs off the request
     assert httpx.get(f"{servers['training']}/data/status").json()["model_ready"] is True
 
 

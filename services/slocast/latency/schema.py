@@ -369,11 +369,42 @@ class FlushBody(BaseModel):
     reason: str | None = None
 
 
-def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` documenting a body that the handler parses itself."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
+class ErrorItem(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+
+
+class ValidationErrorBody(BaseModel):
+    """422: FastAPI's format; ``loc`` names the item and the field."""
+
+    detail: list[ErrorItem]
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class TooLargeBody(BaseModel):
+    """413: the body is larger than ``SLOCAST_LATENCY_MAX_BODY_BYTES``."""
+
+    detail: str
+    max_body_bytes: int
+
+
+# Models a handler parses itself (openapi_body) and that therefore must be added to
+# the OpenAPI components by hand (http_common.document_bodies).
+BODY_MODELS: tuple[type[BaseModel], ...] = (
+    PredictionRequest,
+    BulkPredictionRequest,
+    BulkTrainingRequest,
+    FlushBody,
+)
+
+
+def openapi_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body that the handler parses itself: a
+    reference to the model in the document's components (see ``BODY_MODELS``)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": ref}}}}
