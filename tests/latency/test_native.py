@@ -406,11 +406,12 @@ def test_kernel_reads_only_its_buffers_under_address_sanitizer(kernel, tmp_path:
     files = native.build_kernel(tmp_path / "asan", ASAN_FLAGS)
     assert files.library != native.kernel_files(tmp_path / "asan").library  # separate cache
     assert native.verified_kernel(tmp_path / "asan") is None  # never served
-    models = [booster_file(tmp_path, {"max_depth": depth}, 7) for depth in (1, 2, 3, 4)]
+    # depth 1-2: 2-4 leaves; 3: one 8-float load; 4: two; 5-6: gathers; 7: scalar only
+    depths = [1, 2, 3, 4, 5, 6, 7]
+    models = [booster_file(tmp_path, {"max_depth": d, "min_child_weight": 0}, 7) for d in depths]
     # (the sanitized library is only ever loaded by the child: without the ASan
     # runtime preloaded, loading it aborts the process)
-    depths = [native.FlatForest(kernel, m).depth for m in models]
-    assert depths == [1, 2, 3, 4]
+    assert [native.FlatForest(kernel, m).depth for m in models] == depths
     child = subprocess.run(
         [sys.executable, "-c", ASAN_CHILD, str(files.library), *map(str, models)],
         env={

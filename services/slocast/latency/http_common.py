@@ -169,9 +169,17 @@ class BodyLimit:
     The hot routes of :class:`FastRoutes` read their bodies with the same limit
     and never pass through here."""
 
-    def __init__(self, app, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, app, *, max_body_bytes: int, on_too_large: Callable[[str], None] | None = None
+    ) -> None:
         self.app = app
         self.limit = max_body_bytes
+        self.on_too_large = on_too_large
+
+    async def _refuse(self, scope, send) -> None:
+        if self.on_too_large is not None:
+            self.on_too_large(scope["path"])
+        await send_json(send, 413, too_large_body(self.limit))
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -179,7 +187,7 @@ class BodyLimit:
             return
         limit = self.limit
         if declared_too_large(scope, limit):
-            await send_json(send, 413, too_large_body(limit))
+            await self._refuse(scope, send)
             return
         received = 0
         started = False
@@ -203,7 +211,7 @@ class BodyLimit:
         except BodyTooLarge:
             if started:
                 raise
-            await send_json(send, 413, too_large_body(limit))
+            await self._refuse(scope, send)
 
 
 class FastRoutes:

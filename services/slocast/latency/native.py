@@ -737,6 +737,9 @@ class FlatForest:
         self._feat = np.ascontiguousarray(
             np.concatenate([lv[0] for lv in levels], axis=1), np.int32
         )
+        if not (self._feat.min() >= 0 and self._feat.max() < self.num_features):
+            # the kernel reads x[row, feature]: never outside a row
+            raise UnsupportedForest(f"split features outside 0..{self.num_features - 1}")
         self._thr = np.ascontiguousarray(
             np.concatenate([lv[1] for lv in levels], axis=1), np.float32
         )

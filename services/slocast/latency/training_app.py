@@ -220,7 +220,11 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
     app = FastAPI(title="slocast latency training server", lifespan=lifespan)
     app.state.trainer = trainer
     install_validation_handler(app)
-    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_body_bytes=settings.max_body_bytes,
+        on_too_large=lambda _path: metrics.rejected.labels("too_large").inc(),
+    )
     document_bodies(app)
 
     @app.post(
