@@ -139,6 +139,59 @@ def test_bodies_up_to_the_limit_are_read(
         assert streamed.status_code in (200, 202), streamed.text
 
 
+def test_limit_counts_every_chunk_in_process() -> None:
+    """Both ASGI layers with a 10-byte limit and bodies delivered in pieces: at the
+    limit the whole body reaches the handler, one byte more is a 413 and the rest
+    is never asked for."""
+    import asyncio
+
+    from slocast.latency.http_common import BodyLimit, FastRoutes
+
+    async def inner(scope, receive, send) -> None:  # reads like Request.body()
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    refused: list[str] = []
+    app = FastRoutes(
+        BodyLimit(inner, max_body_bytes=10, on_too_large=refused.append),
+        post={"/hot": lambda body: (200, body)},
+        max_body_bytes=10,
+        on_too_large=refused.append,
+    )
+
+    def call(path: str, pieces: list[bytes], headers=()) -> tuple[int, bytes, int]:
+        messages = [
+            {"type": "http.request", "body": p, "more_body": i < len(pieces) - 1}
+            for i, p in enumerate(pieces)
+        ]
+        asked, sent = [], []
+
+        async def receive():
+            asked.append(1)
+            return messages[len(asked) - 1]
+
+        async def send(message) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": list(headers)}
+        asyncio.run(app(scope, receive, send))
+        return sent[0]["status"], sent[1]["body"], len(asked)
+
+    for path in ("/hot", "/other"):
+        assert call(path, [b"0123", b"4567", b"89"]) == (200, b"0123456789", 3)
+        status, body, asked = call(path, [b"0123", b"4567", b"890", b"never read"])
+        assert status == 413 and orjson.loads(body)["max_body_bytes"] == 10 and asked == 3
+        status, _, asked = call(path, [b"0123"], [(b"content-length", b"11")])
+        assert status == 413 and asked == 0
+    assert refused == ["/hot", "/hot", "/other", "/other"]
+
+
 # --- POST /reload ----------------------------------------------------------------------
 
 

@@ -132,34 +132,6 @@ def declared_too_large(scope, limit: int) -> bool:
     return False
 
 
-async def read_body(scope, receive, limit: int) -> bytes | None:
-    """The whole request body, at most ``limit`` bytes (``BodyTooLarge`` beyond: a
-    declared length is refused before reading, a chunked body as soon as it
-    crosses the limit); None when the client went away."""
-    if declared_too_large(scope, limit):
-        raise BodyTooLarge(limit)
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        return None
-    body = message.get("body", b"")
-    if len(body) > limit:
-        raise BodyTooLarge(limit)
-    if not message.get("more_body", False):
-        return body  # the usual case: one message
-    chunks, size = [body], len(body)
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
 class BodyLimit:
     """Raw ASGI: bounds the body of every request that reaches the FastAPI app.
 
@@ -244,17 +216,49 @@ class FastRoutes:
         if handler is None:
             await self.app(scope, receive, send)
             return
-        try:
-            body = await read_body(scope, receive, self.limit)
-        except BodyTooLarge:
-            if self.on_too_large is not None:
-                self.on_too_large(scope["path"])
-            await send_json(send, 413, too_large_body(self.limit))
-            return
-        if body is None:
+        # The body, at most ``limit`` bytes: a declared length above it is refused
+        # before reading, a chunked body as soon as it crosses it. Inlined: this
+        # runs for every prediction.
+        limit = self.limit
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    await self._refuse(scope, send)
+                    return
+                break
+        message = await receive()
+        if message["type"] == "http.disconnect":
             return  # the client went away: nobody to answer
+        body = message.get("body", b"")
+        size = len(body)
+        if message.get("more_body", False):
+            chunks = [body]
+            while size <= limit and message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                chunks.append(chunk)
+            if size <= limit:
+                body = b"".join(chunks)
+        if size > limit:
+            await self._refuse(scope, send)
+            return
         status, payload = handler(body)
-        await send_json(send, status, payload)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [_JSON_HEADER, (b"content-length", b"%d" % len(payload))],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _refuse(self, scope, send) -> None:
+        if self.on_too_large is not None:
+            self.on_too_large(scope["path"])
+        await send_json(send, 413, too_large_body(self.limit))
 
 
 def install_validation_handler(app) -> None:
