@@ -23,6 +23,7 @@ FEATURES = {
     "num_tokens_generated": 0,
     "prefix_cache_score": 0.0,
 }
+SAMPLE = {**FEATURES, "actual_ttft_ms": 250.0, "actual_tpot_ms": 20.0}
 PREDICTION_FIELDS = {
     "cold",
     "ttft_ms",
@@ -118,7 +119,8 @@ def test_no_model_answers_503(empty_predictor: str) -> None:
     body = {"requests": [FEATURES]}
     assert httpx.post(f"{empty_predictor}/predict/bulk", json=body).status_code == 503
     assert httpx.post(f"{empty_predictor}/predict/bulk/strict", json=body).status_code == 503
-    assert httpx.post(f"{empty_predictor}/reload").json()["is_ready"] is False
+    reload = httpx.post(f"{empty_predictor}/reload").json()  # no admin token configured
+    assert reload["is_ready"] is False and reload["reload"] == "scheduled"
     # invalid input is still a 422, model or not
     assert httpx.post(f"{empty_predictor}/predict", json={}).status_code == 422
 
@@ -148,6 +150,51 @@ def test_prediction_422(servers: dict[str, str], path: str, body) -> None:
     r = httpx.post(f"{servers['prediction']}{path}", json=body, timeout=30)
     assert r.status_code == 422, r.text
     assert isinstance(r.json()["detail"], list)
+
+
+@pytest.mark.parametrize(
+    ("server", "path", "body", "loc"),
+    [
+        ("prediction", "/predict", {**FEATURES, "input_token_length": 1e308}, None),
+        (
+            "prediction",
+            "/predict/bulk",
+            {"requests": [FEATURES, {**FEATURES, "num_request_waiting": 1e308}]},
+            ["body", "requests", 1, "num_request_waiting"],
+        ),
+        (
+            "prediction",
+            "/predict/bulk/strict",
+            {"requests": [FEATURES, {**FEATURES, "decode_tokens_in_flight": 1e308}]},
+            ["body", "requests", 1, "decode_tokens_in_flight"],
+        ),
+        (
+            "training",
+            "/add_training_data_bulk",
+            {"entries": [SAMPLE, {**SAMPLE, "actual_ttft_ms": 1e308}]},
+            ["body", "entries", 1, "actual_ttft_ms"],
+        ),
+        (
+            "training",
+            "/add_training_data_bulk",
+            {"entries": [SAMPLE, {**SAMPLE, "input_token_length": 1e308}]},
+            ["body", "entries", 1, "input_token_length"],
+        ),
+    ],
+)
+def test_huge_values_are_422_naming_field_and_range(
+    servers: dict[str, str], server: str, path: str, body: dict, loc: list | None
+) -> None:
+    """1e308 is a finite JSON number: it once passed validation (and the kernel's
+    parser), and one such sample made every retrain fail until a flush."""
+    r = httpx.post(f"{servers[server]}{path}", json=body, timeout=30)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    field = detail["loc"][-1]
+    if loc is not None:
+        assert detail["loc"] == loc
+    assert detail["type"] == "less_than_equal" and detail["input"] == 1e308
+    assert detail["msg"].startswith("Input should be between 0 and ") and field in detail["msg"]
 
 
 def test_malformed_json_is_422(servers: dict[str, str]) -> None:
@@ -341,8 +388,10 @@ def test_status_and_reload(servers: dict[str, str], learned: dict) -> None:
     status = httpx.get(f"{servers['prediction']}/status").json()
     assert status["is_ready"] and status["quantile"] == 0.9 and status["model_version"]
     assert httpx.get(f"{servers['prediction']}/readyz").json() == {"status": "ready"}
-    reloaded = httpx.post(f"{servers['prediction']}/reload").json()
-    assert reloaded["is_ready"] is True
+    reloaded = httpx.post(f"{servers['prediction']}/reload", headers=auth(servers))
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["is_ready"] is True
+    assert reloaded.json()["reload"] in ("scheduled", "pending")  # runs off the request
     assert httpx.get(f"{servers['training']}/data/status").json()["model_ready"] is True
 
 

@@ -11,7 +11,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,14 @@ from slocast.latency.model import (
     point_from_raw,
     upper_bound,
 )
-from slocast.latency.schema import MAX_ITEMS, ValidationFailure, feature_columns
+from slocast.latency.schema import (
+    FRACTION_FIELDS,
+    MAX_ITEMS,
+    UPPER_BOUNDS,
+    ValidationFailure,
+    bound_text,
+    feature_columns,
+)
 from slocast.latency.serving import feature_parser, load_served_model
 from slocast.latency.synthetic import generate, to_records
 
@@ -142,14 +152,56 @@ def test_fraction_numbers_round_like_orjson(parser, text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
-    ["5", "5.0", "1e2", "1E+2", "12345678901234567", "900719925474099300", "4.5e15", "0e0"],
+    ("text", "in_range"),
+    [
+        ("5", True),
+        ("5.0", True),
+        ("1e2", True),
+        ("1E+2", True),
+        ("0e0", True),
+        ("9999999", True),
+        ("1e7", True),  # the bound itself (MAX_TOKENS)
+        ("10000000.000", True),
+        ("9.999999e6", True),
+        ("10000001", False),
+        ("1.0000001e7", False),
+        ("12345678901234567", False),
+        ("900719925474099300", False),
+        ("4.5e15", False),
+        ("1e308", False),
+        ("1.7976931348623157e308", False),
+    ],
 )
-def test_count_numbers(parser, text: str) -> None:
+def test_count_numbers(parser, text: str, in_range: bool) -> None:
     body = orjson.dumps({"requests": [BASE]}).replace(
         b'"input_token_length":100', b'"input_token_length":' + text.encode()
     )
-    assert check_agrees(parser, body)
+    # out of range: the kernel declines and the reference answers with its 422
+    assert check_agrees(parser, body) is in_range
+    assert (outcome(body, "requests")[0] == "ok") is in_range
+
+
+def test_parser_declines_every_value_beyond_its_field_range(parser) -> None:
+    """Each numeric field at its bound is accepted; just above it, or at 1e308, the
+    kernel declines and the reference names the field and the range (422)."""
+    for name, upper in UPPER_BOUNDS.items():
+        if name in ("actual_ttft_ms", "actual_tpot_ms"):
+            continue  # samples only: not in the prediction schema
+        fraction = name in FRACTION_FIELDS
+        at = {**BASE, name: upper if fraction else int(upper)}
+        assert check_agrees(parser, orjson.dumps({"requests": [BASE, at]}))
+        above = float(np.nextafter(upper, np.inf)) if fraction else int(upper) + 1
+        for value in (above, 1e308):
+            body = orjson.dumps({"requests": [BASE, {**BASE, name: value}]})
+            assert parser.parse(body, "requests", MAX_ITEMS) is None, (name, value)
+            with pytest.raises(ValidationFailure) as err:
+                feature_columns(body, "requests", parser)
+            detail = err.value.errors[0]
+            assert detail["loc"] == ["body", "requests", 1, name]
+            assert detail["type"] == "less_than_equal"
+            assert f"between 0 and {bound_text(upper)}" in detail["msg"] and name in detail["msg"]
+        single = orjson.dumps({**BASE, name: 1e308})
+        assert parser.parse(single, None, 1) is None
 
 
 def test_random_doubles_parse_exactly(parser) -> None:
@@ -299,6 +351,98 @@ def test_flat_forest_reproduces_xgboost(kernel, tmp_path: Path, params, rounds, 
         for portable in (False, True):  # AVX2 (where available) and scalar code
             got = flat.predict(x, portable=portable)
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+# The same source built with AddressSanitizer, run in a child process with the ASan
+# runtime preloaded (Python itself is not instrumented; PYTHONMALLOC=malloc lets ASan
+# see every buffer). Shallow forests (depth 1-2: 2-4 leaves per tree) once made the
+# AVX2 path load 8 leaf values per tree, reading past the end of the leaf table.
+ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
+ASAN_CHILD = r"""
+import ctypes, sys
+from pathlib import Path
+import numpy as np
+import orjson
+from slocast.latency import native
+from slocast.latency.serving import feature_parser
+
+kernel = native.Kernel(Path(sys.argv[1]))
+simd_rows = 0
+for model in sys.argv[2:]:
+    flat = native.FlatForest(kernel, Path(model))
+    for rows in (8, 16, 67, 1000):
+        x = np.ascontiguousarray(flat.probe_rows(rows=rows))
+        for portable in (False, True):
+            assert np.isfinite(flat.predict(x, portable=portable)).all()
+        simd_rows += rows if kernel.simd else 0
+# the parser and the splice on exact-size buffers (a bytes object has a spare NUL)
+parser = feature_parser(kernel)
+base = {"kv_cache_percentage": 0.5, "input_token_length": 123456789,
+        "num_request_waiting": 2, "num_request_running": 4, "num_tokens_generated": 0,
+        "prefix_cache_score": 0.25, "pod_type": "decode", "x": [1, {"y": None}]}
+body = orjson.dumps({"requests": [base, {**base, "kv_cache_percentage": 0.12345678901234567}]})
+out = np.empty((len(parser.names), 4))
+for end in range(len(body) + 1):
+    exact = np.frombuffer(body[:end], dtype=np.uint8).copy()
+    kernel._parse(ctypes.cast(exact.ctypes.data, ctypes.c_char_p), end, b"requests", 8,
+                  *parser._args, out.ctypes.data, 4)
+pairs = orjson.dumps(np.array([[1.5, 2.25]] * 9), option=orjson.OPT_SERIALIZE_NUMPY)
+for end in range(len(pairs) + 1):
+    exact = np.frombuffer(pairs[:end], dtype=np.uint8).copy()
+    cap = end + 9 * 3 + 2  # what pairs_json allocates
+    dest = np.empty(cap, dtype=np.uint8)
+    kernel._pairs(ctypes.cast(exact.ctypes.data, ctypes.c_char_p), end, b"{", 1, b",", 1,
+                  b"}", 1, dest.ctypes.data, cap)
+print("simd rows", simd_rows)
+"""
+
+
+def test_kernel_reads_only_its_buffers_under_address_sanitizer(kernel, tmp_path: Path) -> None:
+    libasan = subprocess.run(
+        ["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    if not libasan or not Path(libasan).is_file():
+        pytest.skip("gcc without AddressSanitizer")
+    files = native.build_kernel(tmp_path / "asan", ASAN_FLAGS)
+    assert files.library != native.kernel_files(tmp_path / "asan").library  # separate cache
+    assert native.verified_kernel(tmp_path / "asan") is None  # never served
+    # depth 1-2: 2-4 leaves; 3: one 8-float load; 4: two; 5-6: gathers; 7: scalar only
+    depths = [1, 2, 3, 4, 5, 6, 7]
+    models = [booster_file(tmp_path, {"max_depth": d, "min_child_weight": 0}, 7) for d in depths]
+    # (the sanitized library is only ever loaded by the child: without the ASan
+    # runtime preloaded, loading it aborts the process)
+    assert [native.FlatForest(kernel, m).depth for m in models] == depths
+    child = subprocess.run(
+        [sys.executable, "-c", ASAN_CHILD, str(files.library), *map(str, models)],
+        env={
+            **os.environ,
+            "LD_PRELOAD": libasan,
+            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:exitcode=99",
+            "PYTHONMALLOC": "malloc",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    report = child.stderr[-6000:]
+    assert "AddressSanitizer" not in child.stderr, report
+    assert child.returncode == 0, report
+    assert "simd rows" in child.stdout
+
+
+def test_leaf_tables_hold_every_leaf_of_shallow_trees(kernel, tmp_path: Path) -> None:
+    """Depth 1 and 2 forests over 8+ rows (the AVX2 path) equal XGBoost exactly."""
+    fresh = build_features(generate("long-prompts", 1000, seed=6))
+    for depth in (1, 2):
+        path = booster_file(tmp_path, {"max_depth": depth, "eta": 0.3}, 25)
+        flat = native.FlatForest(kernel, path)
+        assert flat.depth == depth
+        booster = xgb.Booster(model_file=str(path))
+        for x in (fresh, fresh[:8], fresh[:9], flat.probe_rows()):
+            want = np.asarray(booster.inplace_predict(x), np.float64)
+            for portable in (False, True):
+                np.testing.assert_array_equal(flat.predict(x, portable=portable), want)
 
 
 def test_too_deep_forest_is_refused(kernel, tmp_path: Path) -> None:

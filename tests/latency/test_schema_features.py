@@ -48,6 +48,13 @@ def test_defaults_and_unknown_fields() -> None:
         (one(pod_type="gpu"), "pod_type", "literal_error"),
         (one(pod_type=["decode"]), "pod_type", "literal_error"),
         (one(decode_tokens_in_flight=-5), "decode_tokens_in_flight", "greater_than_equal"),
+        # finite bounds: a 1e308 once passed and then broke every retrain
+        (one(input_token_length=1e308), "input_token_length", "less_than_equal"),
+        (one(num_request_waiting=10**6 + 1), "num_request_waiting", "less_than_equal"),
+        (one(decode_tokens_in_flight=10**9 + 1), "decode_tokens_in_flight", "less_than_equal"),
+        (one(encoder_input_size=2 * 10**7), "encoder_input_size", "less_than_equal"),
+        (one(prefix_cache_score=float("inf")), "prefix_cache_score", "less_than_equal"),
+        (one(kv_cache_percentage=float("nan")), "kv_cache_percentage", "less_than_equal"),
     ],
 )
 def test_invalid_item_names_index_and_field(item: dict, field: str, kind: str) -> None:
@@ -78,6 +85,54 @@ def test_samples_require_targets() -> None:
     with pytest.raises(ValidationFailure) as err:
         parse_samples([one(actual_ttft_ms=5.0)], ("entries",))
     assert err.value.errors[0]["loc"][-1] == "actual_tpot_ms"
+
+
+@pytest.mark.parametrize("field", ["actual_ttft_ms", "actual_tpot_ms", "input_token_length"])
+def test_sample_ranges_name_the_field_and_the_range(field: str) -> None:
+    sample = one(actual_ttft_ms=100.0, actual_tpot_ms=10.0)
+    parse_samples([sample, {**sample, field: 1e7}])  # the bound itself is accepted
+    with pytest.raises(ValidationFailure) as err:
+        parse_samples([sample, {**sample, field: 1e308}], ("entries",))
+    detail = err.value.errors[0]
+    assert detail["loc"] == ["body", "entries", 1, field]
+    assert detail["type"] == "less_than_equal" and detail["input"] == 1e308
+    assert detail["msg"] == f"Input should be between 0 and 10000000 ({field})"
+
+
+def test_every_numeric_field_has_a_finite_documented_range() -> None:
+    from pathlib import Path
+
+    from slocast.latency.schema import SAMPLE_FIELDS, UPPER_BOUNDS, TrainingEntry, bound_text
+
+    assert set(UPPER_BOUNDS) == set(SAMPLE_FIELDS)
+    assert all(np.isfinite(v) and v > 0 for v in UPPER_BOUNDS.values())
+    # the largest values of every field still build finite float32 features
+    x = build_features(parse_features([one(**{k: UPPER_BOUNDS[k] for k in SAMPLE_FIELDS})]))
+    assert np.isfinite(x).all()
+    # the OpenAPI schema carries the same bounds
+    properties = TrainingEntry.model_json_schema()["properties"]
+    for name, upper in UPPER_BOUNDS.items():
+        assert properties[name]["maximum"] == upper and properties[name]["minimum"] == 0
+    docs = (Path(__file__).parents[2] / "docs" / "latency.md").read_text()
+    for name, upper in UPPER_BOUNDS.items():
+        assert f"`{name}`" in docs and bound_text(upper) in docs, name
+
+
+def test_valid_sample_rows_flags_what_validation_would_refuse() -> None:
+    from slocast.latency.schema import valid_sample_rows
+
+    sample = one(actual_ttft_ms=100.0, actual_tpot_ms=10.0, pod_type="decode")
+    cols = parse_samples([sample] * 6)
+    cols["actual_ttft_ms"][1] = np.nan
+    cols["input_token_length"][2] = 1e308
+    cols["num_request_waiting"][3] = 2.5
+    cols["pod_type"][4] = 7
+    cols["kv_cache_percentage"][5] = -np.inf
+    assert valid_sample_rows(cols).tolist() == [True] + [False] * 5
+    with pytest.raises(ValueError):
+        valid_sample_rows({k: v for k, v in cols.items() if k != "actual_tpot_ms"})
+    with pytest.raises(ValueError):
+        valid_sample_rows({**cols, "num_request_running": cols["num_request_running"][:2]})
 
 
 def test_feature_builder_uses_every_field() -> None:

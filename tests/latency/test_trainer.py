@@ -15,7 +15,7 @@ from slocast.latency.bundle import read_manifest, read_pointer
 from slocast.latency.features import build_features, regimes
 from slocast.latency.model import TARGET_COLUMNS
 from slocast.latency.settings import TrainingSettings
-from slocast.latency.stream import InProcessStream, SampleBatch
+from slocast.latency.stream import InProcessStream, SampleBatch, decode_batch, encode_batch
 from slocast.latency.synthetic import generate
 from slocast.latency.trainer import StreamingTrainer
 
@@ -184,3 +184,44 @@ def test_live_coverage_counts_arriving_truth_against_the_served_bound(tmp_path: 
         assert shift is not None
         assert samples["slocast_latency_aci_shift", target] == shift
     assert samples["slocast_latency_recalibrations_total", None] == 0
+
+
+def test_bad_samples_are_dropped_and_counted_and_training_goes_on(tmp_path: Path) -> None:
+    """Samples that bypass HTTP validation (a Kafka message from another producer)
+    out of range or not finite: dropped and counted. One 1e308 in the window used
+    to make every retrain fail ("Input data contains inf") until a flush."""
+    trainer = make_trainer(tmp_path)
+    cols = generate("extreme-contention", 6000, seed=1)
+    cols["input_token_length"][::100] = 1e308
+    cols["actual_ttft_ms"][1::100] = np.inf  # null on the wire: NaN when decoded
+    cols["actual_tpot_ms"][2::100] = np.nan
+    cols["kv_cache_percentage"][3::100] = 2.0
+    cols["num_request_running"][4::100] = -1.0
+    # through the stream's wire format, as a Kafka consumer receives it
+    trainer.ingest(decode_batch(encode_batch(cols, time.time())))
+    assert trainer.samples_dropped_invalid == 5 * 60
+    assert trainer.samples_ingested == 6000 - 5 * 60
+    evaluations = trainer.retrain_once()
+    assert {e.target for e in evaluations} == {"ttft", "tpot"}
+    assert all(e.promoted for e in evaluations)
+    assert trainer.state.retrains["failed"] == 0
+    # a batch of nothing but bad rows changes nothing
+    trainer.ingest(SampleBatch(time.time(), {**cols, "actual_tpot_ms": np.full(6000, np.nan)}))
+    assert trainer.samples_dropped_invalid == 5 * 60 + 6000
+
+
+def test_ingest_loop_survives_messages_that_are_not_batches(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, retrain_interval_s=3600.0)
+    queue = trainer.stream._queue
+    queue.put(SampleBatch(time.time(), {"kv_cache_percentage": np.zeros(3)}))  # fields missing
+    queue.put(SampleBatch(time.time(), {**generate("sharegpt-like", 5, 2), "pod_type": None}))
+    trainer.stream.publish(generate("sharegpt-like", 50, seed=1))
+    trainer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while trainer.samples_ingested < 50 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        trainer.stop()
+    assert trainer.samples_ingested == 50
+    assert trainer.batches_dropped_invalid == 2

@@ -1,15 +1,62 @@
-"""Small pieces both latency servers share at the HTTP edge."""
+"""Small pieces both latency servers share at the HTTP edge: JSON responses, the
+admin token check, the body-size limit and the raw-ASGI hot routes."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import Any
 
 import orjson
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from slocast.latency.schema import ValidationFailure, decode_json
+from slocast.latency.schema import (
+    BODY_MODELS,
+    ErrorBody,
+    TooLargeBody,
+    ValidationErrorBody,
+    ValidationFailure,
+    decode_json,
+)
+
+_ERROR_RESPONSES: dict[int, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Admin bearer token missing or wrong."},
+    413: {"model": TooLargeBody, "description": "Body larger than the server's limit."},
+    422: {"model": ValidationErrorBody, "description": "Invalid body; `loc` names the field."},
+    503: {"model": ErrorBody, "description": "Not available right now (see `detail`)."},
+}
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition format.",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses an endpoint can answer."""
+    return {status: _ERROR_RESPONSES[status] for status in statuses}
+
+
+def document_bodies(app: FastAPI) -> None:
+    """Put the request-body models (``schema.BODY_MODELS``) and their nested models
+    into the OpenAPI components, where ``openapi_body``'s references point: the
+    handlers parse bodies themselves, so FastAPI does not know these models."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = generate()
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            for model in BODY_MODELS:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
@@ -26,13 +73,117 @@ def unprocessable(errors: list[dict[str, Any]]) -> Response:
 
 
 async def read_json(request: Request, *, allow_empty: bool = False) -> Any:
-    """Decode the body with orjson; malformed JSON is a 422 like FastAPI's."""
+    """Decode the body with orjson; malformed JSON is a 422 like FastAPI's. (Its size
+    is bounded by :class:`BodyLimit` around the app.)"""
     return decode_json(await request.body(), allow_empty=allow_empty)
+
+
+def admin_denied(request: Request, token: str | None) -> Response | None:
+    """401 unless ``Authorization: Bearer <token>`` matches (None: no token set)."""
+    if token is None:
+        return None
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode()):
+        return None
+    response = json_response({"detail": "a valid admin bearer token is required"}, 401)
+    response.headers["www-authenticate"] = "Bearer"
+    return response
 
 
 # body -> (status, JSON body)
 Handler = Callable[[bytes], tuple[int, bytes]]
 _JSON_HEADER = (b"content-type", b"application/json")
+MAX_BODY_SETTING = "SLOCAST_LATENCY_MAX_BODY_BYTES"
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than the server's limit (413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
+def too_large_body(limit: int) -> bytes:
+    return orjson.dumps(
+        {
+            "detail": f"request body larger than {limit} bytes ({MAX_BODY_SETTING})",
+            "max_body_bytes": limit,
+        }
+    )
+
+
+async def send_json(send, status: int, payload: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_JSON_HEADER, (b"content-length", b"%d" % len(payload))],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def declared_too_large(scope, limit: int) -> bool:
+    """The request announces a ``Content-Length`` above ``limit``."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.isdigit() and int(value) > limit
+    return False
+
+
+class BodyLimit:
+    """Raw ASGI: bounds the body of every request that reaches the FastAPI app.
+
+    A declared ``Content-Length`` above the limit is answered 413 without reading;
+    otherwise ``receive`` counts the bytes and raises :class:`BodyTooLarge` once the
+    limit is crossed (chunked bodies), which this layer turns into the same 413.
+    The hot routes of :class:`FastRoutes` read their bodies with the same limit
+    and never pass through here."""
+
+    def __init__(
+        self, app, *, max_body_bytes: int, on_too_large: Callable[[str], None] | None = None
+    ) -> None:
+        self.app = app
+        self.limit = max_body_bytes
+        self.on_too_large = on_too_large
+
+    async def _refuse(self, scope, send) -> None:
+        if self.on_too_large is not None:
+            self.on_too_large(scope["path"])
+        await send_json(send, 413, too_large_body(self.limit))
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit
+        if declared_too_large(scope, limit):
+            await self._refuse(scope, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracked_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, send)
 
 
 class FastRoutes:
@@ -43,9 +194,18 @@ class FastRoutes:
     paths call the same handlers: they document the API and answer identically
     without this middleware."""
 
-    def __init__(self, app, *, post: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        app,
+        *,
+        post: dict[str, Handler],
+        max_body_bytes: int,
+        on_too_large: Callable[[str], None] | None = None,
+    ) -> None:
         self.app = app
         self.post = post
+        self.limit = max_body_bytes
+        self.on_too_large = on_too_large
 
     async def __call__(self, scope, receive, send) -> None:
         handler = (
@@ -56,15 +216,36 @@ class FastRoutes:
         if handler is None:
             await self.app(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client went away: nobody to answer
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
+        # The body, at most ``limit`` bytes: a declared length above it is refused
+        # before reading, a chunked body as soon as it crosses it. Inlined: this
+        # runs for every prediction.
+        limit = self.limit
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    await self._refuse(scope, send)
+                    return
                 break
-        status, payload = handler(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return  # the client went away: nobody to answer
+        body = message.get("body", b"")
+        size = len(body)
+        if message.get("more_body", False):
+            chunks = [body]
+            while size <= limit and message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                chunks.append(chunk)
+            if size <= limit:
+                body = b"".join(chunks)
+        if size > limit:
+            await self._refuse(scope, send)
+            return
+        status, payload = handler(body)
         await send(
             {
                 "type": "http.response.start",
@@ -73,6 +254,11 @@ class FastRoutes:
             }
         )
         await send({"type": "http.response.body", "body": payload})
+
+    async def _refuse(self, scope, send) -> None:
+        if self.on_too_large is not None:
+            self.on_too_large(scope["path"])
+        await send_json(send, 413, too_large_body(self.limit))
 
 
 def install_validation_handler(app) -> None:

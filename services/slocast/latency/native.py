@@ -77,6 +77,7 @@ typedef struct {
   const int32_t* kinds;
   const int32_t* required;
   const double* defaults;
+  const double* maxima;
   int32_t nenum;
   const char* enums;
   const int32_t* enum_off;
@@ -148,6 +149,7 @@ static int read_item(cursor* c, const schema* sc, double* out, int64_t cap, int6
           v = (double)code;
         } else {
           if (read_number(c, &v)) return BAIL;
+          if (!(v <= sc->maxima[f])) return BAIL; /* out of the field's range */
           if (kind == K_FRACTION && v > 1.0) return BAIL;
           if (kind == K_COUNT && v != floor(v)) return BAIL;
         }
@@ -180,10 +182,11 @@ static int read_item(cursor* c, const schema* sc, double* out, int64_t cap, int6
 int64_t slc_parse(const char* body, int64_t len, const char* key, int64_t key_len,
                   int32_t nfields, const char* names, const int32_t* name_off,
                   const int32_t* kinds, const int32_t* required, const double* defaults,
-                  int32_t nenum, const char* enums, const int32_t* enum_off, double* out,
-                  int64_t cap) {
+                  const double* maxima, int32_t nenum, const char* enums,
+                  const int32_t* enum_off, double* out, int64_t cap) {
   if (nfields <= 0 || nfields > MAX_FIELDS || cap <= 0) return BAIL;
-  schema sc = {nfields, names, name_off, kinds, required, defaults, nenum, enums, enum_off};
+  schema sc = {nfields, names, name_off, kinds,
+               required, defaults, maxima, nenum, enums, enum_off};
   int32_t follow[MAX_FIELDS + 1];
   for (int32_t f = 0; f <= nfields; ++f) follow[f] = f < nfields ? f : 0;
   cursor c = {(const unsigned char*)body, (const unsigned char*)body + len};
@@ -346,8 +349,16 @@ static inline __attribute__((always_inline)) AVX2 void simd_rows(
         idx = _mm256_or_si256(_mm256_add_epi32(idx, idx),
                               _mm256_srli_epi32(_mm256_castps_si256(cand[0]), 31));
       }
+      /* Loads cover exactly this tree's nl leaves: a tree of depth 1 or 2 has 2 or 4,
+         and an 8-float load would read past the last tree's table (idx < nl, so the
+         lanes above nl are never selected). */
       __m256 v;
-      if (nl <= 8) {
+      if (nl == 2) {
+        __m128 two = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)lv));
+        v = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), idx);
+      } else if (nl == 4) {
+        v = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(lv)), idx);
+      } else if (nl == 8) {
         v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lv), idx);
       } else if (nl == 16) {
         __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(lv), idx);
@@ -465,20 +476,29 @@ class KernelFiles:
     manifest: Path
 
 
-def kernel_files(lib_dir: Path) -> KernelFiles:
+def kernel_files(lib_dir: Path, extra_flags: tuple[str, ...] = ()) -> KernelFiles:
+    """Where the kernel lives in ``lib_dir``. A build with ``extra_flags`` (e.g. a
+    sanitizer build for tests) gets its own file names, so it can never be taken
+    for the served kernel (:func:`verified_kernel` only looks for the plain one)."""
     stem = f"latency-kernel-{SOURCE_SHA256[:16]}"
+    if extra_flags:
+        stem += "-" + hashlib.sha256("\0".join(extra_flags).encode()).hexdigest()[:8]
     return KernelFiles(lib_dir / f"{stem}.so", lib_dir / f"{stem}.json")
 
 
-def build_kernel(lib_dir: Path) -> KernelFiles:
-    """Compile the kernel into ``lib_dir``; raises ``RuntimeError`` without gcc."""
-    files = kernel_files(lib_dir)
-    seconds = compile_c_library(SOURCE, files.library, COMPILER, what="latency kernel")
+def build_kernel(lib_dir: Path, extra_flags: tuple[str, ...] = ()) -> KernelFiles:
+    """Compile the kernel into ``lib_dir``; raises ``RuntimeError`` without gcc.
+
+    ``extra_flags`` (tests: ``-fsanitize=address``) are appended to the compiler
+    command and the library is written under its own name (:func:`kernel_files`)."""
+    files = kernel_files(lib_dir, extra_flags)
+    compiler = [*COMPILER, *extra_flags]
+    seconds = compile_c_library(SOURCE, files.library, compiler, what="latency kernel")
     manifest = {
         "source_sha256": SOURCE_SHA256,
         "library_sha256": sha256_file(files.library),
         "library": files.library.name,
-        "compiler": COMPILER,
+        "compiler": compiler,
         "compile_seconds": round(seconds, 3),
         "toolchain": toolchain_info(),
     }
@@ -549,6 +569,9 @@ class Field:
     kind: int
     required: bool
     default: float = 0.0
+    # Largest accepted value: anything above it (or non-finite) makes the parser
+    # decline, so the reference validator answers with its 422.
+    maximum: float = float("inf")
 
 
 class Kernel:
@@ -560,7 +583,7 @@ class Kernel:
         self._parse = lib.slc_parse
         self._parse.argtypes = [
             ctypes.c_char_p, i64, ctypes.c_char_p, i64, i32,
-            ctypes.c_char_p, vp, vp, vp, vp, i32, ctypes.c_char_p, vp, vp, i64,
+            ctypes.c_char_p, vp, vp, vp, vp, vp, i32, ctypes.c_char_p, vp, vp, i64,
         ]  # fmt: skip
         self._parse.restype = i64
         self._forest = lib.slc_forest
@@ -606,6 +629,7 @@ class Parser:
         self._kinds = np.array([f.kind for f in fields], dtype=np.int32)
         self._required = np.array([f.required for f in fields], dtype=np.int32)
         self._defaults = np.array([f.default for f in fields], dtype=np.float64)
+        self._maxima = np.array([f.maximum for f in fields], dtype=np.float64)
         enums = [v.encode("ascii") for v in enum_values]
         self._enums = b"".join(enums)
         self._enum_off = np.cumsum([0, *map(len, enums)]).astype(np.int32)
@@ -617,8 +641,8 @@ class Parser:
         )
         self._args = (
             len(fields), self._names, self._name_off.ctypes.data, self._kinds.ctypes.data,
-            self._required.ctypes.data, self._defaults.ctypes.data, self._nenum, self._enums,
-            self._enum_off.ctypes.data,
+            self._required.ctypes.data, self._defaults.ctypes.data, self._maxima.ctypes.data,
+            self._nenum, self._enums, self._enum_off.ctypes.data,
         )  # fmt: skip
 
     def parse(self, body: bytes, key: str | None, max_rows: int) -> dict[str, np.ndarray] | None:
@@ -713,6 +737,9 @@ class FlatForest:
         self._feat = np.ascontiguousarray(
             np.concatenate([lv[0] for lv in levels], axis=1), np.int32
         )
+        if not (self._feat.min() >= 0 and self._feat.max() < self.num_features):
+            # the kernel reads x[row, feature]: never outside a row
+            raise UnsupportedForest(f"split features outside 0..{self.num_features - 1}")
         self._thr = np.ascontiguousarray(
             np.concatenate([lv[1] for lv in levels], axis=1), np.float32
         )

@@ -11,6 +11,7 @@ Each uvicorn worker runs this app with its own :class:`ModelHolder` and watcher.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -29,7 +30,12 @@ from prometheus_client import (
 )
 
 from slocast.latency.http_common import (
+    METRICS_RESPONSES,
+    BodyLimit,
     FastRoutes,
+    admin_denied,
+    document_bodies,
+    error_responses,
     install_validation_handler,
     json_response,
 )
@@ -49,6 +55,7 @@ from slocast.latency.serving import (
 )
 from slocast.latency.settings import PredictionSettings
 
+log = logging.getLogger(__name__)
 NO_MODEL = {"detail": "no model loaded yet; post training data to the training server"}
 _NO_MODEL = orjson.dumps(NO_MODEL)
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -126,6 +133,12 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
     load_errors = Gauge(
         "slocast_latency_model_load_errors",
         "Failed model loads in this worker.",
+        ["worker"],
+        registry=registry,
+    )
+    loads_gauge = Gauge(
+        "slocast_latency_model_loads",
+        "Models this worker loaded (start, promotions, reloads).",
         ["worker"],
         registry=registry,
     )
@@ -224,12 +237,27 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
         }
         return 200, orjson.dumps(payload), served
 
+    endpoints = {
+        "/predict": "predict",
+        "/predict/bulk/strict": "bulk_strict",
+        "/predict/bulk": "bulk",
+    }
     handlers = {
         "/predict": answer("predict", predict_one),
         "/predict/bulk/strict": answer("bulk_strict", predict_bulk_strict),
         "/predict/bulk": answer("bulk", predict_bulk),
     }
-    app.add_middleware(FastRoutes, post=handlers)
+    # Outermost: the hot routes (body bounded there); every other request passes
+    # BodyLimit on its way to FastAPI.
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        FastRoutes,
+        post=handlers,
+        max_body_bytes=settings.max_body_bytes,
+        on_too_large=lambda path: count(endpoints[path], 413),
+    )
+    document_bodies(app)
+    hot_errors = error_responses(413, 422, 503)
 
     # The routes below document the API (OpenAPI); FastRoutes answers these paths
     # first with the very same handlers.
@@ -237,15 +265,21 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
         status, payload = handlers[path](await request.body())
         return Response(payload, status_code=status, media_type="application/json")
 
-    @app.post("/predict", openapi_extra=openapi_body(PredictionRequest))
+    @app.post("/predict", openapi_extra=openapi_body(PredictionRequest), responses=hot_errors)
     async def predict(request: Request) -> Response:
         return await respond("/predict", request)
 
-    @app.post("/predict/bulk/strict", openapi_extra=openapi_body(BulkPredictionRequest))
+    @app.post(
+        "/predict/bulk/strict",
+        openapi_extra=openapi_body(BulkPredictionRequest),
+        responses=hot_errors,
+    )
     async def predict_bulk_strict_route(request: Request) -> Response:
         return await respond("/predict/bulk/strict", request)
 
-    @app.post("/predict/bulk", openapi_extra=openapi_body(BulkPredictionRequest))
+    @app.post(
+        "/predict/bulk", openapi_extra=openapi_body(BulkPredictionRequest), responses=hot_errors
+    )
     async def predict_bulk_route(request: Request) -> Response:
         return await respond("/predict/bulk", request)
 
@@ -302,11 +336,25 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
     async def status() -> Response:
         return json_response(status_body())
 
-    @app.post("/reload")
-    async def reload() -> Response:
-        request_reload(settings.model_dir)  # every worker's watcher follows this
-        holder.refresh(force=True)
-        return json_response(status_body())
+    @app.post("/reload", responses=error_responses(401, 413))
+    async def reload(request: Request) -> Response:
+        """Reload the published model in every worker, off the request path.
+
+        Answers at once with this worker's status and ``reload``: ``scheduled``, or
+        ``pending`` when a reload this worker has not started yet was already
+        requested (that one serves this request too)."""
+        denied = admin_denied(request, settings.admin_token)
+        if denied is not None:
+            return denied
+        await request.body()  # unused, but bounded like every body (413 above the limit)
+        pending = watcher.reload_pending()
+        if not pending:
+            try:
+                request_reload(settings.model_dir)  # every worker's watcher follows this
+            except OSError as exc:  # e.g. a read-only model volume: this worker only
+                log.warning("cannot write the reload file (%s): reloading this worker", exc)
+                watcher.request_local()
+        return json_response({**status_body(), "reload": "pending" if pending else "scheduled"})
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -325,7 +373,7 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
             )
         return json_response({"status": "ready"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSES)
     async def prometheus() -> Response:
         model = holder.current
         model_info.clear()
@@ -334,6 +382,7 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
             loaded = datetime.fromisoformat(model.loaded_at).timestamp()
             model_info.labels(pid, model.version, engines["ttft"], engines["tpot"]).set(loaded)
         load_errors.labels(pid).set(holder.load_errors)
+        loads_gauge.labels(pid).set(holder.loads)
         cold_gauge.labels(pid).set(1 if model is None or model.cold else 0)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -7,8 +7,9 @@ same schema for the OpenAPI document and for single-object endpoints.
 
 Rules (latency-api.md): required fields must be present; numbers must be JSON
 numbers (strings are rejected, booleans count as 0/1 as in pydantic's lax mode);
-integer fields must hold whole numbers; ranges are checked; unknown fields are
-ignored. Any violation rejects the whole request with FastAPI's 422 format.
+integer fields must hold whole numbers; every number must lie in its field's range
+(:data:`UPPER_BOUNDS`, all from 0); unknown fields are ignored. Any violation rejects
+the whole request with FastAPI's 422 format.
 """
 
 from __future__ import annotations
@@ -38,6 +39,29 @@ OPTIONAL_COUNT_FIELDS = (
 )
 TARGET_FIELDS = ("actual_ttft_ms", "actual_tpot_ms")
 POD_TYPES = {"": 0, "prefill": 1, "decode": 2}
+
+# Largest accepted value of every numeric field (the smallest is 0). Far above any
+# real pod, and small enough that every derived feature stays finite in float32: an
+# unbounded 1e308 passed validation and then made every retrain fail ("Input data
+# contains inf") until a flush. docs/latency.md lists them.
+MAX_REQUESTS = 1e6  # waiting / running requests on one pod
+MAX_TOKENS = 1e7  # tokens of one request (prompt, generated, encoder input)
+MAX_TOKENS_IN_FLIGHT = 1e9  # tokens of all requests a pod is working on
+MAX_LATENCY_MS = 1e7  # an observed TTFT or TPOT (~2.8 hours)
+UPPER_BOUNDS: dict[str, float] = {
+    "kv_cache_percentage": 1.0,
+    "prefix_cache_score": 1.0,
+    "input_token_length": MAX_TOKENS,
+    "num_request_waiting": MAX_REQUESTS,
+    "num_request_running": MAX_REQUESTS,
+    "num_tokens_generated": MAX_TOKENS,
+    "prefill_tokens_in_flight": MAX_TOKENS_IN_FLIGHT,
+    "decode_tokens_in_flight": MAX_TOKENS_IN_FLIGHT,
+    "encoder_matched_size": MAX_TOKENS,
+    "encoder_input_size": MAX_TOKENS,
+    "actual_ttft_ms": MAX_LATENCY_MS,
+    "actual_tpot_ms": MAX_LATENCY_MS,
+}
 
 Columns = dict[str, np.ndarray]
 
@@ -125,6 +149,8 @@ def item_list(body: Any, key: str) -> list:
 
 REQUIRED_NUMERIC = FRACTION_FIELDS + COUNT_FIELDS
 _get_required = itemgetter(*REQUIRED_NUMERIC)
+_REQUIRED_UPPER = np.array([UPPER_BOUNDS[name] for name in REQUIRED_NUMERIC])
+_OPTIONAL_UPPER = np.array([UPPER_BOUNDS[name] for name in OPTIONAL_COUNT_FIELDS])
 
 
 def _get_optional(item: dict) -> tuple:
@@ -159,12 +185,10 @@ def parse_features(items: list, loc: tuple = ()) -> Columns:
         return _parse_features_slow(items, loc)
     required = required.astype(np.float64)
     optional = optional.astype(np.float64)
-    fractions = required[:, : len(FRACTION_FIELDS)]
     counts = np.concatenate([required[:, len(FRACTION_FIELDS) :], optional], axis=1)
     if (
-        (fractions < 0).any()
-        or (fractions > 1).any()
-        or (counts < 0).any()
+        not ((required >= 0) & (required <= _REQUIRED_UPPER)).all()
+        or not ((optional >= 0) & (optional <= _OPTIONAL_UPPER)).all()
         or (counts != np.floor(counts)).any()
     ):
         return _parse_features_slow(items, loc)
@@ -177,11 +201,11 @@ def parse_features(items: list, loc: tuple = ()) -> Columns:
 def _parse_features_slow(items: list, loc: tuple) -> Columns:
     cols: Columns = {}
     for name in FRACTION_FIELDS:
-        cols[name] = _numeric(items, name, loc, required=True, integer=False, upper=1.0)
+        cols[name] = _numeric(items, name, loc, required=True, integer=False)
     for name in COUNT_FIELDS:
-        cols[name] = _numeric(items, name, loc, required=True, integer=True, upper=None)
+        cols[name] = _numeric(items, name, loc, required=True, integer=True)
     for name in OPTIONAL_COUNT_FIELDS:
-        cols[name] = _numeric(items, name, loc, required=False, integer=True, upper=None)
+        cols[name] = _numeric(items, name, loc, required=False, integer=True)
     cols["pod_type"] = _pod_types(items, loc)
     return cols
 
@@ -190,13 +214,44 @@ def parse_samples(items: list, loc: tuple = ()) -> Columns:
     """Validate training samples: the features plus both observed targets."""
     cols = parse_features(items, loc)
     for name in TARGET_FIELDS:
-        cols[name] = _numeric(items, name, loc, required=True, integer=False, upper=None)
+        cols[name] = _numeric(items, name, loc, required=True, integer=False)
     return cols
 
 
-def _numeric(
-    items: list, name: str, loc: tuple, *, required: bool, integer: bool, upper: float | None
-) -> np.ndarray:
+SAMPLE_FIELDS = REQUIRED_NUMERIC + OPTIONAL_COUNT_FIELDS + TARGET_FIELDS
+_INTEGER_FIELDS = frozenset(COUNT_FIELDS + OPTIONAL_COUNT_FIELDS)
+
+
+def valid_sample_rows(cols: Columns) -> np.ndarray:
+    """Which rows of sample columns that did not come through :func:`parse_samples`
+    (e.g. a Kafka message from another producer) obey the schema: every number
+    finite, whole where it must be and within its range, a known pod type.
+
+    Raises ``ValueError`` when the columns are not a batch at all (a field missing,
+    columns of different lengths or shapes)."""
+    try:
+        n = np.shape(cols["kv_cache_percentage"])[0]
+        keep = np.ones(n, dtype=bool)
+        for name in (*SAMPLE_FIELDS, "pod_type"):
+            if np.shape(cols[name]) != (n,):
+                raise ValueError(f"column {name} has shape {np.shape(cols[name])}, not ({n},)")
+        for name in SAMPLE_FIELDS:
+            values = np.asarray(cols[name], dtype=np.float64)
+            keep &= (values >= 0) & (values <= UPPER_BOUNDS[name])  # False for NaN
+            if name in _INTEGER_FIELDS:
+                keep &= values == np.floor(values)
+        keep &= np.isin(np.asarray(cols["pod_type"], dtype=np.float64), list(POD_TYPES.values()))
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise ValueError(f"not a sample batch: {exc!r}") from None
+    return keep
+
+
+def bound_text(value: float) -> str:
+    """A bound as people write it: 1, 1000000, 0.5."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _numeric(items: list, name: str, loc: tuple, *, required: bool, integer: bool) -> np.ndarray:
     try:
         raw = [item[name] for item in items] if required else [item.get(name, 0) for item in items]
     except (KeyError, TypeError, AttributeError):
@@ -221,16 +276,14 @@ def _numeric(
                 "Input should be a valid integer, got a number with a fractional part",
                 raw[index],
             )
-    bad = values < 0
-    if upper is not None:
-        bad |= values > upper
+    upper = UPPER_BOUNDS[name]
+    bad = ~((values >= 0) & (values <= upper))  # NaN is out of range too
     if bad.any():
         index = int(np.argmax(bad))
-        rule = f"between 0 and {upper:g}" if upper is not None else "greater than or equal to 0"
         raise _error(
-            "less_than_equal" if values[index] > 0 else "greater_than_equal",
+            "greater_than_equal" if values[index] < 0 else "less_than_equal",
             (*loc, index, name),
-            f"Input should be {rule}",
+            f"Input should be between 0 and {bound_text(upper)} ({name})",
             raw[index],
         )
     return values
@@ -277,23 +330,27 @@ def _pod_types(items: list, loc: tuple) -> np.ndarray:
 # --- pydantic models: the same schema for the OpenAPI document --------------------
 
 
+def _int_le(name: str) -> int:
+    return int(UPPER_BOUNDS[name])
+
+
 class PredictionRequest(BaseModel):
-    kv_cache_percentage: float = Field(..., ge=0.0, le=1.0)
-    input_token_length: int = Field(..., ge=0)
-    num_request_waiting: int = Field(..., ge=0)
-    num_request_running: int = Field(..., ge=0)
-    num_tokens_generated: int = Field(..., ge=0)
-    prefix_cache_score: float = Field(..., ge=0.0, le=1.0)
+    kv_cache_percentage: float = Field(..., ge=0.0, le=UPPER_BOUNDS["kv_cache_percentage"])
+    input_token_length: int = Field(..., ge=0, le=_int_le("input_token_length"))
+    num_request_waiting: int = Field(..., ge=0, le=_int_le("num_request_waiting"))
+    num_request_running: int = Field(..., ge=0, le=_int_le("num_request_running"))
+    num_tokens_generated: int = Field(..., ge=0, le=_int_le("num_tokens_generated"))
+    prefix_cache_score: float = Field(..., ge=0.0, le=UPPER_BOUNDS["prefix_cache_score"])
     pod_type: Literal["", "prefill", "decode"] = ""
-    prefill_tokens_in_flight: int = Field(0, ge=0)
-    decode_tokens_in_flight: int = Field(0, ge=0)
-    encoder_matched_size: int = Field(0, ge=0)
-    encoder_input_size: int = Field(0, ge=0)
+    prefill_tokens_in_flight: int = Field(0, ge=0, le=_int_le("prefill_tokens_in_flight"))
+    decode_tokens_in_flight: int = Field(0, ge=0, le=_int_le("decode_tokens_in_flight"))
+    encoder_matched_size: int = Field(0, ge=0, le=_int_le("encoder_matched_size"))
+    encoder_input_size: int = Field(0, ge=0, le=_int_le("encoder_input_size"))
 
 
 class TrainingEntry(PredictionRequest):
-    actual_ttft_ms: float = Field(..., ge=0.0)
-    actual_tpot_ms: float = Field(..., ge=0.0)
+    actual_ttft_ms: float = Field(..., ge=0.0, le=UPPER_BOUNDS["actual_ttft_ms"])
+    actual_tpot_ms: float = Field(..., ge=0.0, le=UPPER_BOUNDS["actual_tpot_ms"])
     timestamp: float | str | None = None
 
 
@@ -312,11 +369,42 @@ class FlushBody(BaseModel):
     reason: str | None = None
 
 
-def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` documenting a body that the handler parses itself."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
+class ErrorItem(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+
+
+class ValidationErrorBody(BaseModel):
+    """422: FastAPI's format; ``loc`` names the item and the field."""
+
+    detail: list[ErrorItem]
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class TooLargeBody(BaseModel):
+    """413: the body is larger than ``SLOCAST_LATENCY_MAX_BODY_BYTES``."""
+
+    detail: str
+    max_body_bytes: int
+
+
+# Models a handler parses itself (openapi_body) and that therefore must be added to
+# the OpenAPI components by hand (http_common.document_bodies).
+BODY_MODELS: tuple[type[BaseModel], ...] = (
+    PredictionRequest,
+    BulkPredictionRequest,
+    BulkTrainingRequest,
+    FlushBody,
+)
+
+
+def openapi_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body that the handler parses itself: a
+    reference to the model in the document's components (see ``BODY_MODELS``)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": ref}}}}

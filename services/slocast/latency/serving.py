@@ -10,7 +10,9 @@ microseconds) and loads the new bundle as soon as the pointer changes. This keep
 every worker of every replica within a fraction of a second of the trainer without
 any coordination between workers, inotify (not available on network volumes) or a
 broker connection per worker. ``POST /reload`` bumps a ``RELOAD`` file that the same
-watchers follow, which is how one HTTP request reaches every worker.
+watchers follow, which is how one HTTP request reaches every worker; the reload
+itself runs on each worker's watcher thread, never on the request, and requests
+that arrive before it starts are served by the same reload.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from slocast.latency.schema import (
     FRACTION_FIELDS,
     OPTIONAL_COUNT_FIELDS,
     POD_TYPES,
+    UPPER_BOUNDS,
     Columns,
 )
 
@@ -136,9 +139,9 @@ def feature_parser(kernel: Kernel) -> Parser:
     """The kernel's parser for prediction requests, in ``parse_features``'s column
     order and with its rules (latency-api.md)."""
     fields = (
-        [Field(name, FRACTION, True) for name in FRACTION_FIELDS]
-        + [Field(name, COUNT, True) for name in COUNT_FIELDS]
-        + [Field(name, COUNT, False) for name in OPTIONAL_COUNT_FIELDS]
+        [Field(n, FRACTION, True, maximum=UPPER_BOUNDS[n]) for n in FRACTION_FIELDS]
+        + [Field(n, COUNT, True, maximum=UPPER_BOUNDS[n]) for n in COUNT_FIELDS]
+        + [Field(n, COUNT, False, maximum=UPPER_BOUNDS[n]) for n in OPTIONAL_COUNT_FIELDS]
         + [Field("pod_type", ENUM, False, float(POD_TYPES[""]))]
     )
     return kernel.parser(fields, sorted(POD_TYPES, key=POD_TYPES.__getitem__))
@@ -217,6 +220,7 @@ class ModelHolder:
         self.compile_cache = compile_cache
         self.current: ServedModel | None = prior
         self.load_errors = 0
+        self.loads = 0  # bundles loaded (successfully) by this worker
         self._lock = threading.Lock()  # serialises loads, never taken by requests
 
     def refresh(self, force: bool = False) -> bool:
@@ -238,6 +242,7 @@ class ModelHolder:
                 )
                 return False
             self.current = model  # atomic swap
+            self.loads += 1
             log.info(
                 "pid %d serving %s (%s) loaded in %.0f ms",
                 os.getpid(),
@@ -262,13 +267,22 @@ def request_reload(model_dir: Path) -> None:
 
 
 class PointerWatcher(threading.Thread):
-    """Polls the pointer and reload files with ``stat`` and refreshes the holder."""
+    """Polls the pointer and reload files with ``stat`` and refreshes the holder.
+
+    Every load of this worker happens on this thread, one at a time, never on a
+    request. Reload requests coalesce: however many arrive (``RELOAD`` bumps from
+    any worker, or :meth:`request_local`) before the watcher starts a reload are
+    served by that one reload; those arriving while it runs by one more."""
 
     def __init__(self, holder: ModelHolder, poll_interval: float) -> None:
         super().__init__(name="pointer-watcher", daemon=True)
         self.holder = holder
         self.poll_interval = poll_interval
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._local = threading.Event()  # a reload of this worker only was requested
+        # The RELOAD signature of the last reload this watcher started.
+        self._reload_started = self._signature(RELOAD_FILE)
 
     def _signature(self, name: str) -> tuple[int, int] | None:
         try:
@@ -277,20 +291,38 @@ class PointerWatcher(threading.Thread):
             return None
         return (st.st_ino, st.st_mtime_ns)
 
+    def reload_pending(self) -> bool:
+        """A reload was requested that this worker has not started yet."""
+        return self._local.is_set() or self._signature(RELOAD_FILE) != self._reload_started
+
+    def request_local(self) -> None:
+        """Reload this worker's model soon (when ``RELOAD`` cannot be written, e.g.
+        a read-only model volume); coalesces like a ``RELOAD`` bump."""
+        self._local.set()
+        self._wake.set()
+
     def run(self) -> None:
         from slocast.latency.bundle import POINTER
 
         seen_pointer = self._signature(POINTER)
-        seen_reload = self._signature(RELOAD_FILE)
-        while not self._stop.wait(self.poll_interval):
+        seen_reload = self._reload_started
+        while True:
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             pointer, reload = self._signature(POINTER), self._signature(RELOAD_FILE)
-            if pointer != seen_pointer or reload != seen_reload:
+            local = self._local.is_set()
+            if pointer != seen_pointer or reload != seen_reload or local:
                 # Remember the signature only when the load worked, so a failed load
                 # (e.g. a bundle still being pruned) is retried on the next tick.
-                forced = reload != seen_reload
+                forced = reload != seen_reload or local
+                self._local.clear()
+                self._reload_started = reload
                 self.holder.refresh(force=forced)
                 if self.holder.trained or pointer is None:
                     seen_pointer, seen_reload = pointer, reload
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()

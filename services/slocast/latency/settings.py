@@ -14,6 +14,10 @@ from pathlib import Path
 from slocast.core.errors import ConfigError
 
 DEFAULT_MODEL_DIR = ".slocast/latency/models"
+# Largest request body either server reads (413 above). A full bulk request
+# (schema.MAX_ITEMS = 10,000 items) is ~3.5-4.7 MB of JSON depending on spacing.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+MIN_MAX_BODY_BYTES = 1024
 
 
 def _get(name: str, default: str) -> str:
@@ -65,6 +69,7 @@ class TrainingSettings:
     queue_batches: int
     kafka_bootstrap: str | None
     kafka_topic: str
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     @classmethod
     def from_env(cls) -> TrainingSettings:
@@ -83,6 +88,9 @@ class TrainingSettings:
             queue_batches=_int("SLOCAST_LATENCY_QUEUE_BATCHES", 1000, 1),
             kafka_bootstrap=_get("SLOCAST_KAFKA_BOOTSTRAP", "") or None,
             kafka_topic=_get("SLOCAST_LATENCY_TOPIC", "latency-samples"),
+            max_body_bytes=_int(
+                "SLOCAST_LATENCY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, MIN_MAX_BODY_BYTES
+            ),
         )
 
 
@@ -97,6 +105,9 @@ class PredictionSettings:
     # Reported with the cold-start prior; trained bundles carry their own.
     quantile: float
     cold_prior: bool
+    # ``POST /reload`` needs ``Authorization: Bearer <token>`` when set.
+    admin_token: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     @classmethod
     def from_env(cls) -> PredictionSettings:
@@ -112,4 +123,8 @@ class PredictionSettings:
             watch_interval_s=_float("SLOCAST_LATENCY_WATCH_INTERVAL_S", 0.1, 0.01, 10.0),
             quantile=_float("SLOCAST_LATENCY_QUANTILE", 0.9, 0.5, 0.999),
             cold_prior=_bool("SLOCAST_LATENCY_COLD_PRIOR", True),
+            admin_token=_get("SLOCAST_ADMIN_TOKEN", "") or None,
+            max_body_bytes=_int(
+                "SLOCAST_LATENCY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, MIN_MAX_BODY_BYTES
+            ),
         )

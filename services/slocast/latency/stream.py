@@ -11,6 +11,7 @@ published before it but not yet consumed, whichever transport is used.
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 import uuid
@@ -21,6 +22,8 @@ import numpy as np
 import orjson
 
 from slocast.latency.schema import Columns
+
+log = logging.getLogger(__name__)
 
 
 class StreamFull(Exception):
@@ -123,6 +126,7 @@ class KafkaStream:
             }
         )
         self._consumer.subscribe([topic])
+        self.undecodable = 0  # messages that were not sample batches (skipped)
 
     def publish(self, columns: Columns) -> None:
         try:
@@ -135,7 +139,12 @@ class KafkaStream:
         message = self._consumer.poll(timeout)
         if message is None or message.error():
             return None
-        return decode_batch(message.value())
+        try:
+            return decode_batch(message.value())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not a sample batch
+            log.error("skipping an undecodable message on %s: %r", self.topic, exc)
+            self.undecodable += 1
+            return None
 
     def flush(self, timeout: float) -> int:
         """Wait for delivery of produced messages; returns how many are still queued."""

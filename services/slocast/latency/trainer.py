@@ -53,7 +53,7 @@ from slocast.latency.model import (
     predict_booster,
     scale_of,
 )
-from slocast.latency.schema import Columns
+from slocast.latency.schema import SAMPLE_FIELDS, Columns, valid_sample_rows
 from slocast.latency.settings import TrainingSettings
 from slocast.latency.stream import SampleBatch, SampleStream
 from slocast.latency.window import TargetWindow
@@ -73,6 +73,7 @@ ACI_GAMMA = 0.005
 ACI_WINDOW = 2000
 ACI_MIN_RESIDUALS = 500
 ACI_TOLERANCE = 0.02
+SAMPLE_COLUMNS = (*SAMPLE_FIELDS, "pod_type")
 MODEL_INFO = {
     "model_type": MODEL_TYPE,
     "objective_type": PUBLIC_OBJECTIVE,
@@ -128,6 +129,10 @@ class StreamingTrainer:
         self.live_observed = dict.fromkeys(TARGETS, 0)
         self.live_covered = dict.fromkeys(TARGETS, 0)
         self.recalibrations = 0  # bundles published with ACI-shifted offsets
+        # Samples that reached the trainer out of range or non-finite (HTTP validates,
+        # but anything can arrive on a Kafka topic): dropped, never trained on.
+        self.samples_dropped_invalid = 0
+        self.batches_dropped_invalid = 0
         self._flushed_at = 0.0
         self._aci = {
             t: AdaptiveConformal(settings.quantile, ACI_GAMMA, ACI_WINDOW) for t in TARGETS
@@ -177,26 +182,47 @@ class StreamingTrainer:
 
     def _ingest_loop(self) -> None:
         while not self._stop.is_set():
-            batch = self.stream.poll(0.1)
-            if batch is not None:
-                self.ingest(batch)
+            try:
+                batch = self.stream.poll(0.1)
+                if batch is not None:
+                    self.ingest(batch)
+            except Exception:  # one bad message must not stop ingestion
+                log.exception("ingesting a sample batch failed; batch dropped")
+                self.batches_dropped_invalid += 1
 
     def ingest(self, batch: SampleBatch) -> None:
-        """Add one consumed batch to the windows (unless a later flush dropped it)."""
+        """Add one consumed batch to the windows (unless a later flush dropped it).
+
+        Rows that break the schema (non-finite or out-of-range numbers, unknown pod
+        types) are dropped and counted; a batch that is not a batch at all is
+        dropped whole. One such row in the window would make every retrain fail."""
         with self._lock:
             stale = batch.published_at < self._flushed_at
-        rows = int(batch.columns["kv_cache_percentage"].shape[0])
+        try:
+            keep = valid_sample_rows(batch.columns)
+        except ValueError as exc:
+            log.error("dropping a malformed sample batch: %s", exc)
+            self.batches_dropped_invalid += 1
+            return
+        rows = int(keep.shape[0])
         if stale:
             self.samples_dropped_by_flush += rows
             return
-        features = build_features(batch.columns)
-        regime_ids = regimes(batch.columns)
+        columns = batch.columns
+        if not keep.all():
+            bad = rows - int(keep.sum())
+            self.samples_dropped_invalid += bad
+            log.warning("dropped %d of %d samples: out of range or not finite", bad, rows)
+            columns = {name: np.asarray(columns[name])[keep] for name in SAMPLE_COLUMNS}
+            rows -= bad
+            if not rows:
+                return
+        features = build_features(columns)
+        regime_ids = regimes(columns)
         with self._window_lock:
-            self._track_misses(features, batch.columns, regime_ids)
+            self._track_misses(features, columns, regime_ids)
             for target in TARGETS:
-                self.windows[target].add(
-                    features, batch.columns[TARGET_COLUMNS[target]], regime_ids
-                )
+                self.windows[target].add(features, columns[TARGET_COLUMNS[target]], regime_ids)
         self.samples_ingested += rows
 
     def _track_misses(self, features: np.ndarray, columns: Columns, regime_ids: np.ndarray) -> None:

@@ -6,12 +6,11 @@ Handlers validate, publish to the sample stream and report; the learning happens
 
 from __future__ import annotations
 
-import hmac
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,7 +22,16 @@ from prometheus_client.core import CounterMetricFamily
 
 from slocast.latency.bundle import MODEL_TYPE, PUBLIC_OBJECTIVE
 from slocast.latency.features import FEATURE_NAMES, KV_EDGES
-from slocast.latency.http_common import install_validation_handler, json_response, read_json
+from slocast.latency.http_common import (
+    METRICS_RESPONSES,
+    BodyLimit,
+    admin_denied,
+    document_bodies,
+    error_responses,
+    install_validation_handler,
+    json_response,
+    read_json,
+)
 from slocast.latency.model import TARGETS, candidates
 from slocast.latency.published import (
     MODEL_NAMES,
@@ -128,6 +136,18 @@ class _Metrics:
         )
         self.registry.register(_LiveCoverage(trainer))
 
+        invalid = Gauge(
+            "slocast_latency_samples_dropped_invalid",
+            "Consumed samples the trainer dropped as out of range or not finite "
+            "(HTTP validates them; anything can arrive on a Kafka topic).",
+            registry=self.registry,
+        )
+        invalid_batches = Gauge(
+            "slocast_latency_batches_dropped_invalid",
+            "Consumed messages dropped whole: not a sample batch.",
+            registry=self.registry,
+        )
+
         def refresh() -> None:
             for target in TARGETS:
                 for split, n in trainer.windows[target].counts().items():
@@ -141,6 +161,10 @@ class _Metrics:
                 cover.labels(target).set(e.candidate_coverage)
             ingested.set(trainer.samples_ingested)
             dropped.set(trainer.samples_dropped_by_flush)
+            invalid.set(trainer.samples_dropped_invalid)
+            invalid_batches.set(
+                trainer.batches_dropped_invalid + getattr(trainer.stream, "undecodable", 0)
+            )
             if trainer.retrain_seconds:
                 retrain_seconds.set(trainer.retrain_seconds[-1])
             aci_shift.clear()
@@ -254,11 +278,18 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
     app = FastAPI(title="slocast latency training server", lifespan=lifespan)
     app.state.trainer = trainer
     install_validation_handler(app)
+    app.add_middleware(
+        BodyLimit,
+        max_body_bytes=settings.max_body_bytes,
+        on_too_large=lambda _path: metrics.rejected.labels("too_large").inc(),
+    )
+    document_bodies(app)
 
     @app.post(
         "/add_training_data_bulk",
         status_code=202,
         openapi_extra=openapi_body(BulkTrainingRequest),
+        responses=error_responses(413, 422, 503),
     )
     async def add_training_data_bulk(request: Request) -> Response:
         try:
@@ -275,17 +306,15 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
         metrics.accepted.inc(n)
         return json_response({"message": f"Accepted {n} training samples."}, status_code=202)
 
-    @app.post("/flush", openapi_extra=openapi_body(FlushBody))
+    @app.post(
+        "/flush",
+        openapi_extra=openapi_body(FlushBody, required=False),
+        responses=error_responses(401, 413, 422),
+    )
     async def flush(request: Request) -> Response:
-        if settings.admin_token is not None:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.encode(), settings.admin_token.encode()
-            ):
-                return json_response(
-                    {"detail": "a valid admin bearer token is required"}, status_code=401
-                )
+        denied = admin_denied(request, settings.admin_token)
+        if denied is not None:
+            return denied
         body = await read_json(request, allow_empty=True)
         options = _flush_options(body)
         flushed_at, dropped = trainer.flush(
@@ -481,7 +510,7 @@ def create_training_app(settings: TrainingSettings) -> FastAPI:
             return json_response({"status": "ready"})
         return json_response({"status": "not ready", "reason": "trainer threads stopped"}, 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=METRICS_RESPONSES)
     async def prometheus() -> Response:
         metrics.refresh()
         upstream = upstream_metric_lines(trainer, published.current(), settings.quantile)
