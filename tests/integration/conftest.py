@@ -306,7 +306,7 @@ class ServiceStack:
     def state(self):
         from slocast.services.mlflow_state import RegistryState
 
-        return RegistryState(self.registry())
+        return RegistryState(self.registry(), self.namespace)
 
     def committed_offsets(self, group_service: str) -> list[tuple[int, int]]:
         from confluent_kafka import ConsumerGroupTopicPartitions

@@ -24,6 +24,9 @@ from slocast.core.registry import (
 )
 
 TAG_KEY = "slocast.idempotency_key"
+# Every run and version the services log carries its namespace: services sharing one
+# MLflow (namespaces A and B) never see, decide or announce each other's datasets.
+TAG_NAMESPACE = "slocast.namespace"
 TAG_ERROR = "slocast.error"
 TAG_DECISION_ID = "slocast.decision_id"
 TAG_PROMOTED = "slocast.promoted"
@@ -66,15 +69,22 @@ class DecisionRecord:
 class RegistryState:
     """Queries over runs and versions tagged by :mod:`slocast.core.registry`."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, namespace: str) -> None:
         self.registry = registry
         self.client = registry.client
         self.experiment_id = registry.experiment_id
+        self.namespace = namespace
+        self._mine = f"tags.`{TAG_NAMESPACE}` = '{namespace}'"
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """Tags every run or version logged for this namespace carries."""
+        return {TAG_NAMESPACE: self.namespace}
 
     # --- trainers -----------------------------------------------------------------
     def version_for_key(self, task: str, key: str) -> VersionRef | None:
         found = self.client.search_model_versions(
-            f"name = '{registered_name(task)}' and tags.`{TAG_KEY}` = '{key}'"
+            f"name = '{registered_name(task)}' and tags.`{TAG_KEY}` = '{key}' and {self._mine}"
         )
         if not found:
             return None
@@ -82,7 +92,9 @@ class RegistryState:
         return VersionRef(task, str(mv.version), mv.run_id, mv.source, dict(mv.tags))
 
     def failed_run_for_key(self, key: str) -> tuple[str, str] | None:
-        runs = self.runs(f"tags.`{TAG_KEY}` = '{key}' and tags.`{TAG_ROLE}` = 'failed'")
+        runs = self.runs(
+            f"tags.`{TAG_KEY}` = '{key}' and tags.`{TAG_ROLE}` = 'failed' and {self._mine}"
+        )
         if not runs:
             return None
         return runs[0].info.run_id, runs[0].data.tags.get(TAG_ERROR, "")
@@ -98,6 +110,7 @@ class RegistryState:
             TAG_ROLE: "failed",
             TAG_KEY: key,
             TAG_ERROR: error[:4000],
+            **self.tags,
         }
         run = self.client.create_run(
             self.experiment_id, tags=tags, run_name=f"{family}-{dataset_id[:12]}-failed"
@@ -109,7 +122,8 @@ class RegistryState:
     def dataset_versions(self, task: str, dataset_id: str) -> dict[str, VersionRef]:
         """Latest registered version per family trained on ``dataset_id``."""
         found = self.client.search_model_versions(
-            f"name = '{registered_name(task)}' and tags.`{TAG_DATASET}` = '{dataset_id}'"
+            f"name = '{registered_name(task)}' and tags.`{TAG_DATASET}` = '{dataset_id}' "
+            f"and {self._mine}"
         )
         latest: dict[str, VersionRef] = {}
         for mv in sorted(found, key=lambda v: int(v.version)):
@@ -123,13 +137,16 @@ class RegistryState:
     def failed_families(self, task: str, dataset_id: str) -> dict[str, str]:
         runs = self.runs(
             f"tags.`{TAG_TASK}` = '{task}' and tags.`{TAG_DATASET}` = '{dataset_id}' "
-            f"and tags.`{TAG_ROLE}` = 'failed'"
+            f"and tags.`{TAG_ROLE}` = 'failed' and {self._mine}"
         )
         return {r.data.tags.get(TAG_FAMILY, "?"): r.data.tags.get(TAG_ERROR, "") for r in runs}
 
     def first_result_ms(self, task: str, dataset_id: str) -> int | None:
         """When the first trainer result for the dataset was logged (the deadline's origin)."""
-        runs = self.runs(f"tags.`{TAG_TASK}` = '{task}' and tags.`{TAG_DATASET}` = '{dataset_id}'")
+        runs = self.runs(
+            f"tags.`{TAG_TASK}` = '{task}' and tags.`{TAG_DATASET}` = '{dataset_id}' "
+            f"and {self._mine}"
+        )
         starts = [
             r.info.start_time for r in runs if r.data.tags.get(TAG_ROLE) in (*MODEL_ROLES, "failed")
         ]
@@ -139,7 +156,7 @@ class RegistryState:
         """The evaluator's decision for the dataset (the first one, if ever more)."""
         runs = self.runs(
             f"tags.`{TAG_TASK}` = '{task}' and tags.`{TAG_DATASET}` = '{dataset_id}' "
-            f"and tags.`{TAG_ROLE}` = 'decision'"
+            f"and tags.`{TAG_ROLE}` = 'decision' and {self._mine}"
         )
         runs = [r for r in runs if TAG_PUBLISHED in r.data.tags]  # services' decisions only
         if not runs:
@@ -149,7 +166,8 @@ class RegistryState:
 
     def decision_by_id(self, decision_id: str) -> DecisionRecord | None:
         runs = self.runs(
-            f"tags.`{TAG_DECISION_ID}` = '{decision_id}' and tags.`{TAG_ROLE}` = 'decision'"
+            f"tags.`{TAG_DECISION_ID}` = '{decision_id}' and tags.`{TAG_ROLE}` = 'decision' "
+            f"and {self._mine}"
         )
         if not runs:
             return None
@@ -160,7 +178,13 @@ class RegistryState:
         self, task: str, dataset_id: str, tags: dict[str, str], document: dict
     ) -> DecisionRecord:
         """One run per decision; every field the follow-up steps need is in its tags."""
-        all_tags = {TAG_TASK: task, TAG_DATASET: dataset_id, TAG_ROLE: "decision", **tags}
+        all_tags = {
+            TAG_TASK: task,
+            TAG_DATASET: dataset_id,
+            TAG_ROLE: "decision",
+            **tags,
+            **self.tags,
+        }
         run = self.client.create_run(
             self.experiment_id, tags=all_tags, run_name=f"decision-{dataset_id[:12]}"
         )
@@ -172,13 +196,15 @@ class RegistryState:
         self.client.set_tag(record.run_id, TAG_PUBLISHED, value)
 
     def unpublished_decisions(self) -> list[DecisionRecord]:
-        runs = self.runs(f"tags.`{TAG_ROLE}` = 'decision' and tags.`{TAG_PUBLISHED}` = 'false'")
+        runs = self.runs(
+            f"tags.`{TAG_ROLE}` = 'decision' and tags.`{TAG_PUBLISHED}` = 'false' and {self._mine}"
+        )
         return [DecisionRecord(r.info.run_id, r.info.start_time, dict(r.data.tags)) for r in runs]
 
     def datasets_with_results(self, since_s: float) -> list[tuple[str, str]]:
         """(task, dataset id) pairs with trainer results logged in the last ``since_s``."""
         since_ms = int((time.time() - since_s) * 1000)
-        runs = self.runs(f"attributes.start_time > {since_ms}")
+        runs = self.runs(f"attributes.start_time > {since_ms} and {self._mine}")
         pairs = {
             (r.data.tags.get(TAG_TASK, ""), r.data.tags.get(TAG_DATASET, ""))
             for r in runs

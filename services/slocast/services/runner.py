@@ -128,7 +128,7 @@ class ServiceContext:
     @property
     def state(self) -> RegistryState:
         if self._state is None:
-            self._state = RegistryState(self.registry)
+            self._state = RegistryState(self.registry, self.settings.namespace)
         return self._state
 
     def consume(

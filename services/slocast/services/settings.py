@@ -9,6 +9,7 @@ service reads does not exist here (no dead knobs).
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -306,8 +307,12 @@ class CommonSettings:
         e = _Env(os.environ if env is None else env)
         home = Path(e.str("SLOCAST_HOME")).resolve()
         namespace = e.str("SLOCAST_NAMESPACE")
-        if not namespace or any(c in namespace for c in " /\\"):
-            raise ConfigError(f"SLOCAST_NAMESPACE={namespace!r} must be a plain name")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", namespace or ""):
+            # It names topics and consumer groups and appears in MLflow filters.
+            raise ConfigError(
+                f"SLOCAST_NAMESPACE={namespace!r} must be a plain name (letters, digits, "
+                "'_', '.', '-')"
+            )
         return cls(
             home=home,
             kafka_bootstrap=e.str("SLOCAST_KAFKA_BOOTSTRAP"),

@@ -109,7 +109,7 @@ class TrainerHandler:
                 task=ready.task,
                 role="baseline" if self.family in BASELINES else "candidate",
                 bundle_dir=Path(scratch) / self.family,
-                extra_tags={TAG_KEY: key},
+                extra_tags={TAG_KEY: key, **state.tags},
             )
         self._publish(
             TrainingSucceeded(
