@@ -70,8 +70,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--storage",
         choices=("s3", "local"),
-        default="s3",
-        help="object store: moto S3 server or a local directory (default s3)",
+        default="local",
+        help="object store: a directory under $SLOCAST_HOME/stack-data, kept across restarts "
+        "(default local), or a moto S3 server (in memory: a stack that used it cannot be "
+        "restarted, only started --fresh)",
+    )
+    up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete $SLOCAST_HOME/stack-data (the previous stack's MLflow store and objects) "
+        "first",
     )
     up.add_argument("--predict-port", type=int, default=8000, help="prediction server port")
     up.add_argument(
@@ -83,6 +91,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops all")
     up.set_defaults(func=_up)
     subparsers.add_parser("down", help="stop what `slocast up` started").set_defaults(func=_down)
+    subparsers.add_parser(
+        "status",
+        help="the `slocast up` stack's services: running or not, restarts (exit 0 when all run)",
+    ).set_defaults(func=_status)
 
 
 def _preprocess(args: argparse.Namespace) -> int:
@@ -166,7 +178,14 @@ def _up(args: argparse.Namespace) -> int:
         predict_port=args.predict_port,
         task=args.task,
         foreground=args.foreground,
+        fresh=args.fresh,
     )
+
+
+def _status(args: argparse.Namespace) -> int:
+    from slocast.services.stack import stack_status
+
+    return stack_status()
 
 
 def _down(args: argparse.Namespace) -> int:

@@ -1,12 +1,16 @@
-"""``slocast up`` / ``slocast down``: the whole service stack on one machine.
+"""``slocast up`` / ``slocast down`` / ``slocast status``: the whole service stack on one machine.
 
-A supervisor process starts a Tansu broker, a moto S3 server (or uses a local
-directory), an MLflow server (SQLite backend, artifacts proxied to the store) and
+A supervisor process starts a Tansu broker, an object store (a directory, or a moto
+S3 server), an MLflow server (SQLite backend, artifacts proxied to the store) and
 every service as subprocesses on free 127.0.0.1 ports. Their output is merged into
 ``$SLOCAST_HOME/stack/stack.log`` with a ``[service]`` prefix per line; the
 variables a client needs (``slocast submit``) are written to
-``$SLOCAST_HOME/stack/env.sh``. ``slocast down`` signals the supervisor named in
-``$SLOCAST_HOME/stack/pid``, which stops its children in reverse start order.
+``$SLOCAST_HOME/stack/env.sh`` (owner-only). A child that exits is restarted with
+a doubling backoff, except moto, whose objects die with it: then the stack stops.
+``status.json`` holds every child's state and restarts. ``slocast down`` signals the
+supervisor named in ``$SLOCAST_HOME/stack/pid``, which stops its children in reverse
+start order. What survives a stack (MLflow store, local objects) lives in
+``$SLOCAST_HOME/stack-data``; a new stack refuses state it could not serve.
 
 The same launch helpers start the real servers of the integration tests.
 """
@@ -15,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +37,13 @@ from typing import TextIO
 from slocast.core.errors import SlocastError
 
 BUCKET = "slocast"
+# A crashed child is restarted after a delay that doubles while it keeps crashing
+# (from 1 s to 30 s) and resets once it stayed up this long.
+RESTART_BACKOFF_START = 1.0
+RESTART_BACKOFF_MAX = 30.0
+STABLE_SECONDS = 60.0
+# Children whose state dies with them: the stack cannot go on without it.
+STATEFUL_IN_MEMORY = frozenset({"s3"})
 # moto accepts any credentials; these are placeholders for the local stack only.
 LOCAL_S3_ENV = {
     "AWS_ACCESS_KEY_ID": "local-stack",
@@ -150,16 +163,50 @@ class Child:
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], sink: TextIO) -> None:
         self.name = name
+        self.command = command
+        self.env = env
+        self.sink = sink
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self.started = 0.0
+        self.restart_at: float | None = None  # set while it waits out its backoff
+        self.backoff = RESTART_BACKOFF_START
+        self.start()
+
+    def schedule_restart(self, now: float) -> float:
+        """Note the exit; the delay before the restart (doubles while it keeps dying)."""
+        self.last_exit = self.popen.returncode
+        # Its own children (the predict service's server) must not outlive it and
+        # keep its port: each child leads its own process group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        if now - self.started > STABLE_SECONDS:
+            self.backoff = RESTART_BACKOFF_START
+        delay = self.backoff
+        self.backoff = min(self.backoff * 2, RESTART_BACKOFF_MAX)
+        self.restart_at = now + delay
+        return delay
+
+    def describe(self) -> dict:
+        return {
+            "pid": self.popen.pid,
+            "running": self.popen.poll() is None,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+        }
+
+    def start(self) -> None:
+        self.started = time.monotonic()
         self.popen = subprocess.Popen(
-            command,
-            env=env,
+            self.command,
+            env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
             start_new_session=True,
         )
-        self._thread = threading.Thread(target=self._copy, args=(sink,), daemon=True)
+        self._thread = threading.Thread(target=self._copy, args=(self.sink,), daemon=True)
         self._thread.start()
 
     def _copy(self, sink: TextIO) -> None:
@@ -179,15 +226,58 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
 
 
 # --- the stack ------------------------------------------------------------------------
 def stack_dir() -> Path:
+    """Run-time files of the running stack: pid, ready marker, env.sh, status, log."""
     return Path(os.environ.get("SLOCAST_HOME", ".slocast")).resolve() / "stack"
 
 
+def stack_data_dir() -> Path:
+    """What a stack keeps across restarts: its MLflow store and (local) objects."""
+    return Path(os.environ.get("SLOCAST_HOME", ".slocast")).resolve() / "stack-data"
+
+
+def check_previous_state(storage: str, fresh: bool) -> None:
+    """Start over only from state a new stack can serve, or say why not.
+
+    The MLflow store (SQLite) survives a stack; moto's objects and the broker's
+    events do not. A registry whose versions point at objects that are gone would
+    make resubmissions "succeed" by idempotency with nothing servable.
+    """
+    data = stack_data_dir()
+    if fresh:
+        shutil.rmtree(data, ignore_errors=True)
+    marker = data / "state.json"
+    if (data / "mlflow.db").exists():
+        previous = json.loads(marker.read_text())["storage"] if marker.exists() else "unknown"
+        if previous != "local":
+            raise SlocastError(
+                f"{data} holds the MLflow registry of a previous stack whose objects lived in "
+                "moto's memory and are gone (its versions are not servable); "
+                "`slocast up --fresh` deletes it and starts over (`--storage local` keeps "
+                "objects on disk, so a stack restarts where it stopped)"
+            )
+        if storage != "local":
+            raise SlocastError(
+                f"{data} holds a previous stack's registry and objects on local storage; "
+                "start with `--storage local` to continue it, or `--fresh` to start over"
+            )
+    data.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"storage": storage}))
+
+
 def stack_up(
-    *, families: tuple[str, ...], storage: str, predict_port: int, task: str, foreground: bool
+    *,
+    families: tuple[str, ...],
+    storage: str,
+    predict_port: int,
+    task: str,
+    foreground: bool,
+    fresh: bool = False,
 ) -> int:
     directory = stack_dir()
     pid_file = directory / "pid"
@@ -195,6 +285,7 @@ def stack_up(
         raise SlocastError(
             f"a stack is already running (pid {pid_file.read_text().strip()}); run `slocast down`"
         )
+    check_previous_state(storage, fresh)
     directory.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -247,6 +338,7 @@ def supervise(
 ) -> int:
     directory = stack_dir()
     home = directory.parent
+    data = stack_data_dir()
     (directory / "pid").write_text(str(os.getpid()))
     (directory / "ready").unlink(missing_ok=True)
     children: list[Child] = []
@@ -274,14 +366,14 @@ def supervise(
             )
             artifacts = f"s3://{BUCKET}/mlflow"
         else:
-            env["SLOCAST_STORE_URI"] = str(home / "artifacts")
-            artifacts = str(home / "mlflow-artifacts")
+            env["SLOCAST_STORE_URI"] = str(data / "store")
+            artifacts = str(data / "mlflow-artifacts")
         children.append(Child("broker", tansu_command(broker), base, sink))
         wait_until(lambda: tcp_open(broker), 30, "the broker")
         children.append(
             Child(
                 "mlflow",
-                mlflow_command(mlflow_port, f"sqlite:///{home / 'stack-mlflow.db'}", artifacts),
+                mlflow_command(mlflow_port, f"sqlite:///{data / 'mlflow.db'}", artifacts),
                 {**base, **mlflow_env(s3)},
                 sink,
             )
@@ -315,16 +407,72 @@ def supervise(
         (directory / "ready").write_text("1")
         sink.write(f"[stack] up: broker {broker}, MLflow {mlflow_port}, predict {predict_port}\n")
         sink.flush()
+        status = {"supervisor": os.getpid(), "storage": storage, "task": task}
         while not stop.wait(1.0):
-            for child in children:
-                if child.popen.poll() is not None:
-                    sink.write(f"[stack] {child.name} exited with {child.popen.returncode}\n")
-                    stop.set()
+            _supervise_once(children, stop, sink)
+            _write_json(
+                directory / "status.json",
+                {**status, "children": {c.name: c.describe() for c in children}},
+            )
     finally:
         for child in reversed(children):
             child.stop()
         _remove_state(directory)
     return 0
+
+
+def _supervise_once(children: list[Child], stop: threading.Event, sink: TextIO) -> None:
+    """Restart exited children after their backoff; stop if state was lost."""
+    now = time.monotonic()
+    for child in children:
+        if child.popen.poll() is None:
+            continue
+        if child.name in STATEFUL_IN_MEMORY:
+            sink.write(
+                f"[stack] {child.name} exited with {child.popen.returncode}; it kept every "
+                "object in memory, so the stack stops (`slocast up --fresh` starts a new one)\n"
+            )
+            stop.set()
+            return
+        if child.restart_at is None:
+            delay = child.schedule_restart(now)
+            sink.write(
+                f"[stack] {child.name} exited with {child.last_exit}; restarting in {delay:g}s\n"
+            )
+        elif now >= child.restart_at:
+            child.restarts += 1
+            child.restart_at = None
+            child.start()
+            sink.write(f"[stack] {child.name} restarted (restart {child.restarts})\n")
+        sink.flush()
+
+
+def _write_json(path: Path, document: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, indent=1))
+    tmp.replace(path)
+
+
+def stack_status() -> int:
+    """``slocast status``: every child of the running stack; 0 when all are up."""
+    directory = stack_dir()
+    pid_file = directory / "pid"
+    if not pid_file.exists() or not _alive(int(pid_file.read_text())):
+        print("no stack running")
+        return 3
+    try:
+        status = json.loads((directory / "status.json").read_text())
+    except (OSError, ValueError):
+        print(f"stack starting (supervisor pid {pid_file.read_text().strip()})")
+        return 1
+    print(
+        f"stack: supervisor pid {status['supervisor']}, storage {status['storage']}, "
+        f"serving task {status['task']!r}"
+    )
+    for name, child in status["children"].items():
+        state = "running" if child["running"] else f"down (exit {child['last_exit']})"
+        print(f"  {name:<24} {state:<18} pid {child['pid']:<8} restarts {child['restarts']}")
+    return 0 if all(c["running"] for c in status["children"].values()) else 1
 
 
 def client_env(env: dict[str, str], base: dict[str, str], storage: str) -> dict[str, str]:
@@ -349,7 +497,7 @@ def _write_env(path: Path, env: dict[str, str]) -> None:
 
 def _remove_state(directory: Path) -> None:
     """A stopped stack leaves no pid, ready marker or client settings behind."""
-    for name in ("pid", "ready", "env.sh"):
+    for name in ("pid", "ready", "env.sh", "status.json"):
         (directory / name).unlink(missing_ok=True)
 
 
