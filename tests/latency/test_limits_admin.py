@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 import pytest
+from tests.latency.test_http_api import FEATURES, SAMPLE
 
 from slocast.latency import prediction_app, serving
 from slocast.latency.bundle import publish, write_bundle
@@ -36,15 +37,6 @@ from slocast.latency.settings import DEFAULT_MAX_BODY_BYTES, PredictionSettings
 from slocast.latency.synthetic import generate
 
 LIMIT = int(os.environ.get("SLOCAST_LATENCY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
-FEATURES = {
-    "kv_cache_percentage": 0.3,
-    "input_token_length": 512,
-    "num_request_waiting": 1,
-    "num_request_running": 8,
-    "num_tokens_generated": 0,
-    "prefix_cache_score": 0.0,
-}
-SAMPLE = {**FEATURES, "actual_ttft_ms": 250.0, "actual_tpot_ms": 20.0}
 FLUSH_OPTIONS = ("flush_training_data", "flush_test_data", "flush_metrics")  # none: a no-op
 # (server, path, a valid body): every POST route of both servers
 POST_ROUTES = [

@@ -11,6 +11,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from slocast.core.openapi import add_body_schemas
 from slocast.latency.schema import (
     BODY_MODELS,
     ErrorBody,
@@ -48,11 +49,7 @@ def document_bodies(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = generate()
-            components = doc.setdefault("components", {}).setdefault("schemas", {})
-            for model in BODY_MODELS:
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(schema.pop("$defs", {}))
-                components[model.__name__] = schema
+            add_body_schemas(doc, BODY_MODELS)
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -22,6 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp
 
 from slocast import __version__
+from slocast.core.openapi import add_body_schemas
 from slocast.serve import schemas
 from slocast.serve.fastpath import FastPath, Handler, error_body, read_body
 from slocast.serve.forecasting import batch_body, forecast_body
@@ -279,11 +280,7 @@ def create_app(settings: ServeSettings | None = None) -> ASGIApp:
                 description=app.description,
                 routes=app.routes,
             )
-            components = doc.setdefault("components", {}).setdefault("schemas", {})
-            for model in (schemas.ForecastRequest, schemas.BatchForecastRequest):
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(schema.pop("$defs", {}))
-                components[model.__name__] = schema
+            add_body_schemas(doc, (schemas.ForecastRequest, schemas.BatchForecastRequest))
             app.openapi_schema = doc
         return app.openapi_schema
 
