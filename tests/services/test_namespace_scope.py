@@ -16,7 +16,9 @@ DATASET = "d" * 64
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     root: Path = tmp_path_factory.mktemp("mlflow")
-    return ModelRegistry(f"sqlite:///{root / 'mlflow.db'}")
+    return ModelRegistry(
+        f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "artifacts").as_uri()
+    )
 
 
 def test_scans_and_decisions_stay_in_their_namespace(registry: ModelRegistry) -> None:
