@@ -126,3 +126,26 @@ def test_readyz_turns_503_within_2_s_of_a_dependency_hanging_or_dying() -> None:
         assert seconds_until_not_ready() < 2.5
     finally:
         readiness.stop()
+
+
+def test_a_repeated_error_is_logged_once_per_window_with_a_count(log_lines) -> None:
+    """The evaluator tick failing every 5 s: one traceback, then a count per minute."""
+    from slocast.services.logthrottle import LogThrottle
+
+    now = [0.0]
+    throttle = LogThrottle(60, clock=lambda: now[0])
+    log = logging.getLogger("slocast.test.tick")
+    for tick in range(25):  # two minutes of ticks, every 5 s
+        now[0] = tick * 5.0
+        try:
+            raise ConnectionError(f"MLflow down (object at 0x7f{tick:04x}, attempt {tick})")
+        except ConnectionError as exc:
+            throttle.log(log, logging.ERROR, "periodic task failed: %s", exc, exc_info=exc)
+    lines = [r for r in log_lines.records if r.name == "slocast.test.tick"]
+    assert [r.exc_info is not None for r in lines] == [True, False, False]
+    assert "repeated" not in lines[0].getMessage()
+    assert lines[1].getMessage().endswith("(repeated 11 times in the last 60 s)")
+    assert lines[2].getMessage().endswith("(repeated 11 times in the last 60 s)")
+    # a different error is not hidden by the first
+    throttle.log(log, logging.ERROR, "periodic task failed: %s", "S3 bucket gone")
+    assert log_lines.records[-1].getMessage() == "periodic task failed: S3 bucket gone"

@@ -203,6 +203,28 @@ def broker_check(admin, *, poll: Callable[[], object] | None = None) -> Check:
     return check
 
 
+def served_model_check(server_url: str) -> Check:
+    """The prediction server beside the listener has a model loaded: its ``/readyz`` is
+    200 (it is 503, with the reason, while the champion loads or MLflow is down)."""
+    url = server_url.rstrip("/") + "/readyz"
+
+    def check() -> str:
+        try:
+            with urllib.request.urlopen(url, timeout=CHECK_TIMEOUT_S) as response:
+                body = json.loads(response.read() or b"{}")
+                return f"model version {body.get('version', '?')} loaded"
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = json.loads(exc.read() or b"{}").get("detail", "")
+            except ValueError:
+                detail = ""
+            raise ConnectionError(f"{url} {exc.code}: {detail or 'no model loaded'}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConnectionError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+
+    return check
+
+
 def mlflow_check(tracking_uri: str) -> Check:
     """The tracking server answers ``/health`` (or the local store's directory exists)."""
 
