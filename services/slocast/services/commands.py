@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run only the listener (a sidecar sharing SLOCAST_SERVE_CACHE with `slocast serve`)",
     )
+    predict.add_argument(
+        "--server-url",
+        help="with --listener-only: the prediction server (e.g. http://127.0.0.1:8000) whose "
+        "/readyz (a model is loaded) the listener's /readyz includes",
+    )
     predict.set_defaults(func=_predict)
     if importlib.util.find_spec("slocast.latency.commands") is not None:
         latency = kinds.add_parser("latency-trainer", help="the latency training server")
@@ -124,9 +129,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     settings = ListenerSettings.from_env()
     if args.listener_only:
-        return prediction_listener.run_listener(settings)
-    serve_args = ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
-    return prediction_listener.run(settings, serve_args)
+        return prediction_listener.run_listener(settings, args.server_url)
+    return prediction_listener.run(settings, args.host, args.port, args.workers)
 
 
 def _latency_trainer(args: argparse.Namespace) -> int:

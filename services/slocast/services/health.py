@@ -19,71 +19,121 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from slocast.services.logthrottle import OUTAGES
+
 log = logging.getLogger(__name__)
 
 # A check returns a short detail when healthy and raises when not.
 Check = Callable[[], str]
 
 
-class Readiness:
-    """The latest result of every check; re-run on demand and by :meth:`start_background`."""
+CHECK_INTERVAL_S = 1.0
+# A check still running after this long counts as failing: a dead broker or a hung
+# MLflow shows up on /readyz within CHECK_INTERVAL_S + CHECK_TIMEOUT_S, not after the
+# client's own timeout (list_topics 3-10 s, urlopen 3 s, boto3 retries).
+CHECK_TIMEOUT_S = 1.0
 
-    def __init__(self, checks: dict[str, Check]) -> None:
+
+class Readiness:
+    """The latest result of every check; re-run on demand and by :meth:`start_background`.
+
+    ``checks`` gate consuming (:meth:`wait_ready`) and ``/readyz``; ``report_only``
+    checks only ``/readyz`` (the prediction listener must keep delivering reloads while
+    the server it reports on has no model yet).
+    """
+
+    def __init__(
+        self,
+        checks: dict[str, Check],
+        *,
+        report_only: dict[str, Check] | None = None,
+        check_timeout_s: float = CHECK_TIMEOUT_S,
+    ) -> None:
         self.checks = dict(checks)
+        self.report_only = dict(report_only or {})
+        self.check_timeout_s = check_timeout_s
         self._lock = threading.Lock()
-        self._results: dict[str, tuple[bool, str]] = {n: (False, "not checked yet") for n in checks}
+        names = [*self.checks, *self.report_only]
+        self._results: dict[str, tuple[bool, str]] = {n: (False, "not checked yet") for n in names}
+        self._running_since: dict[str, float] = {}
+        self._completed_at: dict[str, float] = {}
+        # Failures seen by the consumer (name -> (detail, when)); they hold until every
+        # gating check has passed again after them.
+        self._marks: dict[str, tuple[str, float]] = {}
         self._stop = threading.Event()
 
-    def run_checks(self) -> bool:
-        results = {}
-        for name, check in self.checks.items():
-            try:
-                results[name] = (True, check())
-            except Exception as exc:  # any failure means "not ready", with the reason
-                results[name] = (False, f"{type(exc).__name__}: {exc}"[:500])
+    def _run_one(self, name: str, check: Check) -> bool:
         with self._lock:
-            self._results = results
-        return all(ok for ok, _ in results.values())
+            self._running_since[name] = time.monotonic()
+        try:
+            result = (True, check())
+        except Exception as exc:  # any failure means "not ready", with the reason
+            result = (False, f"{type(exc).__name__}: {exc}"[:500])
+        with self._lock:
+            self._results[name] = result
+            self._running_since.pop(name, None)
+            self._completed_at[name] = time.monotonic()
+        return result[0]
+
+    def run_checks(self) -> bool:
+        """Run every gating check now; True when all pass."""
+        return all([self._run_one(name, check) for name, check in self.checks.items()])
 
     def mark_unavailable(self, name: str, detail: str) -> None:
         with self._lock:
-            self._results[name] = (False, detail[:500])
+            self._marks[name] = (detail[:500], time.monotonic())
+
+    def _current(self) -> dict[str, tuple[bool, str]]:
+        now = time.monotonic()
+        with self._lock:
+            current = dict(self._results)
+            for name, since in self._running_since.items():
+                if now - since > self.check_timeout_s:
+                    ok, detail = current[name]
+                    current[name] = (
+                        False,
+                        f"no answer for {now - since:.1f} s (last result: {detail})"[:500],
+                    )
+            for name, (detail, at) in list(self._marks.items()):
+                if all(self._completed_at.get(n, float("-inf")) > at for n in self.checks):
+                    del self._marks[name]  # every check passed (or failed itself) since
+                elif name not in current or current[name][0]:
+                    current[name] = (False, detail)
+        return current
 
     @property
     def ready(self) -> bool:
-        with self._lock:
-            return all(ok for ok, _ in self._results.values())
+        return all(ok for ok, _ in self._current().values())
 
     def report(self) -> dict:
-        with self._lock:
-            checks = {n: {"ok": ok, "detail": d} for n, (ok, d) in self._results.items()}
+        checks = {n: {"ok": ok, "detail": d} for n, (ok, d) in self._current().items()}
         return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
     def wait_ready(self, stop: threading.Event, *, max_delay: float = 5.0) -> bool:
-        """Block until every check passes (True) or ``stop`` is set (False)."""
+        """Block until every gating check passes (True) or ``stop`` is set (False)."""
         delay = 0.25
-        last_log = 0.0
         while not stop.is_set():
             if self.run_checks():
                 return True
-            if time.monotonic() - last_log > 10:
-                failing = {
-                    n: c["detail"] for n, c in self.report()["checks"].items() if not c["ok"]
-                }
-                log.warning("not ready, waiting: %s", failing)
-                last_log = time.monotonic()
+            failing = {n: c["detail"] for n, c in self.report()["checks"].items() if not c["ok"]}
+            OUTAGES.log(log, logging.WARNING, "not ready, waiting: %s", failing)
             stop.wait(delay)
             delay = min(delay * 2, max_delay)
         return False
 
-    def start_background(self, interval: float = 5.0) -> None:
-        """Keep ``/readyz`` current while the consumer is busy."""
+    def start_background(self, interval: float = CHECK_INTERVAL_S) -> None:
+        """Keep ``/readyz`` current while the consumer is busy: every check in a thread
+        of its own, so one hung dependency neither delays nor hides the others."""
 
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                self.run_checks()
+        def loop(name: str, check: Check) -> None:
+            while not self._stop.is_set():
+                self._run_one(name, check)
+                self._stop.wait(interval)
 
-        threading.Thread(target=loop, name="readiness", daemon=True).start()
+        for name, check in {**self.checks, **self.report_only}.items():
+            threading.Thread(
+                target=loop, args=(name, check), name=f"readiness-{name}", daemon=True
+            ).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -139,12 +189,38 @@ def _handler(readiness: Readiness, metrics=None) -> type[BaseHTTPRequestHandler]
 
 
 # --- checks -----------------------------------------------------------------------
-def broker_check(admin) -> Check:
-    """The broker answers a metadata request."""
+def broker_check(admin, *, poll: Callable[[], object] | None = None) -> Check:
+    """The broker answers a metadata request. Also polls the admin client (and ``poll``,
+    the producer's) so librdkafka's queued log lines are emitted while the service idles."""
 
     def check() -> str:
+        admin.poll(0)
+        if poll is not None:
+            poll()
         metadata = admin.list_topics(timeout=3)
         return f"{len(metadata.brokers)} broker(s)"
+
+    return check
+
+
+def served_model_check(server_url: str) -> Check:
+    """The prediction server beside the listener has a model loaded: its ``/readyz`` is
+    200 (it is 503, with the reason, while the champion loads or MLflow is down)."""
+    url = server_url.rstrip("/") + "/readyz"
+
+    def check() -> str:
+        try:
+            with urllib.request.urlopen(url, timeout=CHECK_TIMEOUT_S) as response:
+                body = json.loads(response.read() or b"{}")
+                return f"model version {body.get('version', '?')} loaded"
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = json.loads(exc.read() or b"{}").get("detail", "")
+            except ValueError:
+                detail = ""
+            raise ConnectionError(f"{url} {exc.code}: {detail or 'no model loaded'}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ConnectionError(f"{url}: {getattr(exc, 'reason', exc)}") from None
 
     return check
 
@@ -187,13 +263,16 @@ def store_check(store) -> Check:
 
 def credentials_check(uses_s3: bool) -> Check:
     """S3 credentials resolve (env, profile or workload identity); the bucket check proves them."""
+    session: list = []
 
     def check() -> str:
         if not uses_s3:
             return "not needed (local store)"
-        import boto3
+        if not session:
+            import boto3
 
-        credentials = boto3.Session().get_credentials()
+            session.append(boto3.Session())  # created once: the check runs every second
+        credentials = session[0].get_credentials()
         if credentials is None:
             raise PermissionError(
                 "no S3 credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"

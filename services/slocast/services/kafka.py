@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from slocast.services.events import DLQ_SUFFIX, Event
 from slocast.services.health import Readiness
+from slocast.services.logthrottle import OUTAGES, rdkafka_logger
 from slocast.services.metrics import LAG_REFRESH_SECONDS, PipelineMetrics, consumer_lag
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,18 @@ def is_outage(exc: BaseException) -> bool:
 
 
 def base_config(bootstrap: str) -> dict:
-    return {"bootstrap.servers": bootstrap, "client.id": f"slocast-{socket.gethostname()}"}
+    """Every client's settings. librdkafka's own log lines go through Python logging,
+    throttled (:mod:`slocast.services.logthrottle`), instead of straight to stderr; the
+    client must be polled for them to be emitted (:meth:`EventProducer.poll`,
+    ``AdminClient.poll`` in the broker check, the consumer loop)."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": f"slocast-{socket.gethostname()}",
+        "logger": rdkafka_logger(),
+        # Reconnect less eagerly while the broker is down (defaults 100 ms .. 10 s).
+        "reconnect.backoff.ms": 500,
+        "reconnect.backoff.max.ms": 5000,
+    }
 
 
 def ensure_topics(admin: AdminClient, topics: list[str], partitions: int) -> None:
@@ -125,6 +137,10 @@ class EventProducer:
             raise DependencyUnavailable(f"no delivery report for {topic} within {self.timeout_s}s")
         if outcome[0] is not None:
             raise DependencyUnavailable(f"publishing to {topic} failed: {outcome[0]}")
+
+    def poll(self) -> None:
+        """Serve pending callbacks and librdkafka log lines (they queue until polled)."""
+        self._producer.poll(0)
 
     def close(self) -> None:
         self._producer.flush(10)
@@ -207,7 +223,7 @@ class ServiceConsumer:
                     continue
                 if msg.error():
                     # Broker restarts show up here as transport errors; librdkafka reconnects.
-                    log.warning("consumer error: %s", msg.error())
+                    OUTAGES.log(log, logging.WARNING, "consumer error: %s", msg.error())
                     continue
                 started = time.monotonic()
                 if not self._process(msg, stop):
@@ -243,7 +259,13 @@ class ServiceConsumer:
                 return self._dead_letter(msg, exc, attempt + 1, stop)
             except Exception as exc:
                 if is_outage(exc):
-                    log.warning("dependency unavailable, will retry %s: %s", _where(msg), exc)
+                    OUTAGES.log(
+                        log,
+                        logging.WARNING,
+                        "dependency unavailable, will retry %s: %s",
+                        _where(msg),
+                        exc,
+                    )
                     self.readiness.mark_unavailable("dependencies", str(exc))
                     stop.wait(self.retry.delay(3))
                     if not self.readiness.wait_ready(stop):
@@ -279,7 +301,14 @@ class ServiceConsumer:
                 self._outcome = "dead_lettered"
                 return True
             except Exception as publish_error:  # the DLQ is the last resort: keep trying
-                log.error("cannot write %s to %s (%s); retrying", _where(msg), dlq, publish_error)
+                OUTAGES.log(
+                    log,
+                    logging.ERROR,
+                    "cannot write %s to %s (%s); retrying",
+                    _where(msg),
+                    dlq,
+                    publish_error,
+                )
                 stop.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
         return False
@@ -297,7 +326,8 @@ class ServiceConsumer:
         except Exception as exc:
             if is_outage(exc):
                 self.readiness.mark_unavailable("dependencies", str(exc))
-            log.exception("periodic task failed: %s", exc)
+            # Every tick fails the same way during an outage: one traceback, then counts.
+            OUTAGES.log(log, logging.ERROR, "periodic task failed: %s", exc, exc_info=exc)
 
 
 def _where(msg: Message) -> str:

@@ -37,6 +37,9 @@ TAG_TRIGGER = "slocast.trigger"
 # "n/a" when nothing was promoted, "superseded" when a later decision moved the alias.
 TAG_PUBLISHED = "slocast.published"
 MODEL_ROLES = ("baseline", "candidate")
+# A trainer's run older than this is no live consumer's: a handler busy longer than the
+# consumer's max.poll.interval.ms (1 h) has lost its partition to another trainer.
+STALE_RUN_SECONDS = 3600.0
 
 
 def idempotency_key(
@@ -117,6 +120,31 @@ class RegistryState:
         )
         self.client.set_terminated(run.info.run_id, status="FAILED")
         return run.info.run_id
+
+    def close_stale_runs(
+        self, family: str, *, older_than_s: float, key: str | None = None
+    ) -> list[str]:
+        """Mark this namespace's RUNNING runs of ``family`` (with idempotency ``key``, if
+        given) started more than ``older_than_s`` ago as KILLED: a trainer killed while
+        logging leaves its run RUNNING forever otherwise. Returns the run ids closed."""
+        cutoff_ms = int((time.time() - older_than_s) * 1000)
+        filter_string = (
+            f"attributes.status = 'RUNNING' and attributes.start_time < {cutoff_ms} "
+            f"and tags.`{TAG_FAMILY}` = '{family}' and {self._mine}"
+        )
+        if key is not None:
+            filter_string += f" and tags.`{TAG_KEY}` = '{key}'"
+        closed = []
+        for run in self.runs(filter_string):
+            run_id = run.info.run_id
+            self.client.set_tag(
+                run_id,
+                TAG_ERROR,
+                "stale: its trainer stopped while the run was RUNNING; closed by a later trainer",
+            )
+            self.client.set_terminated(run_id, status="KILLED")
+            closed.append(run_id)
+        return closed
 
     # --- evaluator ----------------------------------------------------------------
     def dataset_versions(self, task: str, dataset_id: str) -> dict[str, VersionRef]:

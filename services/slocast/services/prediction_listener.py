@@ -19,6 +19,7 @@ from collections.abc import Callable
 from confluent_kafka import Message
 
 from slocast.services.events import EventError, ModelSelected, parse_event
+from slocast.services.health import served_model_check
 from slocast.services.kafka import PermanentError
 from slocast.services.runner import ServiceContext, configure_logging
 from slocast.services.settings import ListenerSettings
@@ -63,11 +64,28 @@ def serve_reload_hook() -> tuple[str, Callable[[], int]]:
     return serve_settings.task, lambda: request_reload(serve_settings)
 
 
-def run_listener(settings: ListenerSettings) -> int:
+def listener_context(settings: ListenerSettings, server_url: str | None = None) -> ServiceContext:
+    """The listener's checks; with ``server_url`` its ``/readyz`` also requires the
+    prediction server to have a model loaded. That check is report-only: the listener
+    keeps consuming (and requesting reloads) while the server has no model yet."""
+    report_only = {"model": served_model_check(server_url)} if server_url else None
+    return ServiceContext(
+        SERVICE, settings.common, needs_mlflow=False, needs_store=False, report_only=report_only
+    )
+
+
+def server_url_for(host: str, port: int) -> str:
+    """Where the listener reaches the server it started (a wildcard bind is local)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def run_listener(settings: ListenerSettings, server_url: str | None = None) -> int:
     common = settings.common
     configure_logging(SERVICE, common.log_level)
     task, hook = serve_reload_hook()
-    ctx = ServiceContext(SERVICE, common, needs_mlflow=False, needs_store=False).start()
+    ctx = listener_context(settings, server_url).start()
     ctx.consume(
         f"{SERVICE}-{settings.instance_id}",
         [common.topics.model_selected],
@@ -76,11 +94,13 @@ def run_listener(settings: ListenerSettings) -> int:
     return 0
 
 
-def run(settings: ListenerSettings, serve_args: list[str]) -> int:
-    """``slocast service predict``: the prediction server as a child process plus the listener."""
+def run(settings: ListenerSettings, host: str, port: int, workers: int) -> int:
+    """``slocast service predict``: the prediction server as a child process plus the
+    listener, whose ``/readyz`` includes the server's (a model is loaded)."""
+    serve_args = ["--host", host, "--port", str(port), "--workers", str(workers)]
     server = subprocess.Popen([sys.executable, "-m", "slocast.cli", "serve", *serve_args])
     try:
-        return run_listener(settings)
+        return run_listener(settings, server_url_for(host, port))
     finally:
         server.terminate()
         try:

@@ -47,8 +47,11 @@ class PreprocessHandler:
         store = self.ctx.store
         with tempfile.TemporaryDirectory(prefix="slocast-preprocess-") as scratch:
             try:
-                train = load_lte(
-                    _local_copy(store, event.train_uri, event.train_sha256, scratch),
+                train = _load_claimed(
+                    store,
+                    event.train_uri,
+                    event.train_sha256,
+                    scratch,
                     min_rows=min_rows(config),
                     spacing_tolerance=config.spacing_tolerance,
                 )
@@ -56,8 +59,11 @@ class PreprocessHandler:
                 if event.test_uri:
                     if not event.test_sha256:
                         raise PermanentError("test_uri given without test_sha256")
-                    test = load_lte(
-                        _local_copy(store, event.test_uri, event.test_sha256, scratch),
+                    test = _load_claimed(
+                        store,
+                        event.test_uri,
+                        event.test_sha256,
+                        scratch,
                         min_rows=config.window + config.horizon,
                         spacing_tolerance=config.spacing_tolerance,
                     )
@@ -85,6 +91,22 @@ class PreprocessHandler:
             self.ctx.settings.topics.dataset_ready, ready, key=dataset.dataset_id
         )
         log.info("dataset %s ready (task %s)", dataset.dataset_id[:12], event.task)
+
+
+def _load_claimed(
+    store, uri: str, sha256: str, scratch: str, *, min_rows: int, spacing_tolerance: float
+):
+    """Load and validate a claimed file. Its errors name the claim-check URI the event
+    carried: the scratch copy they would otherwise name is deleted by the time anyone
+    reads the dead letter."""
+    path = _local_copy(store, uri, sha256, scratch)
+    try:
+        return load_lte(path, min_rows=min_rows, spacing_tolerance=spacing_tolerance)
+    except DatasetError as exc:
+        reason = str(exc).replace(str(path), uri).replace(scratch, "<scratch>")
+        if uri not in reason:
+            reason = f"{uri}: {reason}"
+        raise PermanentError(reason) from None
 
 
 def _local_copy(store, uri: str, sha256: str, scratch: str) -> Path:

@@ -21,6 +21,7 @@ from slocast.core.errors import ConfigError
 from slocast.core.registry import ModelRegistry
 from slocast.core.storage import ArtifactStore, open_store
 from slocast.services.health import (
+    Check,
     HealthServer,
     Readiness,
     broker_check,
@@ -64,6 +65,7 @@ class ServiceContext:
         *,
         needs_mlflow: bool = True,
         needs_store: bool = True,
+        report_only: dict[str, Check] | None = None,
     ) -> None:
         if needs_mlflow and not settings.mlflow_configured:
             # A private SQLite store would pass every check and promote models that no
@@ -84,13 +86,16 @@ class ServiceContext:
         )
         self.admin = AdminClient(base_config(settings.kafka_bootstrap))
         self.producer = EventProducer(settings.kafka_bootstrap)
-        checks = {"broker": broker_check(self.admin), "topics": self._topics_check}
+        checks = {
+            "broker": broker_check(self.admin, poll=self.producer.poll),
+            "topics": self._topics_check,
+        }
         if needs_store:
             checks["credentials"] = credentials_check(settings.uses_s3)
             checks["bucket"] = store_check(self.store)
         if needs_mlflow:
             checks["mlflow"] = mlflow_check(settings.tracking_uri)
-        self.readiness = Readiness(checks)
+        self.readiness = Readiness(checks, report_only=report_only)
         self.metrics = PipelineMetrics(name)
         self._registry: ModelRegistry | None = None
         self._state: RegistryState | None = None

@@ -27,7 +27,7 @@ from slocast.services.events import (
     parse_event,
 )
 from slocast.services.kafka import PermanentError
-from slocast.services.mlflow_state import TAG_KEY, idempotency_key
+from slocast.services.mlflow_state import STALE_RUN_SECONDS, TAG_KEY, idempotency_key
 from slocast.services.runner import ServiceContext, configure_logging
 from slocast.services.settings import TrainerSettings
 from slocast.train.stage import TrainingError, train_family
@@ -78,6 +78,9 @@ class TrainerHandler:
         if failed is not None:
             self._publish(TrainingFailed(**common, run_id=failed[0], error=failed[1]))
             return
+        # Kafka gave this key's message to us: an older RUNNING run with the same key is
+        # a dead trainer's (killed mid-logging), not another live one's.
+        self._close_stale(key=key, older_than_s=self.ctx.settings.session_timeout_ms / 1000)
         if not has_dataset(self.ctx.store, ready.dataset_id):
             raise PermanentError(f"dataset {ready.dataset_id} is not in the store")
         self._publish(TrainingStarted(**common))
@@ -124,6 +127,18 @@ class TrainerHandler:
         metrics.trainings.labels(self.family, "succeeded").inc()
         log.info("%s on %s trained: v%s", self.family, ready.dataset_id[:12], ref.version)
 
+    def close_stale_runs(self) -> None:
+        """At start-up and then periodically: this family's runs left RUNNING by trainers
+        that died longer ago than any live consumer could still own them."""
+        self._close_stale(key=None, older_than_s=STALE_RUN_SECONDS)
+
+    def _close_stale(self, *, key: str | None, older_than_s: float) -> None:
+        closed = self.ctx.state.close_stale_runs(self.family, older_than_s=older_than_s, key=key)
+        if closed:
+            log.warning(
+                "closed %d stale RUNNING %s run(s) as KILLED: %s", len(closed), self.family, closed
+            )
+
     def _publish(self, event) -> None:
         self.ctx.producer.publish(self.topic, event, key=event.dataset_id)
 
@@ -132,5 +147,12 @@ def run(settings: TrainerSettings) -> int:
     service = f"trainer-{settings.family}"
     configure_logging(service, settings.common.log_level)
     ctx = ServiceContext(service, settings.common).start()
-    ctx.consume(service, [settings.common.topics.dataset_ready], TrainerHandler(ctx, settings))
+    handler = TrainerHandler(ctx, settings)
+    ctx.consume(
+        service,
+        [settings.common.topics.dataset_ready],
+        handler,
+        on_idle=handler.close_stale_runs,  # at once after start-up, then every 10 min
+        idle_interval_s=600,
+    )
     return 0
