@@ -75,9 +75,11 @@ bench-latency:
 	for r in light moderate saturated overloaded; do \
 		$(BIN)/slocast bench latency --simulated $$r --rows 4000 --seeds 3 --json bench-out/latency-sim-$$r.json || exit 1; done
 
+# make bench-latency-serve UPSTREAM=/path/to/llm-d-latency-predictor: the upstream
+# servers measured side by side (own venv, cached in ~/.cache/slocast), with ratios.
 bench-latency-serve:
 	mkdir -p bench-out
-	$(BIN)/python benchmarks/latency_serve.py --json bench-out/latency-serve.json
+	$(BIN)/python benchmarks/latency_serve.py $(if $(UPSTREAM),--upstream $(UPSTREAM)) --json bench-out/latency-serve.json
 
 bench-latency-stream:
 	mkdir -p bench-out
