@@ -9,7 +9,7 @@ conformal correction that makes its bound a real P90 on fresh data:
 Residuals are normalised by the predicted level because latency noise grows with
 latency (a 5 s TTFT under contention is not off by the same milliseconds as a 50 ms
 one); offsets are fitted per load regime (Mondrian) so coverage holds in each
-regime, with the pooled offset for regimes too rare to calibrate alone. Offsets
+regime, with one shared offset for the regimes too rare to calibrate alone. Offsets
 come from rows the trees never saw (see :mod:`slocast.latency.window` and
 :mod:`slocast.latency.protocol`).
 
@@ -270,13 +270,55 @@ def calibrate(
         scale=scale_of(point),
         min_group_size=MIN_REGIME_CALIBRATION,
     )
-    grid = fitted.offsets_for(np.arange(NUM_REGIMES)).reshape(len(WAITING_EDGES) + 1, -1)
-    grid = np.maximum.accumulate(grid, axis=0).reshape(-1)
+    # Regimes too rare for an offset of their own share one, calibrated on their
+    # rows together (not the pooled one, set by the common regimes' residuals):
+    # every row's offset then comes from rows of its own group.
+    rare = ~np.isin(regime_ids, list(fitted.per_group))
+    fallback = fitted.pooled
+    if rare.sum() >= MIN_REGIME_CALIBRATION:
+        residuals = (np.asarray(y, np.float64) - point) / scale_of(point)
+        fallback = MondrianCalibration.fit(
+            residuals[rare], np.zeros(int(rare.sum()), np.int64), quantile, min_group_size=1
+        ).pooled
+    grid = monotone_in_depth(fitted.per_group, fallback)
     return MondrianCalibration(
         q=fitted.q,
         pooled=fitted.pooled,
         per_group={regime: float(grid[regime]) for regime in range(NUM_REGIMES)},
     )
+
+
+def monotone_in_depth(own: dict[int, float], fallback: float) -> np.ndarray:
+    """Offsets per regime, non-decreasing in queue depth within each KV bucket.
+
+    ``own``: offsets of the regimes with enough residuals to be calibrated alone;
+    they are made non-decreasing in depth (a running maximum over those regimes
+    only). A regime without its own offset takes ``fallback`` (the rare regimes'
+    shared offset), clipped between its calibrated neighbours in the same KV
+    bucket: at least the shallower one's offset, at most the deeper one's. The
+    constraint holds without a rare regime ever raising a calibrated one, whose own
+    residuals say its offset is enough (under overload the rare transitional
+    regimes' large offset would otherwise lift the deepest regime, which holds most
+    rows, and over-cover it).
+    """
+    depths, buckets = len(WAITING_EDGES) + 1, NUM_REGIMES // (len(WAITING_EDGES) + 1)
+    grid = np.empty((depths, buckets), dtype=np.float64)
+    for k in range(buckets):
+        calibrated = {}
+        running = -np.inf
+        for w in range(depths):
+            regime = w * buckets + k
+            if regime in own:
+                running = max(running, own[regime])
+                calibrated[w] = running
+        for w in range(depths):
+            if w in calibrated:
+                grid[w, k] = calibrated[w]
+                continue
+            below = max((v for d, v in calibrated.items() if d < w), default=-np.inf)
+            above = min((v for d, v in calibrated.items() if d > w), default=np.inf)
+            grid[w, k] = min(max(fallback, below), above)
+    return grid.reshape(-1)
 
 
 def upper_bound(
