@@ -173,11 +173,15 @@ UPSTREAM_PARAMS = TreeParams(
 )
 # Candidates per target, chosen by validation pinball loss on rows the candidate
 # was not fitted on (:func:`fit_selected`, and the trainer's promotion rule).
+# TTFT also tries TPOT's small monotone quantile model (100 depth-3 trees on log
+# latency, two-sided offset): on a lightly loaded server TTFT's noise is
+# multiplicative around a stable level, as TPOT's is (docs/latency.md).
 CANDIDATES: dict[str, tuple[TreeParams, ...]] = {
     "ttft": (
         TARGET_PARAMS["ttft"],
         UPSTREAM_PARAMS,
         replace(UPSTREAM_PARAMS, calibration="two_sided"),
+        replace(TARGET_PARAMS["tpot"], calibration="two_sided"),
     ),
     "tpot": (
         TARGET_PARAMS["tpot"],
