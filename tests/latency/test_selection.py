@@ -75,6 +75,18 @@ def test_selection_never_reads_the_test_rows() -> None:
     assert bad_ours.coverage == 0.0 and bad_ref.coverage == 0.0
 
 
+def test_a_gain_within_selection_noise_keeps_the_served_default() -> None:
+    """One-standard-error rule: a candidate that is the default plus one tree scores
+    within noise of it; the default is kept whichever scored lower."""
+    x, y, r = decreasing_law(1500, seed=2)
+    served = m.TARGET_PARAMS["tpot"]
+    twin = dataclasses.replace(served, n_estimators=served.n_estimators + 1)
+    _, selection = m.fit_selected("tpot", x, y, r, 0.9, (served, twin), seed=0)
+    assert abs(selection.pinball[1] / selection.pinball[0] - 1) < 0.02
+    assert selection.pinball[1] < selection.pinball[0]  # argmin alone would take the twin
+    assert selection.chosen == 0
+
+
 def test_two_sided_offset_shrinks_an_over_covering_quantile_model() -> None:
     rng = np.random.default_rng(0)
     y = rng.gamma(8.0, 1 / 8.0, 5000) * 100
