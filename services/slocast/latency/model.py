@@ -172,8 +172,8 @@ UPSTREAM_PARAMS = TreeParams(
     calibration="none",
 )
 # TPOT also tries the upstream trees with a lower learning rate (0.03: the same 200
-# depth-6 trees, a smoother fit) and a two-sided offset: under load TPOT's level is
-# stable and the upstream rate over-fits its noise (docs/latency.md).
+# depth-6 trees, a smoother fit) and a two-sided offset; it is the one chosen on the
+# saturated and overloaded simulated servers (docs/latency.md).
 UPSTREAM_SLOW_TPOT = replace(UPSTREAM_PARAMS, learning_rate=0.03, calibration="two_sided")
 # TTFT also tries TPOT's small monotone quantile model (100 depth-3 trees on log
 # latency, two-sided offset): on a lightly loaded server TTFT's noise is
