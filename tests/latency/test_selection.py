@@ -13,7 +13,7 @@ import pytest
 
 from slocast.core.metrics import coverage
 from slocast.latency import model as m
-from slocast.latency.features import build_features, regimes
+from slocast.latency.features import NUM_REGIMES, WAITING_EDGES, build_features, regimes
 from slocast.latency.protocol import REFERENCE_PARAMS, REFERENCE_TREES, _fit_reference, split
 from slocast.latency.simulator import simulate
 from slocast.latency.stream import SampleBatch
@@ -75,6 +75,18 @@ def test_selection_never_reads_the_test_rows() -> None:
     assert bad_ours.coverage == 0.0 and bad_ref.coverage == 0.0
 
 
+def test_a_gain_within_selection_noise_keeps_the_served_default() -> None:
+    """One-standard-error rule: a candidate that is the default plus one tree scores
+    within noise of it; the default is kept whichever scored lower."""
+    x, y, r = decreasing_law(1500, seed=2)
+    served = m.TARGET_PARAMS["tpot"]
+    twin = dataclasses.replace(served, n_estimators=served.n_estimators + 1)
+    _, selection = m.fit_selected("tpot", x, y, r, 0.9, (served, twin), seed=0)
+    assert abs(selection.pinball[1] / selection.pinball[0] - 1) < 0.02
+    assert selection.pinball[1] < selection.pinball[0]  # argmin alone would take the twin
+    assert selection.chosen == 0
+
+
 def test_two_sided_offset_shrinks_an_over_covering_quantile_model() -> None:
     rng = np.random.default_rng(0)
     y = rng.gamma(8.0, 1 / 8.0, 5000) * 100
@@ -84,6 +96,32 @@ def test_two_sided_offset_shrinks_an_over_covering_quantile_model() -> None:
     assert calib.pooled < 0 and not calib.per_group
     assert abs(coverage(y, m.upper_bound(point, calib, groups)) - 0.9) < 0.01
     assert m.calibrate(point, y, groups, 0.9, "none").pooled == 0.0
+
+
+def test_mondrian_offsets_rare_regimes_never_raise_a_calibrated_one() -> None:
+    """Overload-like calibration set: most rows in the deepest regime (tight), a
+    few in rare shallower regimes (badly predicted). The rare rows share one offset
+    that covers them; the deep regime keeps its own; offsets never decrease with
+    queue depth."""
+    rng = np.random.default_rng(1)
+    buckets = NUM_REGIMES // (len(WAITING_EDGES) + 1)
+    deep = NUM_REGIMES - 1  # 8+ waiting, KV > 0.75
+    rare = [1, 5, 9, 3, 7, 11]  # under 50 rows each
+    groups = np.concatenate([np.full(3000, deep), np.repeat(rare, 30)]).astype(np.int64)
+    spread = np.where(groups == deep, 0.02, 0.5)
+    point = np.full(groups.shape[0], 100.0)
+    y = point * (1.0 + spread * rng.standard_normal(groups.shape[0]))
+    calib = m.calibrate(point, y, groups, 0.9, "mondrian")
+    grid = calib.offsets_for(np.arange(NUM_REGIMES)).reshape(-1, buckets)
+    assert (np.diff(grid, axis=0) >= 0).all()
+    assert grid[-1, -1] == pytest.approx(np.quantile(y[groups == deep] / 100 - 1, 0.9), abs=0.005)
+    upper = m.upper_bound(point, calib, groups)
+    assert abs(coverage(y[groups == deep], upper[groups == deep]) - 0.9) < 0.02
+    # KV bucket 1 has no calibrated regime: its rare regimes get the rare rows' offset
+    rows = np.isin(groups, [1, 5, 9])
+    assert coverage(y[rows], upper[rows]) > 0.85
+    # KV bucket 3: rare shallow regimes are capped by the deep one, never lifting it
+    assert (grid[:, 3] <= grid[-1, 3]).all()
 
 
 @pytest.mark.parametrize("target", ["ttft", "tpot"])
