@@ -167,10 +167,11 @@ def test_load_and_predict_without_torch(data, fitted, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
 
+@pytest.mark.parametrize("instance_norm", [False, True])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_multi_step_horizon_and_determinism(family):
+def test_multi_step_horizon_and_determinism(family, instance_norm):
     data = preprocess(generate_lte(2500, seed=5), None, PipelineConfig(horizon=3))
-    params = RecurrentParams(hidden=8, max_epochs=2, patience=1)
+    params = RecurrentParams(hidden=8, max_epochs=2, patience=1, instance_norm=instance_norm)
     first: RecurrentForecaster = FAMILIES[family](data.spec, params)
     second: RecurrentForecaster = FAMILIES[family](data.spec, params)
     first.fit(data, seed=7)
@@ -181,3 +182,39 @@ def test_multi_step_horizon_and_determinism(family):
     assert first.predict(data.times, data.values, np.array([len(data.values)])).shape == (1, 3, 5)
     # Same seed, same data: bit-identical forecasts.
     np.testing.assert_array_equal(pred, second.predict(data.times, data.values, ends))
+
+
+def test_instance_norm_forecasts_follow_a_level_it_never_saw(data, tmp_path):
+    """Per-window normalisation: traffic x10 at serving time gives forecasts ~x10."""
+    from slocast.core.schema import TARGET_INDEX
+    from slocast.models.recurrent import model_inputs
+
+    params = RecurrentParams(**{**PARAMS.__dict__, "instance_norm": True})
+    model = GRUForecaster(data.spec, params)
+    model.fit(data, seed=0)
+    ends = data.ends("test")
+    pred = model.predict(data.times, data.values, ends)
+    assert _headline(data.truth(ends), pred) < 1.05 * _headline(
+        data.truth(ends), Persistence(data.spec).predict(data.times, data.values, ends)
+    )
+    shifted = data.values.copy()
+    shifted[:, list(TARGET_INDEX)] *= 10.0
+    np.testing.assert_allclose(
+        model.predict(data.times, shifted, ends), 10.0 * pred, rtol=0.02, atol=1e-6
+    )
+    # Served as evaluated: the saved bundle applies the same transform.
+    model.save(tmp_path)
+    loaded = GRUForecaster.load(tmp_path, data.spec)
+    assert loaded.params.instance_norm
+    np.testing.assert_allclose(loaded.predict(data.times, data.values, ends), pred, rtol=1e-6)
+    # Without it, a window's inputs carry its absolute level.
+    plain = model_inputs(data.spec, data.times, shifted, ends[:5])[0]
+    assert not np.allclose(plain, model_inputs(data.spec, data.times, data.values, ends[:5])[0])
+
+
+def test_params_saved_before_instance_norm_load_without_it():
+    assert (
+        GRUForecaster(None).params.instance_norm and not LSTMForecaster(None).params.instance_norm
+    )
+    legacy = {k: v for k, v in PARAMS.__dict__.items() if k != "instance_norm"}
+    assert RecurrentParams.from_dict(legacy).instance_norm is False
