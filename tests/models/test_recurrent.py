@@ -218,3 +218,52 @@ def test_params_saved_before_instance_norm_load_without_it():
     )
     legacy = {k: v for k, v in PARAMS.__dict__.items() if k != "instance_norm"}
     assert RecurrentParams.from_dict(legacy).instance_norm is False
+
+
+def test_the_server_applies_the_same_per_window_transform(data, tmp_path):
+    """A GRU bundle loaded as `slocast serve` loads it answers what the evaluator scored."""
+    import orjson
+
+    from slocast.core.registry import VersionRef
+    from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
+    from slocast.models.bundle import save_bundle
+    from slocast.serve.forecasting import batch_body
+    from slocast.serve.loading import build_served_model
+    from slocast.serve.settings import ServeSettings
+    from slocast.serve.validation import parse_batch
+    from slocast.train.stage import train_family
+
+    trained = train_family(data, "gru", seed=0)
+    assert trained.bundle.forecaster.params.instance_norm
+    save_bundle(trained.bundle, tmp_path / "bundle")
+    settings = ServeSettings(
+        home=tmp_path, tracking_uri="", task="t", admin_token=None, cache_dir=tmp_path / "cache"
+    )
+    served = build_served_model(
+        VersionRef(task="t", version="1", run_id="r", source="", tags={}),
+        tmp_path / "bundle",
+        settings,
+    )
+    ends = data.ends("test")[::97]
+    rows = served.rules.history_rows
+    values = data.values.copy()
+    values[:, FEATURE_COLUMNS.index("up")] *= 10.0  # a level the model never saw
+    for series_values in (data.values, values):
+        stamps = np.datetime_as_string(np.asarray(data.times, "datetime64[s]"), unit="s")
+        series = [
+            {
+                "id": i,
+                "history": [
+                    {"time": str(t), **dict(zip(FEATURE_COLUMNS, map(float, row), strict=True))}
+                    for t, row in zip(
+                        stamps[e - rows : e], series_values[e - rows : e], strict=True
+                    )
+                ],
+            }
+            for i, e in enumerate(ends)
+        ]
+        body = orjson.dumps({"series": series, "horizon": 1})
+        results = orjson.loads(batch_body(served, parse_batch(body, served.rules))[0])["results"]
+        got = np.array([[r["forecasts"][0]["point"][t] for t in TARGET_COLUMNS] for r in results])
+        expected = trained.bundle.forecaster.predict(data.times, series_values, ends)[:, 0]
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
