@@ -12,7 +12,7 @@ LTE := $(SHARED)/datasets/lte
 # kubernetes-validate, slocast) without an activated venv.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-calibration bench-serve bench-latency bench-latency-serve bench-latency-stream bench-services clean
+.PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-calibration bench-serve bench-latency bench-latency-serve bench-latency-stream bench-services bench-sites clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,12 @@ bench-latency-serve:
 bench-latency-stream:
 	mkdir -p bench-out
 	$(BIN)/python benchmarks/latency_stream.py --duration 600 --json bench-out/latency-stream.json
+
+# Protocol A on PobleSec and variants generated from it (level shifts, a short site,
+# bursty uplink; slocast.core.variants). A benchmark, not a gate: every family, ~15 min.
+bench-sites:
+	mkdir -p bench-out
+	$(BIN)/slocast bench sites --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv --json bench-out/sites.json
 
 bench-services:
 	$(BIN)/python benchmarks/services_bench.py --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv

@@ -167,10 +167,11 @@ def test_load_and_predict_without_torch(data, fitted, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
 
+@pytest.mark.parametrize("instance_norm", [False, True])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_multi_step_horizon_and_determinism(family):
+def test_multi_step_horizon_and_determinism(family, instance_norm):
     data = preprocess(generate_lte(2500, seed=5), None, PipelineConfig(horizon=3))
-    params = RecurrentParams(hidden=8, max_epochs=2, patience=1)
+    params = RecurrentParams(hidden=8, max_epochs=2, patience=1, instance_norm=instance_norm)
     first: RecurrentForecaster = FAMILIES[family](data.spec, params)
     second: RecurrentForecaster = FAMILIES[family](data.spec, params)
     first.fit(data, seed=7)
@@ -181,3 +182,88 @@ def test_multi_step_horizon_and_determinism(family):
     assert first.predict(data.times, data.values, np.array([len(data.values)])).shape == (1, 3, 5)
     # Same seed, same data: bit-identical forecasts.
     np.testing.assert_array_equal(pred, second.predict(data.times, data.values, ends))
+
+
+def test_instance_norm_forecasts_follow_a_level_it_never_saw(data, tmp_path):
+    """Per-window normalisation: traffic x10 at serving time gives forecasts ~x10."""
+    from slocast.core.schema import TARGET_INDEX
+    from slocast.models.recurrent import model_inputs
+
+    params = RecurrentParams(**{**PARAMS.__dict__, "instance_norm": True})
+    model = GRUForecaster(data.spec, params)
+    model.fit(data, seed=0)
+    ends = data.ends("test")
+    pred = model.predict(data.times, data.values, ends)
+    assert _headline(data.truth(ends), pred) < 1.05 * _headline(
+        data.truth(ends), Persistence(data.spec).predict(data.times, data.values, ends)
+    )
+    shifted = data.values.copy()
+    shifted[:, list(TARGET_INDEX)] *= 10.0
+    np.testing.assert_allclose(
+        model.predict(data.times, shifted, ends), 10.0 * pred, rtol=0.02, atol=1e-6
+    )
+    # Served as evaluated: the saved bundle applies the same transform.
+    model.save(tmp_path)
+    loaded = GRUForecaster.load(tmp_path, data.spec)
+    assert loaded.params.instance_norm
+    np.testing.assert_allclose(loaded.predict(data.times, data.values, ends), pred, rtol=1e-6)
+    # Without it, a window's inputs carry its absolute level.
+    plain = model_inputs(data.spec, data.times, shifted, ends[:5])[0]
+    assert not np.allclose(plain, model_inputs(data.spec, data.times, data.values, ends[:5])[0])
+
+
+def test_params_saved_before_instance_norm_load_without_it():
+    assert (
+        GRUForecaster(None).params.instance_norm and not LSTMForecaster(None).params.instance_norm
+    )
+    legacy = {k: v for k, v in PARAMS.__dict__.items() if k != "instance_norm"}
+    assert RecurrentParams.from_dict(legacy).instance_norm is False
+
+
+def test_the_server_applies_the_same_per_window_transform(data, tmp_path):
+    """A GRU bundle loaded as `slocast serve` loads it answers what the evaluator scored."""
+    import orjson
+
+    from slocast.core.registry import VersionRef
+    from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
+    from slocast.models.bundle import save_bundle
+    from slocast.serve.forecasting import batch_body
+    from slocast.serve.loading import build_served_model
+    from slocast.serve.settings import ServeSettings
+    from slocast.serve.validation import parse_batch
+    from slocast.train.stage import train_family
+
+    trained = train_family(data, "gru", seed=0)
+    assert trained.bundle.forecaster.params.instance_norm
+    save_bundle(trained.bundle, tmp_path / "bundle")
+    settings = ServeSettings(
+        home=tmp_path, tracking_uri="", task="t", admin_token=None, cache_dir=tmp_path / "cache"
+    )
+    served = build_served_model(
+        VersionRef(task="t", version="1", run_id="r", source="", tags={}),
+        tmp_path / "bundle",
+        settings,
+    )
+    ends = data.ends("test")[::97]
+    rows = served.rules.history_rows
+    values = data.values.copy()
+    values[:, FEATURE_COLUMNS.index("up")] *= 10.0  # a level the model never saw
+    for series_values in (data.values, values):
+        stamps = np.datetime_as_string(np.asarray(data.times, "datetime64[s]"), unit="s")
+        series = [
+            {
+                "id": i,
+                "history": [
+                    {"time": str(t), **dict(zip(FEATURE_COLUMNS, map(float, row), strict=True))}
+                    for t, row in zip(
+                        stamps[e - rows : e], series_values[e - rows : e], strict=True
+                    )
+                ],
+            }
+            for i, e in enumerate(ends)
+        ]
+        body = orjson.dumps({"series": series, "horizon": 1})
+        results = orjson.loads(batch_body(served, parse_batch(body, served.rules))[0])["results"]
+        got = np.array([[r["forecasts"][0]["point"][t] for t in TARGET_COLUMNS] for r in results])
+        expected = trained.bundle.forecaster.predict(data.times, series_values, ends)[:, 0]
+        np.testing.assert_allclose(got, expected, rtol=1e-6)

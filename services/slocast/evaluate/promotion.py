@@ -3,14 +3,16 @@
 A candidate is eligible when its headline NRMSE beats persistence on the same
 test windows. The best eligible candidate wins, unless a champion already serves
 the task and the candidate does not beat it by ``margin`` (relative) on the same
-windows: then the champion stays. Baselines are never promoted by this rule.
+windows: then the champion stays. Baselines are never promoted by this rule, nor
+is a candidate the persistence guard excluded on validation (``excluded``;
+:mod:`slocast.models.guard`), whatever its test score.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 DEFAULT_MARGIN = 0.01
 
@@ -26,6 +28,7 @@ class Decision:
     ranking: list[tuple[str, float]]
     reference: dict[str, float]
     margin: float
+    excluded: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,6 +42,7 @@ def decide(
     persistence: float,
     champion: tuple[str, float] | None = None,
     margin: float = DEFAULT_MARGIN,
+    excluded: dict[str, str] | None = None,
 ) -> Decision:
     """Pick the model to serve.
 
@@ -46,15 +50,21 @@ def decide(
         candidates: name -> headline test NRMSE for the models trained in this run.
         persistence: headline test NRMSE of persistence on the same windows.
         champion: (label, headline test NRMSE on the same windows) of the serving model.
+        excluded: candidate -> why the persistence guard excluded it; never eligible.
     """
+    excluded = {name: reason for name, reason in (excluded or {}).items() if name in candidates}
     ranking = sorted(candidates.items(), key=lambda item: item[1])
     reference = {"persistence": persistence}
     if champion is not None:
         reference[f"champion:{champion[0]}"] = champion[1]
-    eligible = [(name, value) for name, value in ranking if value < persistence]
+    eligible = [
+        (name, value) for name, value in ranking if value < persistence and name not in excluded
+    ]
     if not eligible:
         winner, promoted = None, False
         reason = f"no candidate beat persistence (NRMSE {persistence:.4f})"
+        if excluded:
+            reason = f"no eligible candidate beat persistence (NRMSE {persistence:.4f})"
     else:
         name, value = eligible[0]
         if champion is not None and value >= champion[1] * (1.0 - margin):
@@ -70,6 +80,8 @@ def decide(
             )
             if champion is not None:
                 reason += f" and champion {champion[0]} ({champion[1]:.4f}) by >= {margin:.0%}"
+    if excluded:
+        reason += "; excluded by the persistence guard: " + ", ".join(sorted(excluded))
     payload = {
         "task": task,
         "dataset_id": dataset_id,
@@ -77,7 +89,18 @@ def decide(
         "ranking": ranking,
         "reference": reference,
     }
+    if excluded:  # decisions without exclusions keep the ids they always had
+        payload["excluded"] = sorted(excluded)
     decision_id = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     return Decision(
-        decision_id, task, dataset_id, winner, promoted, reason, ranking, reference, margin
+        decision_id,
+        task,
+        dataset_id,
+        winner,
+        promoted,
+        reason,
+        ranking,
+        reference,
+        margin,
+        excluded,
     )

@@ -48,6 +48,9 @@ def results_table(report: dict) -> str:
         mark = (
             "champion" if name == report["champion"] else ("baseline" if m.get("baseline") else "")
         )
+        guard = m.get("guard") or {}
+        if guard.get("excluded"):
+            mark = f"EXCLUDED: val NRMSE {guard['ratio']:.2f}x persistence (> {guard['limit']:g}x)"
         rows.append(
             (
                 name,
@@ -96,7 +99,7 @@ def _model_table(report: dict) -> str:
     head = (
         ["model", "NRMSE avg", "NRMSE down", "NRMSE up"]
         + [f"cov P90 {t}" for t in TARGET_COLUMNS]
-        + ["train s"]
+        + ["train s", "guard"]
     )
     rows = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for name, m in sorted(report["models"].items(), key=lambda kv: kv[1]["nrmse"]["avg"]):
@@ -104,6 +107,8 @@ def _model_table(report: dict) -> str:
         cells = [name, *(f"{m['nrmse'][k]:.4f}" for k in ("avg", "down", "up"))]
         cells += [f"{cov.get(t, float('nan')):.3f}" for t in TARGET_COLUMNS]
         cells.append(f"{m['train_seconds']:.1f}")
+        guard = m.get("guard") or {}
+        cells.append(f"excluded: {guard['reason']}" if guard.get("excluded") else "")
         cls = " class='champ'" if name == report["champion"] else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     rows.append("</table>")

@@ -25,6 +25,12 @@ class Evaluation:
     width: dict[str, dict[str, float]]
     nrmse_by_step: list[float] = field(default_factory=list)
     predict_seconds: float = 0.0
+    # The persistence guard's verdict on validation (slocast.models.guard), for candidates.
+    guard: dict | None = None
+
+    @property
+    def excluded(self) -> bool:
+        return bool(self.guard and self.guard.get("excluded"))
 
     @property
     def headline(self) -> float:
@@ -40,6 +46,7 @@ class Evaluation:
             "width": self.width,
             "nrmse_by_step": self.nrmse_by_step,
             "predict_seconds": self.predict_seconds,
+            **({"guard": self.guard} if self.guard is not None else {}),
         }
 
     def flat_metrics(self) -> dict[str, float]:

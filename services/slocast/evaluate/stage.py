@@ -21,6 +21,7 @@ from slocast.evaluate.scoring import Evaluation, TestForecast, forecast_test, sc
 from slocast.models import BASELINES
 from slocast.models.bundle import MANIFEST, BundleError, ModelBundle, load_bundle
 from slocast.models.compiled_bundle import COMPILED_DIR, TAG_COMPILED_INDEX, compile_bundle
+from slocast.models.guard import guard_forecasters
 from slocast.preprocess.dataset import ProcessedDataset
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,15 @@ def assess(
 
     if "persistence" not in evaluations:
         raise RuntimeError("the persistence baseline must be evaluated before any promotion")
+    # The persistence guard on validation: a family far worse than persistence there
+    # is reported, flagged, and never a candidate (slocast.models.guard).
+    candidates_in = [name for name in models if name not in BASELINES]
+    verdicts = guard_forecasters(
+        dataset, {name: models[name][0].forecaster for name in candidates_in}
+    )
+    for name, verdict in verdicts.items():
+        evaluations[name].guard = verdict.to_dict()
+    excluded = {name: v.reason for name, v in verdicts.items() if v.excluded}
     candidates = {name: e.headline for name, e in evaluations.items() if name not in BASELINES}
     decision = decide(
         task=task,
@@ -215,6 +225,7 @@ def assess(
         candidates=candidates,
         persistence=evaluations["persistence"].headline,
         champion=champion_score,
+        excluded=excluded,
     )
     refs = {name: ref for name, (_, ref) in models.items()}
     if decision.promoted and decision.winner is not None:

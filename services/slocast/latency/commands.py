@@ -15,11 +15,12 @@ import json
 import logging
 from pathlib import Path
 
+from slocast.core.cli_groups import bench_subparsers
 from slocast.latency.settings import PredictionSettings, TrainingSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    bench = _bench_parser(subparsers)
+    bench = bench_subparsers(subparsers)
     latency = bench.add_parser(
         "latency", help="protocol B: P90 TTFT/TPOT vs the upstream reference"
     )
@@ -57,18 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "latency-predictor", help="run the latency prediction server (settings from env)"
     )
     predictor.set_defaults(func=lambda _: run_prediction_server(PredictionSettings.from_env()))
-
-
-def _bench_parser(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The ``bench`` group's sub-parsers, shared with other tasks' benchmarks."""
-    existing = subparsers.choices.get("bench")
-    if existing is None:
-        existing = subparsers.add_parser("bench", help="run a fixed evaluation protocol")
-        existing.add_subparsers(dest="bench", metavar="TASK")
-    for action in existing._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise RuntimeError("bench parser has no sub-commands")
 
 
 def _bench_latency(args: argparse.Namespace) -> int:

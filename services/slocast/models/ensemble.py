@@ -22,6 +22,7 @@ from slocast.core.metrics import nrmse
 from slocast.core.schema import HEADLINE_COLUMNS, TARGET_COLUMNS
 from slocast.models import CANDIDATES, family_class
 from slocast.models.base import FitReport, Forecaster, Progress
+from slocast.models.guard import guard_forecasters
 from slocast.preprocess.dataset import ProcessedDataset
 
 MEMBER_POOL: tuple[str, ...] = tuple(f for f in CANDIDATES if f != "ensemble")
@@ -80,19 +81,35 @@ class EnsembleForecaster(Forecaster):
     def from_members(
         cls, data: ProcessedDataset, members: Mapping[str, Forecaster]
     ) -> tuple[EnsembleForecaster, FitReport]:
-        """Weight already-fitted members on the validation split (no refitting)."""
+        """Weight already-fitted members on the validation split (no refitting).
+
+        Members failing the persistence guard (:mod:`slocast.models.guard`) are left out;
+        when every member fails, there is no ensemble (``TrainingError``).
+        """
+        from slocast.train.stage import TrainingError
+
         ends = data.ends("val")
         truth = data.truth(ends)
         predictions = {
             name: m.predict(data.times, data.values, ends) for name, m in members.items()
         }
-        weights = select_weights(predictions, truth)
+        verdicts = guard_forecasters(data, members, predictions=predictions)
+        excluded = {name: v.reason for name, v in verdicts.items() if v.excluded}
+        usable = {name: p for name, p in predictions.items() if name not in excluded}
+        if not usable:
+            raise TrainingError(
+                "ensemble: every member fails the persistence guard ("
+                + "; ".join(f"{name}: {reason}" for name, reason in excluded.items())
+                + ")"
+            )
+        weights = select_weights(usable, truth)
         model = cls(data.spec, {name: members[name] for name in weights}, weights)
         single = {
             f"val_nrmse_member_{name}": headline_nrmse(truth, p) for name, p in predictions.items()
         }
         return model, FitReport(
-            params={"weights": weights, "pool": sorted(members)}, metrics=single
+            params={"weights": weights, "pool": sorted(members), "excluded": excluded},
+            metrics=single,
         )
 
     def fit(

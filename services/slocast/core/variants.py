@@ -1,0 +1,147 @@
+"""Generated site variants: one real site rewritten into the regimes we cannot see.
+
+The other sites of the LTE dataset are held out, so the failure modes reported
+on them (issue 12) are reproduced from the one site we have. Each variant is a
+deterministic rewrite of a (training file, test file) pair with the same schema:
+
+- ``original``: the files unchanged (the reference).
+- ``shift-up-x0.1``: ``up`` multiplied by 0.1 from the first row of the last 20%
+  of the training file onward (validation and test): a site whose uplink level
+  falls after the training period (issue 12: ~1.2e7 -> ~1e6).
+- ``shift-down-x10``: ``down`` multiplied by 10 from the same row onward.
+- ``short-25``: only the last 25% of the training file (a small, young site).
+- ``bursty-up``: ``up`` multiplied by bursts (episodes of 1-15 rows starting at
+  random, 2% of rows, multiplier log-normal around 6x) over both files.
+
+Columns, column order, time stamps and empty cells are preserved; the shift
+point is measured on the training file, as the pipeline's train/validation split
+is (``val_fraction`` 0.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pandas loads when variants are generated, not for `slocast --help`
+    import pandas as pd
+
+SHIFT_FRACTION = 0.8  # shifts start at the first row of the last 20% of the training file
+SHORT_FRACTION = 0.25
+BURST_START_PROBABILITY = 0.02
+BURST_MAX_ROWS = 15
+BURST_LOG_MEAN = float(np.log(6.0))
+BURST_LOG_SD = 0.6
+SEED = 20260212
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    apply: Callable[[pd.DataFrame, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]
+
+
+def shift_start(train_rows: int) -> int:
+    """Index (in the training file) of the first shifted row."""
+    return int(np.floor(SHIFT_FRACTION * train_rows))
+
+
+def _shift(column: str, factor: float):
+    def apply(train: pd.DataFrame, test: pd.DataFrame):
+        train, test = train.copy(), test.copy()
+        start = shift_start(len(train))
+        values = train[column].to_numpy(dtype=float, copy=True)
+        values[start:] *= factor
+        train[column] = values
+        test[column] = test[column].to_numpy(dtype=float) * factor
+        return train, test
+
+    return apply
+
+
+def _short(train: pd.DataFrame, test: pd.DataFrame):
+    keep = int(np.ceil(SHORT_FRACTION * len(train)))
+    return train.iloc[len(train) - keep :].reset_index(drop=True), test.copy()
+
+
+def burst_multipliers(rows: int, seed: int = SEED) -> np.ndarray:
+    """Multiplicative bursts: 1 outside bursts, >= 1 inside (deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    out = np.ones(rows)
+    starts = np.flatnonzero(rng.random(rows) < BURST_START_PROBABILITY)
+    for start in starts:
+        length = int(rng.integers(1, BURST_MAX_ROWS + 1))
+        factor = max(1.0, float(rng.lognormal(BURST_LOG_MEAN, BURST_LOG_SD)))
+        out[start : start + length] = np.maximum(out[start : start + length], factor)
+    return out
+
+
+def _bursty(column: str):
+    def apply(train: pd.DataFrame, test: pd.DataFrame):
+        train, test = train.copy(), test.copy()
+        factors = burst_multipliers(len(train) + len(test))
+        train[column] = train[column].to_numpy(dtype=float) * factors[: len(train)]
+        test[column] = test[column].to_numpy(dtype=float) * factors[len(train) :]
+        return train, test
+
+    return apply
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("original", "the site as recorded", lambda a, b: (a.copy(), b.copy())),
+        Variant(
+            "shift-up-x0.1",
+            "up x0.1 from the last 20% of the training file on",
+            _shift("up", 0.1),
+        ),
+        Variant(
+            "shift-down-x10",
+            "down x10 from the last 20% of the training file on",
+            _shift("down", 10.0),
+        ),
+        Variant("short-25", "only the last 25% of the training file", _short),
+        Variant("bursty-up", "multiplicative bursts on up (2% of rows start one)", _bursty("up")),
+    )
+}
+
+
+def read_raw(path: Path) -> pd.DataFrame:
+    """A CSV as written (time stamps kept as text, so they are written back unchanged)."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"time": str})
+
+
+def generate_variants(
+    train_path: Path,
+    test_path: Path,
+    out_dir: Path,
+    names: Sequence[str] | None = None,
+    *,
+    site: str | None = None,
+) -> dict[str, tuple[Path, Path]]:
+    """Write ``<site>-<variant>.csv`` and ``<site>-<variant>_test.csv`` for each variant."""
+    unknown = [n for n in names or () if n not in VARIANTS]
+    if unknown:
+        raise KeyError(
+            f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}"
+        )
+    site = site or Path(train_path).stem
+    train, test = read_raw(Path(train_path)), read_raw(Path(test_path))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in names or VARIANTS:
+        new_train, new_test = VARIANTS[name].apply(train, test)
+        stem = f"{site}-{name}"
+        paths = (out_dir / f"{stem}.csv", out_dir / f"{stem}_test.csv")
+        new_train.to_csv(paths[0], index=False)
+        new_test.to_csv(paths[1], index=False)
+        written[name] = paths
+    return written

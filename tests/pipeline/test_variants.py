@@ -1,0 +1,81 @@
+"""Generated site variants: same schema, the rewrite applied exactly where stated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from slocast.core.datasets import load_lte
+from slocast.core.schema import FEATURE_COLUMNS
+from slocast.core.synthetic import generate_lte
+from slocast.core.variants import SHORT_FRACTION, VARIANTS, generate_variants, shift_start
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    frame = generate_lte(1000, seed=2)
+    frame.loc[5, "mcs_up"] = np.nan  # an empty cell must stay empty
+    train, test = frame.iloc[:800], frame.iloc[800:]
+    train.to_csv(root / "Site.csv", index=False)
+    test.to_csv(root / "Site_test.csv", index=False)
+    written = generate_variants(root / "Site.csv", root / "Site_test.csv", root / "out")
+    return root, written
+
+
+def _read(path):
+    return pd.read_csv(path, dtype={"time": str})
+
+
+def test_every_variant_keeps_the_schema_and_loads(files):
+    root, written = files
+    assert set(written) == set(VARIANTS)
+    original = [_read(root / "Site.csv"), _read(root / "Site_test.csv")]
+    for name, paths in written.items():
+        for path, source in zip(paths, original, strict=True):
+            frame = _read(path)
+            assert list(frame.columns) == list(source.columns), name
+            assert frame["time"].isin(source["time"]).all(), name
+            load_lte(path, min_rows=20)
+        assert paths[0].name == f"Site-{name}.csv" and paths[1].name == f"Site-{name}_test.csv"
+    assert np.isnan(_read(written["original"][0]).loc[5, "mcs_up"])
+
+
+def test_shift_applies_from_the_last_fifth_of_the_training_file(files):
+    root, written = files
+    train, test = _read(root / "Site.csv"), _read(root / "Site_test.csv")
+    start = shift_start(len(train))
+    assert start == 640
+    for name, column, factor in (("shift-up-x0.1", "up", 0.1), ("shift-down-x10", "down", 10.0)):
+        new_train, new_test = (_read(p) for p in written[name])
+        np.testing.assert_array_equal(new_train[column][:start], train[column][:start])
+        np.testing.assert_allclose(new_train[column][start:], train[column][start:] * factor)
+        np.testing.assert_allclose(new_test[column], test[column] * factor)
+        others = [c for c in FEATURE_COLUMNS if c != column]
+        pd.testing.assert_frame_equal(new_train[others], train[others])
+        pd.testing.assert_frame_equal(new_test[others], test[others])
+
+
+def test_short_keeps_the_last_quarter_and_bursts_only_raise_up(files):
+    root, written = files
+    train, test = _read(root / "Site.csv"), _read(root / "Site_test.csv")
+    short, short_test = (_read(p) for p in written["short-25"])
+    assert len(short) == int(np.ceil(SHORT_FRACTION * len(train)))
+    pd.testing.assert_frame_equal(short, train.iloc[-len(short) :].reset_index(drop=True))
+    pd.testing.assert_frame_equal(short_test, test)
+    bursty, bursty_test = (_read(p) for p in written["bursty-up"])
+    factors = np.concatenate([bursty["up"] / train["up"], bursty_test["up"] / test["up"]])
+    factors = factors[np.isfinite(factors)]
+    assert factors.min() == pytest.approx(1.0) and factors.max() > 2.0
+    assert 0.01 < np.mean(factors > 1.0) < 0.5
+    others = [c for c in FEATURE_COLUMNS if c != "up"]
+    pd.testing.assert_frame_equal(bursty[others], train[others])
+
+
+def test_generation_is_deterministic(files, tmp_path):
+    root, written = files
+    again = generate_variants(root / "Site.csv", root / "Site_test.csv", tmp_path, ["bursty-up"])
+    assert again["bursty-up"][0].read_bytes() == written["bursty-up"][0].read_bytes()
+    with pytest.raises(KeyError, match="unknown variant"):
+        generate_variants(root / "Site.csv", root / "Site_test.csv", tmp_path, ["nope"])
