@@ -84,9 +84,9 @@ class EnsembleForecaster(Forecaster):
         """Weight already-fitted members on the validation split (no refitting).
 
         Members failing the persistence guard (:mod:`slocast.models.guard`) are left out;
-        when every member fails, there is no ensemble (``TrainingError``).
+        when every member fails, there is no ensemble (``NoEligibleMembers``).
         """
-        from slocast.train.stage import TrainingError
+        from slocast.train.stage import NoEligibleMembers
 
         ends = data.ends("val")
         truth = data.truth(ends)
@@ -97,7 +97,7 @@ class EnsembleForecaster(Forecaster):
         excluded = {name: v.reason for name, v in verdicts.items() if v.excluded}
         usable = {name: p for name, p in predictions.items() if name not in excluded}
         if not usable:
-            raise TrainingError(
+            raise NoEligibleMembers(
                 "ensemble: every member fails the persistence guard ("
                 + "; ".join(f"{name}: {reason}" for name, reason in excluded.items())
                 + ")"

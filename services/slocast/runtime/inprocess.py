@@ -27,7 +27,13 @@ from slocast.preprocess.dataset import ProcessedDataset
 from slocast.preprocess.stage import min_rows, preprocess
 from slocast.preprocess.store import has_dataset, load_dataset, save_dataset
 from slocast.runtime.settings import RunSettings
-from slocast.train.stage import TrainedModel, TrainingError, train_ensemble, train_family
+from slocast.train.stage import (
+    NoEligibleMembers,
+    TrainedModel,
+    TrainingError,
+    train_ensemble,
+    train_family,
+)
 from slocast.train.tracking import log_trained_model
 
 log = logging.getLogger(__name__)
@@ -118,6 +124,12 @@ def run_pipeline(settings: RunSettings, *, show_progress: bool = True) -> RunRes
                     model = train_family(
                         dataset, family, seed=settings.seed, progress=_progress(bar)
                     )
+            except NoEligibleMembers as exc:
+                # Not a failure of the run: the guard already reports every member.
+                bar.set_postfix_str("skipped")
+                bar.close()
+                _say(f"{family} skipped: {exc}", True)
+                continue
             except (TrainingError, ValueError, RuntimeError) as exc:
                 failures[family] = f"{type(exc).__name__}: {exc}"
                 bar.set_postfix_str("FAILED")

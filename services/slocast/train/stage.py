@@ -26,6 +26,10 @@ class TrainingError(RuntimeError):
     """A model trained but is unusable (non-finite or constant predictions)."""
 
 
+class NoEligibleMembers(TrainingError):
+    """The ensemble has nothing to combine: every member fails the persistence guard."""
+
+
 @dataclass
 class TrainedModel:
     bundle: ModelBundle
