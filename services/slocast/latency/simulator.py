@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from slocast.latency.schema import Columns
+from slocast.latency.synthetic import INTEGER_FIELDS
 
 # The dataset's fields, in the recorded order.
 TRACE_FIELDS = (
@@ -62,16 +63,6 @@ TRACE_FIELDS = (
     "prefix_cache_score",
     "prefill_tokens_in_flight",
     "decode_tokens_in_flight",
-)
-INT_FIELDS = frozenset(
-    {
-        "input_token_length",
-        "num_request_waiting",
-        "num_request_running",
-        "num_tokens_generated",
-        "prefill_tokens_in_flight",
-        "decode_tokens_in_flight",
-    }
 )
 
 
@@ -533,7 +524,8 @@ def _records(sim: _Simulation, rows: int, warm: float) -> Columns:
 def to_trace_records(cols: Columns) -> list[dict]:
     """Rows with exactly the dataset's fields (integers as integers)."""
     lists = {
-        k: (cols[k].astype(np.int64) if k in INT_FIELDS else cols[k]).tolist() for k in TRACE_FIELDS
+        k: (cols[k].astype(np.int64) if k in INTEGER_FIELDS else cols[k]).tolist()
+        for k in TRACE_FIELDS
     }
     n = len(lists[TRACE_FIELDS[0]])
     out = []

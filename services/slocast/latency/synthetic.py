@@ -17,6 +17,19 @@ import numpy as np
 
 from slocast.latency.schema import Columns
 
+# Request fields that are counts: written as JSON integers, as a router sends them.
+INTEGER_FIELDS = frozenset(
+    {
+        "input_token_length",
+        "num_request_waiting",
+        "num_request_running",
+        "num_tokens_generated",
+        "prefill_tokens_in_flight",
+        "decode_tokens_in_flight",
+        "encoder_matched_size",
+        "encoder_input_size",
+    }
+)
 NOISE_SHAPE = 8.0  # gamma shape: CV = 1 / sqrt(8) ~ 0.35
 WORKLOADS = ("sharegpt-like", "long-prompts", "extreme-contention")
 
@@ -102,16 +115,8 @@ def to_records(cols: Columns) -> list[dict]:
     """Columns back to JSON-ready objects (what a router would post)."""
     pod_names = {0: "", 1: "prefill", 2: "decode"}
     names = [k for k in cols if k != "pod_type"]
-    ints = {
-        "input_token_length",
-        "num_request_waiting",
-        "num_request_running",
-        "num_tokens_generated",
-        "prefill_tokens_in_flight",
-        "decode_tokens_in_flight",
-        "encoder_matched_size",
-        "encoder_input_size",
+    lists = {
+        k: (cols[k].astype(np.int64) if k in INTEGER_FIELDS else cols[k]).tolist() for k in names
     }
-    lists = {k: (cols[k].astype(np.int64) if k in ints else cols[k]).tolist() for k in names}
     pods = [pod_names[int(p)] for p in cols["pod_type"]]
     return [{**{k: lists[k][i] for k in names}, "pod_type": pods[i]} for i in range(len(pods))]
