@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import orjson
 from slocast.latency.schema import Columns
 
 log = logging.getLogger(__name__)
+CLOSE_TIMEOUT_S = 10.0
 
 
 class StreamFull(Exception):
@@ -152,4 +154,13 @@ class KafkaStream:
 
     def close(self) -> None:
         self._producer.flush(5)
-        self._consumer.close()
+        # librdkafka's close (final commit, leaving the group) takes no timeout and was
+        # seen to block forever when it raced a group join (a CI run hung here): bound
+        # it, so stopping a trainer or a test never waits on the broker.
+        closer = threading.Thread(
+            target=self._consumer.close, name="kafka-consumer-close", daemon=True
+        )
+        closer.start()
+        closer.join(CLOSE_TIMEOUT_S)
+        if closer.is_alive():
+            log.warning("Kafka consumer of %s did not close in %gs", self.topic, CLOSE_TIMEOUT_S)
