@@ -1,9 +1,9 @@
-"""The fast feature builders equal the straightforward formulation, bit for bit.
+"""The table-driven feature builder equals the straightforward formulation, bit for bit.
 
-``tabular_features``, ``target_dynamics`` and ``XGBoostForecaster.features`` fill
-one preallocated array and sort instead of ``np.median``; the references below
-are the plain versions they replaced (concatenate of NumPy reductions). Saved
-models are only valid if these match exactly.
+``window_features`` (and so ``XGBoostForecaster.features``) walks
+``FEATURE_BLOCKS`` and sorts instead of ``np.median``; the references below are the
+plain versions (concatenate of NumPy reductions) the table replaced. Saved models
+are only valid if these match exactly.
 """
 
 from __future__ import annotations
@@ -14,21 +14,17 @@ import pytest
 from slocast.core.features import (
     FeatureSpec,
     calendar_features,
+    feature_names,
     gather_windows,
     residual_scale,
-    tabular_feature_names,
-    tabular_features,
     target_times,
+    window_features,
 )
 from slocast.core.schema import FEATURE_COLUMNS, TARGET_INDEX
-from slocast.models.xgboost_forecaster import (
-    _EWM_ALPHAS,
-    XGBoostForecaster,
-    target_dynamics,
-    target_dynamics_names,
-)
+from slocast.models.xgboost_forecaster import XGBoostForecaster
 
 C = len(FEATURE_COLUMNS)
+EWM_ALPHAS = (0.5, 0.2)
 
 
 def reference_tabular(spec, times, values, ends):
@@ -53,7 +49,7 @@ def reference_dynamics(spec, values, ends):
     mean = w.mean(axis=1)
     median = np.median(w, axis=1)
     floor = 1e-3 * np.abs(np.asarray(spec.target_center))
-    weights = [(1 - a) ** np.arange(spec.window)[::-1] for a in _EWM_ALPHAS]
+    weights = [(1 - a) ** np.arange(spec.window)[::-1] for a in EWM_ALPHAS]
     lag2, lag3 = w[:, -min(2, spec.window)], w[:, -min(3, spec.window)]
     parts = [
         w[:, -1] - lag2,
@@ -116,30 +112,32 @@ def _assert_same(got, want):
     np.testing.assert_array_equal(got, want)  # NaN == NaN here
 
 
+def reference_features(spec, times, values, ends):
+    return np.concatenate(
+        [reference_tabular(spec, times, values, ends), reference_dynamics(spec, values, ends)],
+        axis=1,
+    )
+
+
 @pytest.mark.parametrize("n_windows", [1, 7, 500])
 @pytest.mark.parametrize("kind", ["random", "heavy", "ties", "nan", "idle"])
-@pytest.mark.parametrize("window", [10, 2, 5])
-def test_fast_features_equal_reference(n_windows, kind, window):
+@pytest.mark.parametrize("window", [10, 2, 5, 1])
+def test_features_equal_plain_reference(n_windows, kind, window):
     rng = np.random.default_rng([n_windows, window, len(kind), ord(kind[0])])
     spec = _spec(rng, window)
     n_rows = window + n_windows + 20
     times, values = _series(rng, spec, n_rows, kind)
     ends = np.sort(rng.choice(np.arange(window, n_rows + 1), n_windows, replace=False))
 
-    tab = tabular_features(spec, times, values, ends)
-    dyn = target_dynamics(spec, values, ends)
-    _assert_same(tab, reference_tabular(spec, times, values, ends))
-    _assert_same(dyn, reference_dynamics(spec, values, ends))
-    assert tab.shape[1] == len(tabular_feature_names(spec))
-    assert dyn.shape[1] == len(target_dynamics_names(spec))
+    full = window_features(spec, times, values, ends)
+    _assert_same(full, reference_features(spec, times, values, ends))
+    assert full.shape[1] == len(feature_names(spec))
+    assert full.flags.c_contiguous
+    _assert_same(XGBoostForecaster(spec).features(times, values, ends), full)
 
     scale = residual_scale(spec, values, ends)
     np.testing.assert_array_equal(scale, reference_residual_scale(spec, values, ends))
     assert scale.shape == (n_windows, 1, len(TARGET_INDEX))
-
-    full = XGBoostForecaster(spec).features(times, values, ends)
-    _assert_same(full, np.concatenate([tab, dyn], axis=1))
-    assert full.flags.c_contiguous
 
 
 def test_serving_shaped_batches_equal_reference():
@@ -150,14 +148,8 @@ def test_serving_shaped_batches_equal_reference():
         times, values = _series(rng, spec, 10 * n_series, "heavy")
         ends = np.arange(1, n_series + 1, dtype=np.int64) * 10
         _assert_same(
-            XGBoostForecaster(spec).features(times, values, ends),
-            np.concatenate(
-                [
-                    reference_tabular(spec, times, values, ends),
-                    reference_dynamics(spec, values, ends),
-                ],
-                axis=1,
-            ),
+            window_features(spec, times, values, ends),
+            reference_features(spec, times, values, ends),
         )
 
 
@@ -167,18 +159,17 @@ def test_out_of_range_ends_still_raise():
     times, values = _series(rng, spec, 30, "random")
     for ends in ([9], [31], [10, 31], [9, 30]):
         with pytest.raises(IndexError):
-            tabular_features(spec, times, values, np.array(ends))
-        with pytest.raises(IndexError):
-            XGBoostForecaster(spec).features(times, values, np.array(ends))
+            window_features(spec, times, values, np.array(ends))
         with pytest.raises(IndexError):
             residual_scale(spec, values, np.array(ends))
 
 
-def test_spec_cache_does_not_change_the_spec():
+def test_features_do_not_change_the_spec():
     rng = np.random.default_rng(3)
     spec = _spec(rng, 10)
     before = spec.to_dict()
     times, values = _series(rng, spec, 30, "random")
-    tabular_features(spec, times, values, np.array([10, 30]))
+    window_features(spec, times, values, np.array([10, 30]))
     assert spec.to_dict() == before
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    assert set(vars(spec)) == {f for f in FeatureSpec.__dataclass_fields__}  # nothing cached

@@ -172,16 +172,19 @@ def _log_columns(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def residual_scale(spec: FeatureSpec, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
+def residual_scale(
+    spec: FeatureSpec, values: np.ndarray, ends: np.ndarray, arrays: SpecArrays | None = None
+) -> np.ndarray:
     """Per-window scale of forecast errors, shape (N, 1, K): the recent load level.
 
     Errors of traffic forecasts grow with the traffic itself, so conformal
     residuals are divided by this scale and bounds multiplied by it. It is the
     window mean of each target (inputs clipped to the training caps) plus a floor
     of 5% of the target's training mean (+ its spread), so an idle window still
-    gets a bound of sensible width.
+    gets a bound of sensible width. ``arrays``: :func:`spec_arrays` of ``spec``, when
+    the caller keeps them.
     """
-    arrays = spec_arrays(spec)
+    arrays = arrays or spec_arrays(spec)
     # Only the target columns are needed: clip them at their caps (same elementwise
     # minimum as clipping every column, then selecting).
     targets = _window_rows(values, np.asarray(ends, dtype=np.int64), spec.window)
@@ -191,7 +194,12 @@ def residual_scale(spec: FeatureSpec, values: np.ndarray, ends: np.ndarray) -> n
 
 
 def predicted_change(
-    spec: FeatureSpec, point: np.ndarray, values: np.ndarray, ends: np.ndarray, scale: np.ndarray
+    spec: FeatureSpec,
+    point: np.ndarray,
+    values: np.ndarray,
+    ends: np.ndarray,
+    scale: np.ndarray,
+    arrays: SpecArrays | None = None,
 ) -> np.ndarray:
     """How far each forecast moves from the last observed target, in units of ``scale``.
 
@@ -200,37 +208,265 @@ def predicted_change(
     and whether the burst in fact lasts decides its errors, so the residual
     distribution differs between forecasts of a fall, of no change and of a rise.
     """
-    arrays = spec_arrays(spec)
+    arrays = arrays or spec_arrays(spec)
     last = values[np.asarray(ends, dtype=np.int64) - 1][:, arrays.target_index]
     last = np.minimum(last, arrays.target_caps)[:, None, :]
     return (np.asarray(point, np.float64) - last) / scale
 
 
-def tabular_features(
-    spec: FeatureSpec, times: np.ndarray, values: np.ndarray, ends: np.ndarray
-) -> np.ndarray:
-    """Flat features for tree models, shape (N, F), float32.
+# -- window features: one table, a NumPy reference, and the native kernel mirroring it --
+#
+# Each block of the feature matrix is one row of FEATURE_BLOCKS: its name, the kernel
+# code of its computation (lte.c's `enum kind` lists the same codes in the same
+# order), the columns it reads, and its parameters. Offsets are derived from the
+# table here and handed to the kernel (see kernel_layout), so neither side spells
+# them out. Adding a feature of an existing kind is one row; a new kind is one row,
+# one NumPy function in _REFERENCE and one case in lte.c.
+LAG, MEAN, STD, MIN, MAX, DELTA, DIFF, EWM, LAST_OVER_MEAN, LAST_MINUS_MEDIAN, MEDIAN, MEDIAN3 = (
+    range(12)
+)
+CALENDAR = -1  # sin/cos of the first forecast row's phases: NumPy's own sin/cos
+COLUMNS, TARGETS = "columns", "targets"
+# Trees split one feature at a time, so they cannot form a difference or a ratio of
+# two lags themselves; the target dynamics spell out the short-term dynamics (kept
+# because they lowered validation NRMSE on PobleSec, 1.060 -> 1.049).
+CALENDAR_NAMES = ("mod_sin", "mod_cos", "dow_sin", "dow_cos", "doy_sin", "doy_cos")
 
-    Per window: every lag of every column (clipped, raw units), the window mean,
-    standard deviation, min and max per column, the last-minus-first change, and the
-    calendar features of the first forecast row.
+
+@dataclass(frozen=True)
+class Block:
+    """One block of window features: ``kind`` over the ``on`` columns of every window.
+
+    ``back`` (DIFF): rows back from the last row of the two operands (clamped to the
+    window). ``alpha`` (EWM): weight of the newest row.
+    """
+
+    name: str
+    kind: int
+    on: str
+    back: tuple[int, int] = (0, 0)
+    alpha: float = 0.0
+
+
+FEATURE_BLOCKS: tuple[Block, ...] = (
+    Block("lag", LAG, COLUMNS),
+    Block("mean", MEAN, COLUMNS),
+    Block("std", STD, COLUMNS),
+    Block("min", MIN, COLUMNS),
+    Block("max", MAX, COLUMNS),
+    Block("delta", DELTA, COLUMNS),
+    Block("calendar", CALENDAR, COLUMNS),
+    Block("d1", DIFF, TARGETS, back=(0, 1)),
+    Block("d2", DIFF, TARGETS, back=(1, 2)),
+    Block("d13", DIFF, TARGETS, back=(0, 2)),
+    Block("ewm50", EWM, TARGETS, alpha=0.5),
+    Block("ewm20", EWM, TARGETS, alpha=0.2),
+    Block("last_over_mean", LAST_OVER_MEAN, TARGETS),
+    Block("last_minus_median", LAST_MINUS_MEDIAN, TARGETS),
+    Block("median", MEDIAN, TARGETS),
+    Block("median3", MEDIAN3, TARGETS),
+)
+
+
+def _block_columns(spec: FeatureSpec, block: Block) -> np.ndarray:
+    if block.on == TARGETS:
+        return np.asarray([spec.columns.index(t) for t in spec.targets], np.int64)
+    return np.arange(len(spec.columns), dtype=np.int64)
+
+
+def _block_width(spec: FeatureSpec, block: Block) -> int:
+    if block.kind == CALENDAR:
+        return N_CALENDAR
+    count = len(spec.targets) if block.on == TARGETS else len(spec.columns)
+    return spec.window * count if block.kind == LAG else count
+
+
+def _block_params(spec: FeatureSpec, block: Block) -> np.ndarray:
+    """The float parameters the kernel reads for a block (empty for most kinds)."""
+    if block.kind == EWM:
+        weights = (1 - block.alpha) ** np.arange(spec.window)[::-1]
+        return weights / weights.sum()
+    if block.kind == LAST_OVER_MEAN:
+        # A floor at 1e-3 of the training mean keeps the ratio finite in idle windows.
+        return 1e-3 * np.abs(np.asarray(spec.target_center, np.float64))
+    return np.empty(0)
+
+
+def feature_width(spec: FeatureSpec, blocks: tuple[Block, ...] = FEATURE_BLOCKS) -> int:
+    """Number of columns :func:`window_features` returns."""
+    return sum(_block_width(spec, b) for b in blocks)
+
+
+def feature_names(spec: FeatureSpec, blocks: tuple[Block, ...] = FEATURE_BLOCKS) -> list[str]:
+    names: list[str] = []
+    for block in blocks:
+        columns = [spec.columns[j] for j in _block_columns(spec, block)]
+        if block.kind == LAG:
+            names += [f"{c}_lag{spec.window - i}" for i in range(spec.window) for c in columns]
+        elif block.kind == CALENDAR:
+            names += CALENDAR_NAMES
+        else:
+            names += [f"{c}_{block.name}" for c in columns]
+    return names
+
+
+def window_features(
+    spec: FeatureSpec,
+    times: np.ndarray,
+    values: np.ndarray,
+    ends: np.ndarray,
+    blocks: tuple[Block, ...] = FEATURE_BLOCKS,
+) -> np.ndarray:
+    """Flat features of every window, shape (N, F), float32: the reference definition.
+
+    Inputs are clipped at the training caps (raw units otherwise); the calendar
+    features are those of each window's first forecast row. Every value depends on
+    its own window only, never on the rest of the batch. The native kernel
+    (:class:`slocast.serve.features.NativeFeatures`) computes the same values and is
+    tested equal to this on every window (tests/native/test_lte_features.py).
     """
     ends = np.asarray(ends, dtype=np.int64)
     windows = clipped_windows(spec, values, ends)
-    out = np.empty((ends.size, tabular_width(spec)), dtype=np.float32)
-    fill_tabular_features(spec, times, windows, ends, out)
+    out = np.empty((ends.size, feature_width(spec, blocks)), dtype=np.float32)
+    col = 0
+    for block in blocks:
+        width = _block_width(spec, block)
+        if block.kind == CALENDAR:
+            phases = calendar_phases(times, ends, round(spec.step_seconds * 1e9))
+            out[:, col : col + width : 2] = np.sin(phases)
+            out[:, col + 1 : col + width : 2] = np.cos(phases)
+        else:
+            # C order, so reductions along the window run row by row (as the kernel's).
+            w = np.ascontiguousarray(windows[:, :, _block_columns(spec, block)])
+            out[:, col : col + width] = _REFERENCE[block.kind](w, block, spec).reshape(
+                ends.size, width
+            )
+        col += width
     return out
 
 
-def tabular_width(spec: FeatureSpec) -> int:
-    """Number of columns :func:`tabular_features` returns."""
-    return (spec.window + 5) * len(spec.columns) + N_CALENDAR
+_PERIODS = np.array([_DAY_S, _WEEK_S, _YEAR_S])
+_OFFSETS = np.array([0.0, _MONDAY_OFFSET_S, 0.0])
+
+
+def calendar_phases(times: np.ndarray, ends: np.ndarray, step_ns: int) -> np.ndarray:
+    """Day, week (starting on Monday) and year phases of each window's first forecast
+    row, shape (N, 3): :func:`calendar_features` before its sin/cos."""
+    ns = np.asarray(times).astype("datetime64[ns]", copy=False).view(np.int64)[ends - 1]
+    # The first forecast row's time, as target_times(times, ends, 1, step) computes it.
+    seconds = (ns + step_ns) / 1e9
+    phase = np.subtract(seconds[:, None], _OFFSETS)
+    np.remainder(phase, _PERIODS, out=phase)
+    np.multiply(2 * np.pi, phase, out=phase)
+    np.true_divide(phase, _PERIODS, out=phase)
+    return phase
+
+
+def _mean(w: np.ndarray) -> np.ndarray:
+    # Reduced along the window axis row by row (not pairwise): what the kernel does.
+    total = np.add.reduce(w, axis=1)
+    return np.true_divide(total, w.shape[1], out=total)
+
+
+def _std(w: np.ndarray, block: Block, spec: FeatureSpec) -> np.ndarray:
+    dev = w - _mean(w)[:, None]
+    np.multiply(dev, dev, out=dev)
+    var = np.add.reduce(dev, axis=1)
+    return np.sqrt(np.true_divide(var, w.shape[1], out=var))
+
+
+def _back(w: np.ndarray, rows: int) -> np.ndarray:
+    """The row ``rows`` before the last (the oldest when the window is shorter)."""
+    return w[:, -1 - min(rows, w.shape[1] - 1)]
+
+
+def _median(w: np.ndarray) -> np.ndarray:
+    ordered = np.sort(w, axis=1)
+    half = w.shape[1] // 2
+    if w.shape[1] % 2:
+        median = ordered[:, half]
+    else:
+        median = (ordered[:, half - 1] + ordered[:, half]) / 2
+    # np.median is NaN when any value is; NaN sorts last.
+    return np.where(np.isnan(ordered[:, -1]), np.nan, median)
+
+
+def _median3(w: np.ndarray) -> np.ndarray:
+    """Median of the last three rows (of all rows when the window is shorter)."""
+    if w.shape[1] < 3:
+        return np.median(w, axis=1)
+    a, b, c = w[:, -3], w[:, -2], w[:, -1]
+    return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+
+
+_REFERENCE = {
+    LAG: lambda w, block, spec: w,
+    MEAN: lambda w, block, spec: _mean(w),
+    STD: _std,
+    MIN: lambda w, block, spec: np.minimum.reduce(w, axis=1),
+    MAX: lambda w, block, spec: np.maximum.reduce(w, axis=1),
+    DELTA: lambda w, block, spec: w[:, -1] - w[:, 0],
+    DIFF: lambda w, block, spec: _back(w, block.back[0]) - _back(w, block.back[1]),
+    EWM: lambda w, block, spec: np.add.reduce(w * _block_params(spec, block)[:, None], axis=1),
+    LAST_OVER_MEAN: lambda w, block, spec: w[:, -1]
+    / np.maximum(_mean(w), _block_params(spec, block)),
+    LAST_MINUS_MEDIAN: lambda w, block, spec: w[:, -1] - _median(w),
+    MEDIAN: lambda w, block, spec: _median(w),
+    MEDIAN3: lambda w, block, spec: _median3(w),
+}
+
+
+@dataclass(frozen=True)
+class KernelLayout:
+    """The feature table as the kernel's arrays (see lte.c ``lte_features``).
+
+    ``blocks`` rows: kind, offset in the feature row, first index into ``columns``,
+    column count, two integer arguments (DIFF: rows back; EWM/LAST_OVER_MEAN: start
+    of the block's parameters in ``params``).
+    """
+
+    blocks: np.ndarray  # int64 (B, 6)
+    columns: np.ndarray  # int64
+    params: np.ndarray  # float64
+    caps: np.ndarray  # float64 (C,)
+    calendar: int  # offset of the calendar block, -1 when absent
+    width: int
+    window: int
+    step_ns: int
+
+
+def kernel_layout(spec: FeatureSpec, blocks: tuple[Block, ...] = FEATURE_BLOCKS) -> KernelLayout:
+    rows, columns, params = [], [], []
+    offset, n_columns, n_params, calendar = 0, 0, 0, -1
+    for block in blocks:
+        width = _block_width(spec, block)
+        if block.kind == CALENDAR:
+            calendar = offset
+        else:
+            cols, par = _block_columns(spec, block), _block_params(spec, block)
+            args = block.back if block.kind == DIFF else (n_params, 0)
+            rows.append((block.kind, offset, n_columns, cols.size, *args))
+            columns.append(cols)
+            params.append(par)
+            n_columns += cols.size
+            n_params += par.size
+        offset += width
+    return KernelLayout(
+        blocks=np.asarray(rows, np.int64).reshape(-1, 6),
+        columns=np.concatenate(columns or [np.empty(0, np.int64)]).astype(np.int64),
+        params=np.concatenate(params or [np.empty(0)]).astype(np.float64),
+        caps=np.asarray(spec.caps, np.float64),
+        calendar=calendar,
+        width=offset,
+        window=spec.window,
+        step_ns=round(spec.step_seconds * 1e9),
+    )
 
 
 def clipped_windows(spec: FeatureSpec, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Input windows clipped at the training caps, shape (N, window, C), float64."""
     ends = np.asarray(ends, dtype=np.int64)
-    return np.minimum(_window_rows(values, ends, spec.window), spec_arrays(spec).caps)
+    return np.minimum(_window_rows(values, ends, spec.window), np.asarray(spec.caps))
 
 
 def _window_rows(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
@@ -244,94 +480,24 @@ def _window_rows(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndarra
     return gather_windows(values, ends, window)
 
 
-def fill_tabular_features(
-    spec: FeatureSpec,
-    times: np.ndarray,
-    windows: np.ndarray,
-    ends: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    """Write :func:`tabular_features` of ``windows`` (from :func:`clipped_windows`)
-    into the first :func:`tabular_width` columns of ``out`` (N, >= F), float32.
-
-    Same arithmetic as the straightforward version (``windows.mean(axis=1)``,
-    ``windows.std(axis=1)``, ... concatenated, then cast to float32), so the
-    values are bit-identical; only the per-call overhead is gone: one output
-    array filled in place instead of many small pieces concatenated.
-    """
-    n, w, c = windows.shape
-    out[:, : w * c] = windows.reshape(n, w * c)
-    col = w * c
-    # windows.mean(axis=1) and windows.std(axis=1), spelled out as NumPy does them.
-    total = np.add.reduce(windows, axis=1, keepdims=True)
-    mean = np.true_divide(total, w, out=total)
-    out[:, col : col + c] = mean[:, 0]
-    dev = windows - mean
-    np.multiply(dev, dev, out=dev)
-    var = np.add.reduce(dev, axis=1)
-    np.true_divide(var, w, out=var)
-    out[:, col + c : col + 2 * c] = np.sqrt(var, out=var)
-    out[:, col + 2 * c : col + 3 * c] = np.minimum.reduce(windows, axis=1)
-    out[:, col + 3 * c : col + 4 * c] = np.maximum.reduce(windows, axis=1)
-    out[:, col + 4 * c : col + 5 * c] = windows[:, -1, :] - windows[:, 0, :]
-    _fill_calendar(spec, times, ends, out[:, col + 5 * c : col + 5 * c + N_CALENDAR])
-
-
-_PERIODS = np.array([_DAY_S, _WEEK_S, _YEAR_S])
-_OFFSETS = np.array([0.0, _MONDAY_OFFSET_S, 0.0])
-
-
-def _fill_calendar(spec: FeatureSpec, times: np.ndarray, ends: np.ndarray, out: np.ndarray) -> None:
-    """:func:`calendar_features` of the first forecast row of every window, into ``out``."""
-    arrays = spec_arrays(spec)
-    ns = np.asarray(times).astype("datetime64[ns]", copy=False).view(np.int64)[ends - 1]
-    # The first forecast row's time, as target_times(times, ends, 1, step) computes it.
-    seconds = (ns + arrays.step_ns) / 1e9
-    # Day, week (shifted to start on Monday; s - 0.0 == s exactly) and year phases.
-    phase = np.subtract(seconds[:, None], _OFFSETS)
-    np.remainder(phase, _PERIODS, out=phase)
-    np.multiply(2 * np.pi, phase, out=phase)
-    np.true_divide(phase, _PERIODS, out=phase)
-    out[:, 0::2] = np.sin(phase)
-    out[:, 1::2] = np.cos(phase)
-
-
 @dataclass(frozen=True)
 class SpecArrays:
-    """NumPy arrays derived once from a :class:`FeatureSpec` (cached on the spec)."""
+    """NumPy arrays derived from a :class:`FeatureSpec` (built once by callers that
+    compute per request, e.g. the server)."""
 
     caps: np.ndarray
-    target_center: np.ndarray
-    step_ns: int
     target_index: np.ndarray
     target_caps: np.ndarray
     residual_floor: np.ndarray
 
 
 def spec_arrays(spec: FeatureSpec) -> SpecArrays:
-    """The spec's tuples as arrays, converted once per spec object, not per call."""
-    cached = spec.__dict__.get("_arrays")
-    if cached is None:
-        caps = np.asarray(spec.caps, dtype=np.float64)
-        target_center = np.asarray(spec.target_center, dtype=np.float64)
-        target_index = np.asarray(TARGET_INDEX, dtype=np.intp)
-        cached = SpecArrays(
-            caps=caps,
-            target_center=target_center,
-            step_ns=int(round(spec.step_seconds * 1e9)),
-            target_index=target_index,
-            target_caps=caps[target_index],
-            residual_floor=0.05 * (np.abs(target_center) + np.asarray(spec.target_scale)),
-        )
-        # Derived from immutable fields only; not a dataclass field, so equality,
-        # hashing and to_dict() ignore it.
-        object.__setattr__(spec, "_arrays", cached)
-    return cached
-
-
-def tabular_feature_names(spec: FeatureSpec) -> list[str]:
-    names = [f"{c}_lag{spec.window - i}" for i in range(spec.window) for c in spec.columns]
-    for stat in ("mean", "std", "min", "max", "delta"):
-        names.extend(f"{c}_{stat}" for c in spec.columns)
-    names.extend(["mod_sin", "mod_cos", "dow_sin", "dow_cos", "doy_sin", "doy_cos"])
-    return names
+    caps = np.asarray(spec.caps, dtype=np.float64)
+    target_index = np.asarray(TARGET_INDEX, dtype=np.intp)
+    return SpecArrays(
+        caps=caps,
+        target_index=target_index,
+        target_caps=caps[target_index],
+        residual_floor=0.05
+        * (np.abs(np.asarray(spec.target_center, np.float64)) + np.asarray(spec.target_scale)),
+    )

@@ -20,26 +20,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import xgboost as xgb
 
-from slocast.core.features import (
-    FeatureSpec,
-    clipped_windows,
-    fill_tabular_features,
-    gather_windows,
-    spec_arrays,
-    tabular_feature_names,
-    tabular_width,
-)
+from slocast.core.features import FeatureSpec, feature_names, gather_windows, window_features
 from slocast.core.schema import TARGET_INDEX
 from slocast.models.base import FitReport, Forecaster, Progress
 from slocast.preprocess.dataset import ProcessedDataset
-
-if TYPE_CHECKING:
-    from slocast.models.xgboost_native import NativeFeatures
 
 STATE_FILE = "xgboost.json"
 
@@ -91,29 +79,17 @@ class XGBoostForecaster(Forecaster):
         self.target_mean = np.ones(len(spec.targets))
         # _models[step][k]: the booster for forecast step ``step`` of target ``k``.
         self._models: list[list[xgb.Booster]] = []
-        # The C kernel of features() a server attaches (equal values, see xgboost_native).
-        self.native: NativeFeatures | None = None
 
     # -- features and output transform, shared by fit, predict and the serving engine --
 
     def features(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        """Input matrix (N, F), float32, columns in :meth:`feature_names` order."""
-        ends = np.asarray(ends, np.int64)
-        spec = self.spec
-        if self.native is not None:  # the same values from C (see xgboost_native)
-            x = self.native.features(times, values, ends)
-            if x is not None:
-                return x
-        # One gather for both blocks, one output array filled in place.
-        windows = clipped_windows(spec, values, ends)
-        width = tabular_width(spec)
-        out = np.empty((ends.size, width + len(_DYNAMICS) * len(spec.targets)), np.float32)
-        fill_tabular_features(spec, times, windows, ends, out)
-        _fill_target_dynamics(spec, windows, out[:, width:])
-        return out
+        """Input matrix (N, F), float32, columns in :meth:`feature_names` order: the
+        window features of :data:`slocast.core.features.FEATURE_BLOCKS` (the server
+        computes the same values natively)."""
+        return window_features(self.spec, times, values, ends)
 
     def feature_names(self) -> list[str]:
-        return tabular_feature_names(self.spec) + target_dynamics_names(self.spec)
+        return feature_names(self.spec)
 
     def _last(self, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """The last observed row's targets, (N, K): the persistence part of the forecast."""
@@ -290,96 +266,7 @@ class XGBoostForecaster(Forecaster):
         return forecaster
 
 
-# Exponential weights of the two smoothed levels (weight of the newest row).
-_EWM_ALPHAS = (0.5, 0.2)
-_DYNAMICS = (
-    "d1",
-    "d2",
-    "d13",
-    "ewm50",
-    "ewm20",
-    "last_over_mean",
-    "last_minus_median",
-    "median",
-    "median3",
-)
-
-
-def target_dynamics(spec: FeatureSpec, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Recent changes and robust levels of the target columns, shape (N, 9 * K), float32.
-
-    Trees split one feature at a time, so they cannot form a difference or a
-    ratio of two lags themselves; these spell out the short-term dynamics
-    (kept because they lowered validation NRMSE on PobleSec, 1.060 -> 1.049).
-    Every value depends on its own window only, never on the rest of the batch.
-    """
-    ends = np.asarray(ends, np.int64)
-    out = np.empty((ends.size, len(_DYNAMICS) * len(spec.targets)), np.float32)
-    _fill_target_dynamics(spec, clipped_windows(spec, values, ends), out)
-    return out
-
-
 _TARGET_INDEX = np.asarray(TARGET_INDEX, dtype=np.intp)
-
-
-def _dynamics_constants(spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(normalised EWM weights (2, window, 1), ratio floor (K,)), computed once per spec."""
-    cached = spec.__dict__.get("_dynamics")
-    if cached is None:
-        weights = [(1 - a) ** np.arange(spec.window)[::-1] for a in _EWM_ALPHAS]
-        ewm = np.stack([wt / wt.sum() for wt in weights])[:, :, None]
-        # A floor at 1e-3 of the training mean keeps the ratio finite in idle windows.
-        floor = 1e-3 * np.abs(spec_arrays(spec).target_center)
-        cached = (ewm, floor)
-        object.__setattr__(spec, "_dynamics", cached)
-    return cached
-
-
-def _fill_target_dynamics(spec: FeatureSpec, windows: np.ndarray, out: np.ndarray) -> None:
-    """Write :func:`target_dynamics` of clipped ``windows`` (N, window, C) into ``out``.
-
-    Bit-identical to the plain formulation (``np.median`` etc.): the medians
-    come from one sort of the small window axis, the EWM weights are cached.
-    """
-    ewm, floor = _dynamics_constants(spec)
-    w = windows[:, :, _TARGET_INDEX]
-    n, size, k = w.shape
-    last = w[:, -1]
-    # Short windows (< 3 rows) reuse the oldest row instead of failing.
-    lag2, lag3 = w[:, -min(2, size)], w[:, -min(3, size)]
-    np.subtract(last, lag2, out=out[:, 0:k], casting="same_kind")
-    np.subtract(lag2, lag3, out=out[:, k : 2 * k], casting="same_kind")
-    np.subtract(last, lag3, out=out[:, 2 * k : 3 * k], casting="same_kind")
-    # Both smoothed levels in one product and one reduction: (N, 2, window, K) -> (N, 2 * K).
-    levels = np.add.reduce(w[:, None] * ewm, axis=2)
-    out[:, 3 * k : (3 + len(ewm)) * k] = levels.reshape(n, -1)
-    mean = np.add.reduce(w, axis=1)
-    np.true_divide(mean, size, out=mean)
-    out[:, 5 * k : 6 * k] = last / np.maximum(mean, floor)
-    ordered = np.sort(w, axis=1)
-    half = size // 2
-    if size % 2:
-        median = ordered[:, half]
-    else:
-        median = ordered[:, half - 1] + ordered[:, half]
-        np.true_divide(median, 2, out=median)
-    # np.median is NaN when any value is; NaN sorts last.
-    median = np.where(np.isnan(ordered[:, -1]), np.nan, median)
-    out[:, 6 * k : 7 * k] = last - median
-    out[:, 7 * k : 8 * k] = median
-    # Median of the last three rows (fewer when the window is shorter).
-    tail = w[:, -3:]
-    if tail.shape[1] == 3:
-        a, b, c = tail[:, 0], tail[:, 1], tail[:, 2]
-        low, high = np.minimum(a, b), np.maximum(a, b)
-        np.minimum(high, c, out=high)
-        np.maximum(low, high, out=out[:, 8 * k : 9 * k], casting="same_kind")
-    else:
-        out[:, 8 * k : 9 * k] = np.median(tail, axis=1)
-
-
-def target_dynamics_names(spec: FeatureSpec) -> list[str]:
-    return [f"{target}_{kind}" for kind in _DYNAMICS for target in spec.targets]
 
 
 def _booster_file(step: int, target: str) -> str:
