@@ -13,8 +13,9 @@
    p50/p99, server-side p50/p99 (interpolated from the latency histogram, which
    one scrape sums over all workers) and the engine that computed the forecasts
    (predictions metric).
-4. Times both tree engines in-process on the same feature rows for every batch
-   size, to check the per-batch engine choice is never slower than XGBoost.
+4. Times both tree engines (``SLOCAST_TREE_ENGINE=compiled|xgboost``) in-process
+   on the same windows for every batch size: whole point forecasts, features
+   included.
 
 Data stays where it is: the script reads the CSVs in place.
 """
@@ -310,24 +311,28 @@ def run_wrk(url: str, path: str, lua: Path, seconds: int, connections: int) -> d
 
 
 def engine_microbench(home: Path, test_data: Path) -> list[dict]:
-    """Both tree engines on the same real feature rows, best of several calls."""
+    """Both tree engines on the same real windows, best of several calls."""
     from slocast.core.datasets import load_lte
     from slocast.core.features import fill_missing
     from slocast.core.schema import FEATURE_COLUMNS
     from slocast.models.bundle import load_bundle
     from slocast.models.compiled_bundle import TAG_COMPILED_INDEX
-    from slocast.serve.tree_engine import CompiledTreesPredictor
+    from slocast.serve.tree_engine import TREE_ENGINES, load_tree_predictor
 
     registry = _registry(home)
     ref = registry.champion(TASK)
     bundle_dir = registry.download(ref, Path(tempfile.mkdtemp(prefix="bench-bundle-")))
     bundle = load_bundle(bundle_dir)
-    predictor = CompiledTreesPredictor.load(
-        bundle,
-        bundle_dir,
-        home / "serving" / "compiled",
-        compiled_index_sha256=ref.tags.get(TAG_COMPILED_INDEX),
-    )
+    predictors = {
+        engine: load_tree_predictor(
+            bundle,
+            bundle_dir,
+            home / "serving" / "compiled",
+            engine=engine,
+            compiled_index_sha256=ref.tags.get(TAG_COMPILED_INDEX),
+        )
+        for engine in TREE_ENGINES
+    }
     frame = load_lte(test_data, min_rows=bundle.forecaster.history_rows)
     times = frame["time"].to_numpy().astype("datetime64[ns]")
     values = fill_missing(frame[list(FEATURE_COLUMNS)].to_numpy(np.float64))
@@ -335,14 +340,13 @@ def engine_microbench(home: Path, test_data: Path) -> list[dict]:
     for size in (1, *BATCH_SIZES):
         ends = np.linspace(bundle.forecaster.history_rows, len(values), size).astype(np.int64)
         timing = {"series": size}
-        for engine in predictor.engines():
+        for engine, predictor in predictors.items():
             best = float("inf")
             for _ in range(20 if size < 1000 else 7):
                 started = time.perf_counter()
-                predictor.predict_with(engine, times, values, ends)
+                predictor.predict(times, values, ends)
                 best = min(best, time.perf_counter() - started)
-            timing[engine] = best * 1e6
-        timing["chosen"] = predictor.engine_for(size)
+            timing[f"{engine} ({predictor.engine})"] = best * 1e6
         rows.append(timing)
     return rows
 
@@ -372,15 +376,7 @@ def main() -> int:
         info = wait_workers(url, args.workers)
         results["model"] = {k: info.get(k) for k in ("name", "version", "family", "engine")}
         results["engine_detail"] = {
-            k: info.get(k)
-            for k in (
-                "engines",
-                "engine_by_windows",
-                "engine_timings_us",
-                "features",
-                "tree_calls",
-                "compiled_libraries",
-            )
+            k: info.get(k) for k in ("engine_configured", "engine_reason", "compiled_libraries")
         }
         scratch = Path(tempfile.mkdtemp(prefix="serve-bench-"))
         bodies = request_bodies(args.test_data, info["history_rows"], scratch)
@@ -459,7 +455,7 @@ def report(results: dict) -> str:
     load = results["load_average"]
     lines = [
         f"model: {results['model']}",
-        f"engine choice: {results['engine_detail']}",
+        f"engine: {results['engine_detail']}",
         "load average (1/5/15 min) at start "
         + "/".join(f"{x:.1f}" for x in load["start"])
         + ", at end "
@@ -500,13 +496,8 @@ def report(results: dict) -> str:
         "tree engines in-process, best call (us):",
     ]
     for timing in results["engine_microbench_us"]:
-        engines = {k: v for k, v in timing.items() if k not in ("series", "chosen")}
-        fastest = min(engines, key=engines.get)
-        cells = "  ".join(f"{k} {v:9.1f}" for k, v in engines.items())
-        lines.append(
-            f"  {timing['series']:>5} series: {cells}  chosen {timing['chosen']}"
-            f"{'' if timing['chosen'] == fastest else f' (fastest: {fastest})'}"
-        )
+        cells = "  ".join(f"{k} {v:9.1f}" for k, v in timing.items() if k != "series")
+        lines.append(f"  {timing['series']:>5} series: {cells}")
     return "\n".join(lines)
 
 

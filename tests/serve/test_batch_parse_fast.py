@@ -10,6 +10,7 @@ import pytest
 
 from slocast.core.schema import FEATURE_COLUMNS
 from slocast.serve import validation
+from slocast.serve.bodies import BATCH
 from slocast.serve.validation import InputError, RequestRules, parse_batch
 
 STEP_NS = 120 * 10**9
@@ -67,7 +68,7 @@ def _outcome(fn, body):
 def test_valid_batches_parse_identically(n_series, n_rows):
     body = orjson.dumps(_doc(n_series, n_rows))
     fast, slow = parse_batch(body, RULES), _slow(body)
-    assert validation._batch_fast(orjson.loads(body)["series"], RULES) is not None
+    assert validation._batch_fast(BATCH.decode(body).series, RULES) is not None
     np.testing.assert_array_equal(fast.times, slow.times)
     np.testing.assert_array_equal(fast.values, slow.values)
     assert fast.times.dtype == slow.times.dtype and fast.values.dtype == slow.values.dtype

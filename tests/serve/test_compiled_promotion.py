@@ -4,7 +4,7 @@ Covers the server-side rules of ``models/compiled_bundle.py`` and
 ``serve/tree_engine.py`` on a small XGBoost bundle: shipped libraries are adopted
 only when index, library, booster and platform all verify; a tampered or missing
 artifact is compiled locally (and cached by hash); when nothing can be compiled
-XGBoost serves, visibly. ``test_promotion_ships_compiled_trees`` checks the
+XGBoost serves, visibly, with its reason. ``test_promotion_ships_compiled_trees`` checks the
 registry side through ``evaluate.stage.promote``.
 """
 
@@ -21,7 +21,6 @@ from slocast.core import compiled_trees as ct
 from slocast.core.config import PipelineConfig
 from slocast.core.digests import sha256_bytes
 from slocast.core.synthetic import generate_lte
-from slocast.models import xgboost_native
 from slocast.models.bundle import load_bundle, save_bundle
 from slocast.models.compiled_bundle import (
     COMPILED_DIR,
@@ -30,7 +29,7 @@ from slocast.models.compiled_bundle import (
     compile_bundle,
 )
 from slocast.preprocess.stage import preprocess
-from slocast.serve.tree_engine import CompiledTreesPredictor
+from slocast.serve.tree_engine import TreePredictor, load_tree_predictor
 from slocast.train.stage import train_family
 
 pytest.importorskip("tl2cgen")
@@ -60,9 +59,11 @@ def bundle_dir(promoted, tmp_path) -> Path:
     return copy
 
 
-def _load(bundle_dir: Path, cache: Path, index_sha: str | None) -> CompiledTreesPredictor:
-    return CompiledTreesPredictor.load(
-        load_bundle(bundle_dir), bundle_dir, cache, compiled_index_sha256=index_sha
+def _load(
+    bundle_dir: Path, cache: Path, index_sha: str | None, engine: str = "compiled"
+) -> TreePredictor:
+    return load_tree_predictor(
+        load_bundle(bundle_dir), bundle_dir, cache, engine=engine, compiled_index_sha256=index_sha
     )
 
 
@@ -70,9 +71,10 @@ def _index(bundle_dir: Path) -> dict:
     return json.loads((bundle_dir / COMPILED_DIR / INDEX).read_text())
 
 
-def _forecast(predictor: CompiledTreesPredictor, dataset) -> np.ndarray:
+def _forecast(predictor: TreePredictor, dataset) -> np.ndarray:
+    assert predictor.engine == "compiled"
     ends = dataset.ends("test")[:50]
-    return predictor.predict_with("tl2cgen", dataset.times, dataset.values, ends)
+    return predictor.predict(dataset.times, dataset.values, ends)
 
 
 def test_promotion_artifacts_record_hashes_and_toolchain(promoted) -> None:
@@ -93,14 +95,17 @@ def test_promotion_artifacts_record_hashes_and_toolchain(promoted) -> None:
 def test_verified_libraries_are_adopted_not_rebuilt(promoted, bundle_dir, tmp_path, dataset):
     predictor = _load(bundle_dir, tmp_path / "cache", promoted[1])
     boosters = len(_index(bundle_dir)["libraries"])
-    assert predictor.engines() == ("tl2cgen", "xgboost")
+    assert predictor.engine == "compiled" and not predictor.fallback
     assert predictor.adoption.adopted == boosters and not predictor.adoption.rejected
-    assert predictor.adoption.features_kernel == "adopted"
-    assert predictor.describe()["features"] == "native"
     assert predictor.built_here == 0
-    reference = predictor.predict_with(
-        "xgboost", dataset.times, dataset.values, dataset.ends("test")[:50]
-    )
+    assert "kernels" not in _index(bundle_dir)  # trees only: no C source in a model
+    xgboost = _load(bundle_dir, tmp_path / "cache", promoted[1], engine="xgboost")
+    assert xgboost.engine == "xgboost" and not xgboost.fallback
+    assert xgboost.describe()["engine_reason"] is None
+    ends = dataset.ends("test")[:50]
+    reference = xgboost.predict(dataset.times, dataset.values, ends)
+    offline = load_bundle(bundle_dir).forecaster.predict(dataset.times, dataset.values, ends)
+    np.testing.assert_array_equal(reference, offline)  # native features == NumPy's
     np.testing.assert_allclose(_forecast(predictor, dataset), reference, rtol=1e-4)
 
 
@@ -112,21 +117,9 @@ def test_tampered_library_is_rejected_and_compiled_here(promoted, bundle_dir, tm
     assert len(predictor.adoption.rejected) == 1
     assert "SHA-256" in predictor.adoption.rejected[0]
     assert predictor.built_here == 1  # only the rejected booster
-    assert predictor.engines() == ("tl2cgen", "xgboost")
+    assert predictor.engine == "compiled"
     reference = _load(promoted[0], tmp_path / "clean-cache", promoted[1])
     np.testing.assert_array_equal(_forecast(predictor, dataset), _forecast(reference, dataset))
-
-
-def test_tampered_feature_kernel_is_rejected_and_built_here(promoted, bundle_dir, tmp_path):
-    kernel = _index(bundle_dir)["kernels"]["features"]
-    library = bundle_dir / COMPILED_DIR / kernel["library"]
-    library.write_bytes(library.read_bytes() + b"\0")
-    predictor = _load(bundle_dir, tmp_path / "cache", promoted[1])
-    assert predictor.adoption.features_kernel == "rejected"
-    assert predictor.built_here == 0  # the boosters were fine
-    assert predictor.describe()["features"] == "native"  # rebuilt from source here
-    cached = tmp_path / "cache" / kernel["library"]
-    assert cached.read_bytes() != library.read_bytes()
 
 
 def test_library_and_manifest_swapped_together_fail_the_registry_hash(
@@ -158,18 +151,18 @@ def test_untagged_version_does_not_trust_shipped_libraries(promoted, bundle_dir,
     predictor = _load(bundle_dir, tmp_path / "cache", None)
     assert predictor.adoption.adopted == 0 and len(predictor.adoption.rejected) == 1
     assert predictor.built_here == predictor.adoption.shipped
-    assert predictor.engines() == ("tl2cgen", "xgboost")
+    assert predictor.engine == "compiled"
 
 
 def test_missing_artifact_is_compiled_here_once_and_cached(promoted, bundle_dir, tmp_path):
     shutil.rmtree(bundle_dir / COMPILED_DIR)
     cache = tmp_path / "cache"
     first = _load(bundle_dir, cache, promoted[1])
-    boosters = len(first.describe()["trees_sha256"])
+    boosters = first.describe()["boosters"]
     assert first.adoption.shipped == 0 and first.built_here == boosters
     second = _load(bundle_dir, cache, promoted[1])  # e.g. the next worker, or a restart
     assert second.built_here == 0
-    assert second.engines() == ("tl2cgen", "xgboost")
+    assert second.engine == "compiled"
 
 
 def test_libraries_built_for_another_platform_are_compiled_here(promoted, bundle_dir, tmp_path):
@@ -191,11 +184,11 @@ def test_no_compiler_and_nothing_shipped_serves_xgboost(
         raise RuntimeError("gcc: not found")
 
     monkeypatch.setattr(ct, "compile_booster", no_toolchain)
-    monkeypatch.setattr(xgboost_native, "build", no_toolchain)
     predictor = _load(bundle_dir, tmp_path / "cache", promoted[1])
-    assert predictor.fallback and predictor.engines() == ("xgboost",)
-    assert predictor.describe()["engine"] == "xgboost"
-    assert predictor.describe()["features"] == "numpy"
+    assert predictor.fallback and predictor.engine == "xgboost"
+    described = predictor.describe()
+    assert described["engine"] == "xgboost" and described["engine_configured"] == "compiled"
+    assert "gcc: not found" in described["engine_reason"]
     forecast = predictor.predict(dataset.times, dataset.values, dataset.ends("test")[:5])
     assert np.isfinite(forecast).all()
 

@@ -24,39 +24,31 @@ def xgboost_champion(server, tmp_path_factory):
 
 
 def test_compiled_and_xgboost_agree(server, xgboost_champion) -> None:
-    from slocast.serve.tree_engine import CompiledTreesPredictor
+    from slocast.serve.tree_engine import load_tree_predictor
 
     bundle, bundle_dir, data = xgboost_champion
     # The server's compile cache: the libraries it built are verified and reused.
-    predictor = CompiledTreesPredictor.load(
-        bundle, bundle_dir, server.home / "serving" / "compiled"
-    )
-    assert predictor.engines() == ("tl2cgen", "xgboost"), "the library did not compile/load"
+    cache = server.home / "serving" / "compiled"
+    compiled = load_tree_predictor(bundle, bundle_dir, cache, engine="compiled")
+    xgboost = load_tree_predictor(bundle, bundle_dir, cache, engine="xgboost")
+    assert compiled.engine == "compiled", compiled.reason
     ends = data.ends("test")
-    compiled = predictor.predict_with("tl2cgen", data.times, data.values, ends)
-    reference = predictor.predict_with("xgboost", data.times, data.values, ends)
+    got = compiled.predict(data.times, data.values, ends)
+    reference = xgboost.predict(data.times, data.values, ends)
     offline = bundle.forecaster.predict(data.times, data.values, ends)
     np.testing.assert_array_equal(reference, offline)  # same trees, same features, same finish
     # Relative per value, with an absolute floor of 1e-6 of each target's largest
     # forecast for values near zero.
     scale = np.maximum(np.abs(reference).max(axis=(0, 1)), 1e-300)
-    np.testing.assert_allclose(compiled / scale, reference / scale, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got / scale, reference / scale, rtol=1e-4, atol=1e-6)
 
 
-def test_engine_choice_is_reported(model_info) -> None:
+def test_engine_is_reported(model_info) -> None:
     if model_info["family"] != "xgboost":
         pytest.skip("not an xgboost champion")
-    assert model_info["engine"] in model_info["engines"]
-    timings = model_info["engine_timings_us"]
-    # The compiled engine is never chosen where XGBoost measured faster, and XGBoost
-    # only where it measured clearly (10%) faster.
-    for size, engine in model_info["engine_by_windows"].items():
-        measured = timings[size.lstrip(">=")]
-        other = "xgboost" if engine == "tl2cgen" else "tl2cgen"
-        if engine == "tl2cgen":
-            assert measured["tl2cgen"] <= measured["xgboost"] / 0.9
-        else:
-            assert measured["xgboost"] <= measured[other] * 0.9
+    assert model_info["engine_configured"] == "compiled"  # the default
+    assert model_info["engine"] == "compiled", model_info["engine_reason"]
+    assert model_info["engine_reason"] is None
 
 
 def test_served_trees_were_compiled_at_promotion(server, model_info) -> None:

@@ -6,13 +6,13 @@ One module owns the compile/load cycle so every server gets the same guarantees:
   library with TL2cgen (``parallel_comp``) and writes a JSON manifest beside it
   recording the model's and the library's SHA-256 and the toolchain (gcc, platform,
   Python, Treelite, TL2cgen). Libraries are cached by model hash.
-- :func:`load_tree_model` verifies the library hash before loading it, recompiles
-  locally when the library is missing, corrupt or built for another platform, and
-  falls back to XGBoost ``inplace_predict`` when compiling is impossible. The
-  fallback is logged and visible in :attr:`TreeModel.engine`, never silent.
-- At load time both engines are timed on a few batch sizes; batches at or above the
-  measured crossover go to XGBoost, which wins on large batches on one thread
-  (TL2cgen's per-row code beats XGBoost's fixed ~250 us per call on small ones).
+- :func:`verified_library` checks a cached library against its manifest (model and
+  library SHA-256, platform) before anyone loads it.
+- :func:`load_tree_model` (the latency server's per-booster loader) verifies or
+  builds the library and falls back to XGBoost ``inplace_predict`` when compiling
+  is impossible: logged and visible in :attr:`TreeModel.engine`, never silent.
+  The LTE server evaluates the same libraries through ``slocast._native``
+  (:mod:`slocast.serve.tree_engine`).
 
 Every predictor runs on one thread: serving processes are scaled by workers.
 """
@@ -47,9 +47,6 @@ PARALLEL_COMP = 8
 # a busy 2-core machine) at no measurable prediction cost: the generated code is
 # branch chains the optimiser barely improves.
 COMPILER_OPTIONS = ["-O1"]
-# Batch sizes timed at load time to find where XGBoost overtakes TL2cgen.
-_PROBE_SIZES = (1, 16, 64, 256, 1024)
-_PROBE_REPEATS = 5
 
 
 def toolchain_info() -> dict[str, str]:
@@ -231,96 +228,12 @@ class _TL2cgenEngine:
         return np.asarray(self.predictor.predict(dmat), dtype=np.float64).reshape(-1)
 
 
-class CompiledBatch:
-    """Several compiled libraries evaluated on one matrix with minimal Python overhead.
-
-    ``tl2cgen.DMatrix`` + ``Predictor.predict`` cost ~40 us per call on tiny batches,
-    almost all of it Python: output-shape queries, ctypes pointer conversions,
-    a zero-filled output array per call. This calls the same C API
-    (``TL2cgenDMatrixCreateFromMat``, ``TL2cgenPredictorPredictBatch``) through
-    prototyped ctypes functions: one DMatrix per call shared by every library, and
-    every library writes straight into one row of a single output array. The
-    predictors are the ``tl2cgen.Predictor`` objects themselves, so loading and
-    metadata stay TL2cgen's. Only single-output models qualify
-    (:meth:`supports` checks); one thread per predictor, like everything here.
-    """
-
-    def __init__(self, predictors: list) -> None:
-        import ctypes
-
-        from tl2cgen.libloader import _LIB
-
-        if not predictors or not self.supports(predictors):
-            raise ValueError("CompiledBatch needs single-output, same-type predictors")
-        self._predictors = list(predictors)  # keep them (and their handles) alive
-        self._handles = [ctypes.c_void_p(p.handle.value) for p in predictors]
-        self._dtype = np.float32 if predictors[0].leaf_output_type == "float32" else np.float64
-        self.num_features = int(predictors[0].num_feature)
-        vp, sz, ci = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
-        proto = ctypes.CFUNCTYPE
-        self._create = proto(ci, vp, ctypes.c_char_p, sz, sz, vp, vp)(
-            ("TL2cgenDMatrixCreateFromMat", _LIB)
-        )
-        self._free = proto(ci, vp)(("TL2cgenDMatrixFree", _LIB))
-        self._predict = proto(ci, vp, vp, ci, ci, vp)(("TL2cgenPredictorPredictBatch", _LIB))
-        self._error = _LIB.TL2cgenGetLastError
-        self._missing = np.array([np.nan], dtype=np.float32)
-        self._missing_ptr = self._missing.ctypes.data
-        self._byref = ctypes.byref
-        self._c_void_p = vp
-
-    @staticmethod
-    def supports(predictors: list) -> bool:
-        """Whether every predictor returns one value per row of the same leaf type."""
-        first = predictors[0]
-        return all(
-            p.num_target == 1
-            and list(p.num_class) == [1]
-            and p.leaf_output_type == first.leaf_output_type
-            and p.num_feature == first.num_feature
-            for p in predictors
-        )
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Raw outputs, shape ``(len(predictors), rows)``, for a float32 matrix."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"expected (rows, {self.num_features}) features, got {x.shape}")
-        rows = x.shape[0]
-        # Zeroed: the generated code accumulates into its output (tl2cgen does the same).
-        out = np.zeros((len(self._handles), rows), dtype=self._dtype)
-        if rows == 0:
-            return out
-        dmat = self._c_void_p()
-        self._check(
-            self._create(
-                x.ctypes.data, b"float32", rows, x.shape[1], self._missing_ptr, self._byref(dmat)
-            )
-        )
-        try:
-            base, stride = out.ctypes.data, out.strides[0]
-            for i, handle in enumerate(self._handles):
-                self._check(self._predict(handle, dmat, 0, 0, base + i * stride))
-        finally:
-            self._free(dmat)
-        return out
-
-    def _check(self, ret: int) -> None:
-        if ret != 0:
-            raise RuntimeError(f"TL2cgen: {self._error().decode('utf-8', 'replace')}")
-
-
 @dataclass
 class TreeModel:
-    """A loaded tree ensemble. ``engine`` names what actually serves small batches.
-
-    ``xgboost_from_rows`` is the batch size from which XGBoost is used instead of
-    the compiled library (``None``: never, or there is no compiled library).
-    """
+    """A loaded tree ensemble. ``engine`` names what serves it."""
 
     model_sha256: str
     engine: str
-    xgboost_from_rows: int | None
     _xgb: _XGBoostEngine
     _compiled: _TL2cgenEngine | None
     built_here: bool = False  # compiled by this load (nothing verified was cached)
@@ -331,9 +244,7 @@ class TreeModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Raw model output for a float32 matrix ``(rows, num_features)``."""
-        if self._compiled is None or (
-            self.xgboost_from_rows is not None and x.shape[0] >= self.xgboost_from_rows
-        ):
+        if self._compiled is None:
             return self._xgb.predict(x)
         return self._compiled.predict(x)
 
@@ -378,29 +289,5 @@ def load_tree_model(
         except Exception as exc:  # tl2cgen raises its own error type on a bad library
             log.error("cannot load %s (%s); serving with XGBoost inplace_predict", library, exc)
     if compiled is None:
-        return TreeModel(model_sha, ENGINE_XGBOOST, None, xgb_engine, None)
-    crossover = _measure_crossover(xgb_engine, compiled, xgb_engine.num_features)
-    return TreeModel(model_sha, ENGINE_TL2CGEN, crossover, xgb_engine, compiled, built_here)
-
-
-def _measure_crossover(
-    xgb_engine: _XGBoostEngine, compiled: _TL2cgenEngine, num_features: int
-) -> int | None:
-    """Smallest probed batch size at which XGBoost is faster than TL2cgen."""
-    rng = np.random.default_rng(0)
-    for rows in _PROBE_SIZES:
-        x = rng.random((rows, num_features), dtype=np.float32)
-        t_xgb = _best_time(xgb_engine.predict, x)
-        t_tl = _best_time(compiled.predict, x)
-        if t_xgb < t_tl:
-            return rows
-    return None
-
-
-def _best_time(fn, x: np.ndarray) -> float:
-    best = float("inf")
-    for _ in range(_PROBE_REPEATS):
-        start = time.perf_counter()
-        fn(x)
-        best = min(best, time.perf_counter() - start)
-    return best
+        return TreeModel(model_sha, ENGINE_XGBOOST, xgb_engine, None)
+    return TreeModel(model_sha, ENGINE_TL2CGEN, xgb_engine, compiled, built_here)

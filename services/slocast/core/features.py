@@ -383,10 +383,8 @@ def _back(w: np.ndarray, rows: int) -> np.ndarray:
 def _median(w: np.ndarray) -> np.ndarray:
     ordered = np.sort(w, axis=1)
     half = w.shape[1] // 2
-    if w.shape[1] % 2:
-        median = ordered[:, half]
-    else:
-        median = (ordered[:, half - 1] + ordered[:, half]) / 2
+    odd = w.shape[1] % 2
+    median = ordered[:, half] if odd else (ordered[:, half - 1] + ordered[:, half]) / 2
     # np.median is NaN when any value is; NaN sorts last.
     return np.where(np.isnan(ordered[:, -1]), np.nan, median)
 
@@ -408,8 +406,9 @@ _REFERENCE = {
     DELTA: lambda w, block, spec: w[:, -1] - w[:, 0],
     DIFF: lambda w, block, spec: _back(w, block.back[0]) - _back(w, block.back[1]),
     EWM: lambda w, block, spec: np.add.reduce(w * _block_params(spec, block)[:, None], axis=1),
-    LAST_OVER_MEAN: lambda w, block, spec: w[:, -1]
-    / np.maximum(_mean(w), _block_params(spec, block)),
+    LAST_OVER_MEAN: lambda w, block, spec: (
+        w[:, -1] / np.maximum(_mean(w), _block_params(spec, block))
+    ),
     LAST_MINUS_MEDIAN: lambda w, block, spec: w[:, -1] - _median(w),
     MEDIAN: lambda w, block, spec: _median(w),
     MEDIAN3: lambda w, block, spec: _median3(w),

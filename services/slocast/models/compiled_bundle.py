@@ -4,8 +4,8 @@ At promotion (:func:`slocast.evaluate.stage.promote`, called by the in-process
 runner and by the Kafka evaluator) every booster of an XGBoost champion is
 compiled with TL2cgen into ``compiled/`` next to the bundle's files: one shared
 library per booster, named by the booster's SHA-256, with its manifest (library
-SHA-256, toolchain), the feature kernel (:mod:`slocast.models.xgboost_native`),
-and ``compiled/index.json`` listing them all. The index's
+SHA-256, toolchain), and ``compiled/index.json`` listing them all. Trees only: the
+feature kernel is part of the package (``slocast._native``), never of a model. The index's
 SHA-256 goes on the registry version as a tag, a channel separate from the
 artifact store: a library replaced in the store, even together with its
 manifest, no longer matches.
@@ -35,7 +35,6 @@ from slocast.core.compiled_trees import (
     verified_library,
 )
 from slocast.core.digests import sha256_bytes, sha256_file
-from slocast.models import xgboost_native
 from slocast.models.bundle import BundleError, ModelBundle, read_manifest
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,6 @@ INDEX = "index.json"
 INDEX_FORMAT = 1
 # Registry version tag holding the SHA-256 of compiled/index.json.
 TAG_COMPILED_INDEX = "slocast.compiled.index_sha256"
-FEATURES_KERNEL = "features"
 
 
 def compile_bundle(bundle_dir: Path, bundle: ModelBundle) -> str | None:
@@ -68,7 +66,6 @@ def compile_bundle(bundle_dir: Path, bundle: ModelBundle) -> str | None:
         "format": INDEX_FORMAT,
         "toolchain": toolchain_info(),
         "libraries": libraries,
-        "kernels": {FEATURES_KERNEL: _entry(xgboost_native.build(out))},
     }
     data = json.dumps(index, indent=2, sort_keys=True).encode()
     (out / INDEX).write_bytes(data)
@@ -93,7 +90,6 @@ class Adoption:
     adopted: int = 0  # verified and in the cache (copied now or already there)
     rejected: list[str] = field(default_factory=list)  # why, one entry per refusal
     other_platform: bool = False  # built for another OS/CPU/libc: compiled here instead
-    features_kernel: str = "not shipped"  # or "adopted", "rejected", "other source"
 
     def describe(self) -> dict:
         return {
@@ -101,7 +97,6 @@ class Adoption:
             "adopted": self.adopted,
             "rejected": self.rejected,
             "other_platform": self.other_platform,
-            "features_kernel": self.features_kernel,
         }
 
 
@@ -137,34 +132,25 @@ def adopt_compiled(
     for file, entry in sorted(libraries.items()):
         if bundle_hashes.get(file) != entry.get("model_sha256"):
             _refuse(report, f"{file}: the index names another booster than the bundle holds")
-        elif _adopt(shipped, file, entry, cache_dir, "trees", report):
+        elif _adopt(shipped, file, entry, cache_dir, report):
             report.adopted += 1
-    kernel = index.get("kernels", {}).get(FEATURES_KERNEL)
-    if kernel is not None and kernel.get("model_sha256") != xgboost_native.SOURCE_SHA256:
-        # Built from another version of the kernel's source: of no use to this code.
-        report.features_kernel = "other source"
-    elif kernel is not None:
-        adopted = _adopt(shipped, FEATURES_KERNEL, kernel, cache_dir, xgboost_native.PREFIX, report)
-        report.features_kernel = "adopted" if adopted else "rejected"
     return report
 
 
-def _adopt(
-    shipped: Path, label: str, entry: dict, cache_dir: Path, prefix: str, report: Adoption
-) -> bool:
+def _adopt(shipped: Path, label: str, entry: dict, cache_dir: Path, report: Adoption) -> bool:
     """Verify one shipped library and put it into the cache; False (and why) if refused."""
-    reason = _check_shipped(shipped, label, entry, prefix)
+    reason = _check_shipped(shipped, label, entry)
     if reason is not None:
         _refuse(report, reason)
         return False
-    if verified_library(entry["model_sha256"], cache_dir, prefix) is None:
+    if verified_library(entry["model_sha256"], cache_dir) is None:
         _install(shipped, entry, cache_dir)
     return True
 
 
-def _check_shipped(directory: Path, file: str, entry: dict, prefix: str) -> str | None:
-    """Why the shipped library ``file`` (a booster or a kernel) cannot be used, or None."""
-    expected = library_paths(entry["model_sha256"], directory, prefix)
+def _check_shipped(directory: Path, file: str, entry: dict) -> str | None:
+    """Why the shipped library of booster ``file`` cannot be used, or None."""
+    expected = library_paths(entry["model_sha256"], directory)
     library, manifest = directory / entry.get("library", ""), directory / entry.get("manifest", "")
     if (library, manifest) != (expected.library, expected.manifest):
         return f"{file}: unexpected library name {entry.get('library')!r}"

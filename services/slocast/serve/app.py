@@ -27,7 +27,6 @@ from slocast.serve import schemas
 from slocast.serve.fastpath import FastPath, Handler, error_body, read_body
 from slocast.serve.forecasting import batch_body, forecast_body
 from slocast.serve.metrics import ServeMetrics
-from slocast.serve.native_forecast import ENGINE as NATIVE_ENGINE
 from slocast.serve.reloading import ModelHolder, ReloadOutcome, ReloadWatcher, request_reload
 from slocast.serve.settings import ServeSettings
 from slocast.serve.validation import InputError, parse_batch, parse_forecast
@@ -137,18 +136,11 @@ def create_app(settings: ServeSettings | None = None) -> ASGIApp:
                 return error_body(
                     InputError("model", "no model loaded yet; retry when /readyz is 200", 503)
                 )
-            done = model.native.forecast(body, batch) if model.native is not None else None
-            if done is not None:
-                payload, windows = done
-                engine = NATIVE_ENGINE
-            else:
-                # No kernel for this model, or a body the kernel leaves to the reference
-                # path (every invalid one among them): Python decides.
-                try:
-                    payload, windows = render(model, parse(body, model.rules))
-                except InputError as exc:
-                    return error_body(exc)
-                engine = model.predictor.engine_for(windows)
+            try:
+                payload, windows = render(model, parse(body, model.rules))
+            except InputError as exc:
+                return error_body(exc)
+            engine = model.predictor.engine
             metrics.count_predictions(engine, windows)
             service_time.observe(time.perf_counter() - started)
             return 200, payload

@@ -4,8 +4,8 @@ Every predictor takes the arguments of :meth:`Forecaster.predict` (a filled seri
 and window ends) and returns ``(N, horizon, K)`` in original units, so the server
 computes exactly what the evaluator scored. Families other than XGBoost are served
 by their forecaster itself (baselines in numpy, GRU/LSTM through ONNX Runtime,
-Prophet through its own predict). XGBoost gets compiled trees: see
-:mod:`slocast.serve.tree_engine`.
+Prophet through its own predict). XGBoost gets native features and compiled trees
+or XGBoost, by configuration: see :mod:`slocast.serve.tree_engine`.
 """
 
 from __future__ import annotations
@@ -35,10 +35,6 @@ class Predictor(Protocol):
         """Point forecasts ``(len(ends), horizon, K)`` in original units."""
         ...
 
-    def engine_for(self, windows: int) -> str:
-        """The engine that serves a call with ``windows`` forecast windows."""
-        ...
-
     def describe(self) -> dict:
         """Engine details for ``GET /v1/model``."""
         ...
@@ -54,9 +50,6 @@ class ForecasterPredictor:
     def predict(self, times: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return self._predict(times, values, ends)
 
-    def engine_for(self, windows: int) -> str:
-        return self.engine
-
     def describe(self) -> dict:
         return {"engine": self.engine}
 
@@ -66,17 +59,24 @@ def make_predictor(
     bundle_dir: Path,
     compiled_dir: Path,
     *,
+    tree_engine: str,
     compiled_index_sha256: str | None = None,
 ) -> Predictor:
-    """The fastest faithful predictor for ``bundle``.
+    """The predictor for ``bundle``; ``tree_engine`` (``SLOCAST_TREE_ENGINE``) picks
+    what evaluates an XGBoost champion's trees.
 
     ``compiled_index_sha256`` is the registry's record of the libraries built at
     promotion (see :mod:`slocast.models.compiled_bundle`).
     """
     if bundle.family == "xgboost":
-        from slocast.serve.tree_engine import CompiledTreesPredictor
+        # Imported here: XGBoost and the native kernels only for XGBoost champions.
+        from slocast.serve.tree_engine import load_tree_predictor
 
-        return CompiledTreesPredictor.load(
-            bundle, bundle_dir, compiled_dir, compiled_index_sha256=compiled_index_sha256
+        return load_tree_predictor(
+            bundle,
+            bundle_dir,
+            compiled_dir,
+            engine=tree_engine,
+            compiled_index_sha256=compiled_index_sha256,
         )
     return ForecasterPredictor(bundle)

@@ -1,8 +1,8 @@
 """Turning the registry's champion into an immutable, ready-to-serve model.
 
 Everything a request needs is computed here, once per version: the predictor and
-its engine choice, the validation rules, the quantile keys, the pre-serialised
-``model`` block of every response. A :class:`ServedModel` never changes after it
+its engine, the bounds tables, the validation rules, the quantile keys, the
+pre-serialised ``model`` block of every response. A :class:`ServedModel` never changes after it
 is built, so a request that grabbed it keeps a consistent view while a reload
 swaps in the next one.
 """
@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +24,10 @@ from slocast.core.registry import ModelRegistry, VersionRef
 from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
 from slocast.models.bundle import ModelBundle, load_bundle, read_manifest
 from slocast.models.compiled_bundle import COMPILED_DIR, INDEX, TAG_COMPILED_INDEX
+from slocast.serve.bounds import Bounds
 from slocast.serve.engines import Predictor, make_predictor
-from slocast.serve.forecasting import batch_body, forecast_body
-from slocast.serve.native_forecast import NativeForecast, build_native_forecast
 from slocast.serve.settings import ServeSettings
-from slocast.serve.validation import RequestRules, parse_batch, parse_forecast
+from slocast.serve.validation import RequestRules
 
 log = logging.getLogger(__name__)
 PREFERRED_QUANTILE = 0.9
@@ -39,14 +38,13 @@ class ServedModel:
     ref: VersionRef
     bundle: ModelBundle
     predictor: Predictor
+    bounds: Bounds
     rules: RequestRules
     model_block: orjson.Fragment  # {"name", "version", "family"} as JSON
     info: dict
     loaded_at: float
     load_seconds: float
     targets: tuple[str, ...] = field(default=TARGET_COLUMNS)
-    # Answers whole requests natively when it can (None: the Python path always).
-    native: NativeForecast | None = None
 
     @property
     def version(self) -> str:
@@ -102,11 +100,13 @@ def build_served_model(ref: VersionRef, bundle_dir: Path, settings: ServeSetting
         bundle,
         bundle_dir,
         settings.compiled_dir,
+        tree_engine=settings.tree_engine,
         compiled_index_sha256=ref.tags.get(TAG_COMPILED_INDEX),
     )
     spec = bundle.spec
     step_ns = int(round(spec.step_seconds * 1e9))
-    levels = {float(q): f"{q:g}" for q in bundle.calibration.levels}
+    bounds = Bounds(bundle)
+    levels = {float(q): f"{q:g}" for q in bounds.levels}
     rules = RequestRules(
         history_rows=int(bundle.forecaster.history_rows),
         max_history_rows=max(settings.max_history_rows, int(bundle.forecaster.history_rows)),
@@ -152,25 +152,17 @@ def build_served_model(ref: VersionRef, bundle_dir: Path, settings: ServeSetting
         "pid": os.getpid(),
     }
     block = orjson.dumps({"name": info["name"], "version": ref.version, "family": bundle.family})
-    served = ServedModel(
+    return ServedModel(
         ref=ref,
         bundle=bundle,
         predictor=predictor,
+        bounds=bounds,
         rules=rules,
         model_block=orjson.Fragment(block),
         info=info,
         loaded_at=loaded_at,
         load_seconds=load_seconds,
     )
-
-    def reference(body: bytes, batch: bool) -> bytes:
-        if batch:
-            return batch_body(served, parse_batch(body, rules))[0]
-        return forecast_body(served, parse_forecast(body, rules))[0]
-
-    native, how = build_native_forecast(bundle, predictor, rules, block, reference)
-    info["request_path"] = how
-    return replace(served, native=native)
 
 
 def _self_test(predictor: Predictor, rules: RequestRules, horizon: int) -> None:

@@ -32,7 +32,10 @@ ENVIRONMENT: dict[str, str] = {
     "default 30",
     "SLOCAST_GENERATION_POLL_SECONDS": "how often every worker stats the reload generation file; "
     "default 0.15",
+    "SLOCAST_TREE_ENGINE": "what evaluates an XGBoost champion's trees: compiled (TL2cgen "
+    "libraries, XGBoost as the counted fallback) or xgboost; default compiled",
 }
+TREE_ENGINES = ("compiled", "xgboost")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class ServeSettings:
     spacing_tolerance: float = 0.1
     registry_poll_seconds: float = 30.0
     generation_poll_seconds: float = 0.15
+    tree_engine: str = "compiled"
 
     @property
     def models_dir(self) -> Path:
@@ -85,6 +89,7 @@ class ServeSettings:
             generation_poll_seconds=_float(
                 env, "SLOCAST_GENERATION_POLL_SECONDS", cls.generation_poll_seconds
             ),
+            tree_engine=env.get("SLOCAST_TREE_ENGINE") or cls.tree_engine,
         )
         settings.validate()
         return settings
@@ -103,6 +108,11 @@ class ServeSettings:
             )
         if self.generation_poll_seconds <= 0:
             raise ConfigError("SLOCAST_GENERATION_POLL_SECONDS must be > 0")
+        if self.tree_engine not in TREE_ENGINES:
+            raise ConfigError(
+                f"SLOCAST_TREE_ENGINE must be one of {', '.join(TREE_ENGINES)}, "
+                f"got {self.tree_engine!r}"
+            )
         if self.registry_poll_seconds < 0:
             raise ConfigError("SLOCAST_REGISTRY_POLL_SECONDS must be >= 0")
 

@@ -6,30 +6,25 @@ unique and on the model's grid), plus the serving rules: at least the model's
 history length of rows, no null cells (a client fills gaps; the server does not
 guess), only calibrated quantiles, a horizon the model was trained for.
 
-Parsing is columnar and allocation-light on purpose: orjson decodes the body, one
-pass checks every row's keys against a frozenset, ``set(map(type, ...))`` checks
-every cell's type in C, and numpy converts and checks the grid. Pydantic models in
-:mod:`slocast.serve.schemas` document the same bodies in OpenAPI but are not run
-per request (they would cost more than the model).
+The shape and types of a body are msgspec Structs (:mod:`slocast.serve.bodies`),
+decoded and checked in C; msgspec's error names the JSON path, which becomes the
+``field`` of the 4xx. What a type cannot say (lengths, the time grid, calibrated
+levels, unique ids) is checked here on the decoded values, with numpy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import sub
-from typing import NoReturn
+from operator import attrgetter, sub
 
+import msgspec
 import numpy as np
-import orjson
 
 from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN
+from slocast.serve.bodies import BATCH, FORECAST
 
-ROW_KEYS = frozenset((TIME_COLUMN, *FEATURE_COLUMNS))
-_ROW_SIZE = {len(ROW_KEYS)}
-_FORECAST_KEYS = frozenset(("history", "horizon", "quantiles"))
-_BATCH_KEYS = frozenset(("series", "horizon", "quantiles"))
-_SERIES_KEYS = frozenset(("id", "history"))
-_NUMBER_TYPES = frozenset((int, float))
+_CELLS = attrgetter(*FEATURE_COLUMNS)  # a row's cells as a tuple, in column order
+_TIME = attrgetter(TIME_COLUMN)
 _PYTHON_GRID_UP_TO = 64
 
 
@@ -72,21 +67,19 @@ class ParsedRequest:
 
 
 def parse_forecast(body: bytes, rules: RequestRules) -> ParsedRequest:
-    doc = _object(body, _FORECAST_KEYS, required=("history",))
-    horizon = _horizon(doc.get("horizon", 1), rules)
-    quantiles = _quantiles(doc.get("quantiles"), rules)
-    times, values = _history(doc["history"], "history", rules)
+    doc = _decode(FORECAST, body)
+    horizon = _horizon(doc.horizon, rules)
+    quantiles = _quantiles(doc.quantiles, rules)
+    times, values = _history(doc.history, "history", rules)
     _check_forecast_times(times, horizon, rules, "history")
     return ParsedRequest(times, values, None, horizon, quantiles)
 
 
 def parse_batch(body: bytes, rules: RequestRules) -> ParsedRequest:
-    doc = _object(body, _BATCH_KEYS, required=("series",))
-    horizon = _horizon(doc.get("horizon", 1), rules)
-    quantiles = _quantiles(doc.get("quantiles"), rules)
-    series = doc["series"]
-    if type(series) is not list:
-        raise InputError("series", f"expected a list of series, got {_kind(series)}")
+    doc = _decode(BATCH, body)
+    horizon = _horizon(doc.horizon, rules)
+    quantiles = _quantiles(doc.quantiles, rules)
+    series = doc.series
     if not series:
         raise InputError("series", "is empty; send at least one series")
     if len(series) > rules.max_batch_series:
@@ -96,35 +89,45 @@ def parse_batch(body: bytes, rules: RequestRules) -> ParsedRequest:
             "(SLOCAST_MAX_BATCH_SERIES)",
             status=413,
         )
+    ids = [item.id for item in series]
+    if len(set(ids)) != len(ids):
+        seen: set = set()
+        for i, sid in enumerate(ids):
+            if sid in seen:
+                raise InputError(f"series[{i}].id", f"duplicate id {sid!r}; ids must be unique")
+            seen.add(sid)
     fast = _batch_fast(series, rules)
-    if fast is not None:
-        times, values, ids = fast
-        _check_forecast_times(times, horizon, rules, "series")
-        return ParsedRequest(times, values, ids, horizon, quantiles)
-    # Something is off (or histories differ in length): check series by series, so
-    # the error names the first offending field exactly.
-    ids: list = []
-    seen: set = set()
-    times_parts, value_parts = [], []
-    for i, item in enumerate(series):
-        where = f"series[{i}]"
-        if type(item) is not dict:
-            raise InputError(where, f"expected an object with id and history, got {_kind(item)}")
-        if item.keys() != _SERIES_KEYS:
-            _key_error(where, item, _SERIES_KEYS)
-        sid = item["id"]
-        if type(sid) not in (str, int):
-            raise InputError(f"{where}.id", f"expected a string or integer, got {_kind(sid)}")
-        if sid in seen:
-            raise InputError(f"{where}.id", f"duplicate id {sid!r}; ids must be unique")
-        seen.add(sid)
-        ids.append(sid)
-        t, v = _history(item["history"], f"{where}.history", rules)
-        times_parts.append(t)
-        value_parts.append(v)
-    times = np.concatenate(times_parts)
+    if fast is None:
+        # Something is off (or histories differ in length): check series by series, so
+        # the error names the first offending field exactly.
+        parts = [
+            _history(item.history, f"series[{i}].history", rules) for i, item in enumerate(series)
+        ]
+        fast = np.concatenate([t for t, _ in parts]), np.concatenate([v for _, v in parts])
+    times, values = fast
     _check_forecast_times(times, horizon, rules, "series")
-    return ParsedRequest(times, np.concatenate(value_parts), ids, horizon, quantiles)
+    return ParsedRequest(times, values, ids, horizon, quantiles)
+
+
+def _decode(decoder: msgspec.json.Decoder, body: bytes):
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _invalid(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InputError("body", f"is not valid JSON: {exc}", status=400) from None
+
+
+def _invalid(error: str) -> InputError:
+    """msgspec's ``<message> - at `$.history[3].down``` as an InputError on that field."""
+    message, _, path = error.partition(" - at `$")
+    field = path.rstrip("`").lstrip(".")
+    if message.startswith("Number out of range"):
+        where = f" at {field}" if field else ""
+        return InputError("body", f"number out of range{where}: beyond a double", status=400)
+    # A missing or unknown key is reported on its object; at the top level, on the key.
+    key = message.rsplit("`", 2)[1] if message.startswith("Object ") else None
+    return InputError(field or key or "body", message[:1].lower() + message[1:])
 
 
 _LATEST_NS = int(np.iinfo(np.int64).max)
@@ -141,45 +144,18 @@ def _check_forecast_times(times: np.ndarray, horizon: int, rules: RequestRules, 
         )
 
 
-_ID_TYPES = (str, int)
-
-
-def _batch_fast(series: list, rules: RequestRules) -> tuple[np.ndarray, np.ndarray, list] | None:
-    """A whole valid batch at once: one pass over every row of every series.
-
-    Runs exactly the checks of the per-series path (series shape, ids, row keys,
-    cell types, timestamps, grid) on all histories together when they share one
-    length. Any failure returns None without raising: the per-series path then
-    runs and reports the first problem with its exact field and message.
-    """
-    first = series[0]
-    if type(first) is not dict or type(first.get("history")) is not list:
-        return None
-    n = len(first["history"])
+def _batch_fast(series: list, rules: RequestRules) -> tuple[np.ndarray, np.ndarray] | None:
+    """A whole valid batch at once when every history has one length: one conversion
+    of all rows and timestamps, one grid check. None on any problem (the per-series
+    path then names it exactly)."""
+    n = len(series[0].history)
     if n < max(rules.history_rows, 2) or n > rules.max_history_rows:
         return None
-    ids = []
-    for item in series:
-        if type(item) is not dict or item.keys() != _SERIES_KEYS:
-            return None
-        rows = item["history"]
-        if type(rows) is not list or len(rows) != n or type(item["id"]) not in _ID_TYPES:
-            return None
-        ids.append(item["id"])
-    if len(set(ids)) != len(ids):
+    if any(len(item.history) != n for item in series):
         return None
-    flat = [row for item in series for row in item["history"]]
-    columns = _row_cells(flat)
-    if columns is None:
-        return None
-    cells, stamps = columns
-    if not set(map(type, cells)) <= _NUMBER_TYPES:
-        return None
-    if not all(type(s) is str for s in stamps):
-        return None
+    flat = [row for item in series for row in item.history]
     try:
-        times = np.array(stamps, dtype="datetime64[ns]")
-        values = np.array(cells, dtype=np.float64)
+        times = np.array(list(map(_TIME, flat)), dtype="datetime64[ns]")
     except (ValueError, OverflowError):
         return None
     # The grid rule per series: every delta within the tolerance of the step (NaT,
@@ -192,50 +168,12 @@ def _batch_fast(series: list, rules: RequestRules) -> tuple[np.ndarray, np.ndarr
         return None
     keep = rules.history_rows
     c = len(FEATURE_COLUMNS)
+    values = np.array(list(map(_CELLS, flat)), dtype=np.float64).reshape(len(series), n, c)
     times = times.reshape(len(series), n)[:, -keep:].reshape(-1)
-    values = values.reshape(len(series), n, c)[:, -keep:].reshape(-1, c)
-    return times, values, ids
+    return times, np.ascontiguousarray(values[:, -keep:].reshape(-1, c))
 
 
-def _row_cells(rows: list) -> tuple[list, list] | None:
-    """Feature cells (row-major, FEATURE_COLUMNS order) and time stamps of rows that
-    are objects with exactly the row keys; None if any row is not.
-
-    Exactly those keys without comparing key sets (~0.8 us a row): every row has
-    as many entries as there are row keys and every key is found.
-    """
-    try:
-        if set(map(len, rows)) != _ROW_SIZE:
-            return None
-        cells = [row[c] for row in rows for c in FEATURE_COLUMNS]
-        stamps = [row[TIME_COLUMN] for row in rows]
-    except (KeyError, TypeError):  # a missing key, or a row that is not an object
-        return None
-    return cells, stamps
-
-
-def _object(body: bytes, allowed: frozenset, *, required: tuple[str, ...]) -> dict:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InputError("body", f"is not valid JSON: {exc}", status=400) from None
-    if type(doc) is not dict:
-        raise InputError("body", f"expected a JSON object, got {_kind(doc)}")
-    extra = doc.keys() - allowed
-    if extra:
-        raise InputError(
-            next(iter(sorted(extra))),
-            f"unknown field(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(allowed))}",
-        )
-    for name in required:
-        if name not in doc:
-            raise InputError(name, "is required")
-    return doc
-
-
-def _horizon(value: object, rules: RequestRules) -> int:
-    if type(value) is not int:
-        raise InputError("horizon", f"expected an integer, got {_kind(value)}")
+def _horizon(value: int, rules: RequestRules) -> int:
     if not 1 <= value <= rules.max_horizon:
         raise InputError(
             "horizon",
@@ -244,15 +182,11 @@ def _horizon(value: object, rules: RequestRules) -> int:
     return value
 
 
-def _quantiles(value: object, rules: RequestRules) -> tuple[float, ...]:
+def _quantiles(value: list[float] | None, rules: RequestRules) -> tuple[float, ...]:
     if value is None:
         return rules.default_quantiles
-    if type(value) is not list:
-        raise InputError("quantiles", f"expected a list of levels, got {_kind(value)}")
     out: list[float] = []
     for i, q in enumerate(value):
-        if type(q) not in _NUMBER_TYPES:
-            raise InputError(f"quantiles[{i}]", f"expected a number, got {_kind(q)}")
         level = float(q)
         if level not in rules.levels:
             raise InputError(
@@ -264,9 +198,7 @@ def _quantiles(value: object, rules: RequestRules) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _history(rows: object, field: str, rules: RequestRules) -> tuple[np.ndarray, np.ndarray]:
-    if type(rows) is not list:
-        raise InputError(field, f"expected a list of rows, got {_kind(rows)}")
+def _history(rows: list, field: str, rules: RequestRules) -> tuple[np.ndarray, np.ndarray]:
     n = len(rows)
     if n < rules.history_rows:
         raise InputError(
@@ -281,28 +213,16 @@ def _history(rows: object, field: str, rules: RequestRules) -> tuple[np.ndarray,
             f"only the last {rules.history_rows} are used",
             status=413,
         )
-    columns = _row_cells(rows)
-    if columns is None:
-        _row_error(field, rows)
-    cells, stamps = columns
-    if not set(map(type, cells)) <= _NUMBER_TYPES:
-        _type_error(field, rows)
-    # No finiteness check needed: orjson refuses NaN/Infinity literals and numbers
-    # beyond a double's range (a 400), and the type check above refused null.
-    values = np.array(cells, dtype=np.float64).reshape(n, len(FEATURE_COLUMNS))
-    times = _times(stamps, field)
+    # Every cell is a finite double: msgspec refuses null, strings, booleans, NaN and
+    # Infinity literals and numbers beyond a double's range.
+    values = np.array(list(map(_CELLS, rows)), dtype=np.float64)
+    times = _times(list(map(_TIME, rows)), field)
     _check_grid(times, field, rules)
     keep = rules.history_rows
     return times[-keep:], values[-keep:]
 
 
-def _times(stamps: list, field: str) -> np.ndarray:
-    if not all(type(s) is str for s in stamps):
-        i = next(i for i, s in enumerate(stamps) if type(s) is not str)
-        raise InputError(
-            f"{field}[{i}].{TIME_COLUMN}",
-            f"expected an ISO-8601 timestamp string, got {_kind(stamps[i])}",
-        )
+def _times(stamps: list[str], field: str) -> np.ndarray:
     try:
         # numpy parses ISO-8601 in C (~0.6 us a stamp); offsets and "Z" convert to UTC.
         times = np.array(stamps, dtype="datetime64[ns]")
@@ -361,49 +281,3 @@ def _check_grid(times: np.ndarray, field: str, rules: RequestRules) -> None:
 
 def _fmt(when: np.datetime64) -> str:
     return str(np.datetime_as_string(when, unit="s"))
-
-
-def _key_error(where: str, row: dict, expected: frozenset) -> None:
-    missing = sorted(expected - row.keys(), key=_column_order)
-    extra = sorted(str(k) for k in row.keys() - expected)
-    parts = []
-    if missing:
-        parts.append(f"missing column(s) {', '.join(missing)}")
-    if extra:
-        parts.append(f"unknown column(s) {', '.join(extra)}")
-    raise InputError(where, "; ".join(parts))
-
-
-def _row_error(field: str, rows: list) -> NoReturn:
-    """Name the first row that is not an object with exactly the row keys."""
-    for i, row in enumerate(rows):
-        if type(row) is not dict:
-            raise InputError(f"{field}[{i}]", f"expected an object, got {_kind(row)}")
-        if row.keys() != ROW_KEYS:
-            _key_error(f"{field}[{i}]", row, ROW_KEYS)
-    raise InputError(field, "every row must be an object with time and the 11 columns")
-
-
-def _type_error(field: str, rows: list) -> None:
-    for i, row in enumerate(rows):
-        for column in FEATURE_COLUMNS:
-            value = row[column]
-            if type(value) not in _NUMBER_TYPES:
-                raise InputError(f"{field}[{i}].{column}", f"expected a number, got {_kind(value)}")
-
-
-def _column_order(name: str) -> int:
-    order = (TIME_COLUMN, *FEATURE_COLUMNS)
-    return order.index(name) if name in order else len(order)
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return f"the string {value[:40]!r}"
-    return {dict: "an object", list: "a list", int: "an integer", float: "a number"}.get(
-        type(value), type(value).__name__
-    )
