@@ -1,16 +1,18 @@
 """Calibrated upper bounds of every requested level in one vectorised step.
 
-The same arithmetic as :meth:`ModelBundle.upper` (``point + offset * scale``, the
-offset picked per cell by the bin of its predicted change when the calibration is
-grouped), with the calibration's tables stacked once at load instead of per level
-and per request. ``tests/serve/test_bounds.py`` checks the two are equal.
+The same arithmetic as :meth:`ModelBundle.upper` (``point + offset * scale``, with
+``scale`` :func:`residual_scale` and the offset picked per cell by the bin of its
+:func:`predicted_change` when the calibration is grouped), with the calibration's
+tables stacked once at load and the clipped target windows gathered once per call,
+not per level and per function. ``tests/serve/test_bounds.py`` checks the two are
+equal.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from slocast.core.features import predicted_change, residual_scale, spec_arrays
+from slocast.core.features import spec_arrays
 from slocast.models.bundle import ModelBundle
 
 
@@ -19,8 +21,12 @@ class Bounds:
 
     def __init__(self, bundle: ModelBundle) -> None:
         calibration, spec = bundle.calibration, bundle.spec
-        self._spec = spec
-        self._arrays = spec_arrays(spec)
+        arrays = spec_arrays(spec)
+        self._window = spec.window
+        self._steps = np.arange(spec.window)[None, :]
+        self._targets = arrays.target_index
+        self._caps = arrays.target_caps
+        self._floor = arrays.residual_floor
         shape = (spec.horizon, len(spec.targets))
         self.levels: tuple[float, ...] = tuple(calibration.levels)
         self._normalised = calibration.normalised
@@ -53,11 +59,22 @@ class Bounds:
         positive (only absurd inputs, e.g. -1e308)."""
         if not (self._normalised or self._grouped):
             return point + self._offsets[which]
-        scale = residual_scale(self._spec, values, ends, self._arrays)
-        if self._normalised and not (np.isfinite(scale).all() and (scale > 0).all()):
+        w = self._window
+        if ends.size == 1:  # a view, not a gather
+            rows = values[ends[0] - w : ends[0]][None]
+        else:
+            rows = values[ends[:, None] - w + self._steps]
+        # residual_scale: the window mean of the clipped targets' magnitude + a floor.
+        targets = np.minimum(rows[..., self._targets], self._caps)
+        scale = np.add.reduce(np.abs(targets), axis=1)
+        scale /= w
+        scale += self._floor
+        if self._normalised and not (scale.min() > 0 and scale.max() < np.inf):
             raise ValueError("conformal scale must be finite and positive")
+        scale = scale[:, None, :]
         if self._grouped:
-            change = predicted_change(self._spec, point, values, ends, scale, self._arrays)
+            # predicted_change: from the last clipped target, in units of the scale.
+            change = (point - targets[:, -1, None, :]) / scale
             bins = (change[..., None] >= self._edges).sum(axis=-1)  # (N, H, K)
             offset = self._table[which][:, self._h, self._k, bins]
         else:

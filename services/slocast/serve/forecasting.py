@@ -30,7 +30,7 @@ def compute(model: ServedModel, request: ParsedRequest) -> tuple[list, int]:
     """Forecast entries per series, and the number of windows computed."""
     rows = model.rules.history_rows
     n_series = request.values.shape[0] // rows
-    ends = np.arange(1, n_series + 1, dtype=np.int64) * rows
+    ends = np.arange(rows, (n_series + 1) * rows, rows, dtype=np.int64)
     point = model.predictor.predict(request.times, request.values, ends)
     if not np.isfinite(point).all():  # only absurd inputs (e.g. 1e308) overflow
         raise _out_of_range(

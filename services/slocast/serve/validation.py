@@ -15,6 +15,7 @@ levels, unique ids) is checked here on the decoded values, with numpy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from operator import attrgetter, sub
 
 import msgspec
@@ -168,7 +169,7 @@ def _batch_fast(series: list, rules: RequestRules) -> tuple[np.ndarray, np.ndarr
         return None
     keep = rules.history_rows
     c = len(FEATURE_COLUMNS)
-    values = np.array(list(map(_CELLS, flat)), dtype=np.float64).reshape(len(series), n, c)
+    values = _cells(flat).reshape(len(series), n, c)
     times = times.reshape(len(series), n)[:, -keep:].reshape(-1)
     return times, np.ascontiguousarray(values[:, -keep:].reshape(-1, c))
 
@@ -215,11 +216,18 @@ def _history(rows: list, field: str, rules: RequestRules) -> tuple[np.ndarray, n
         )
     # Every cell is a finite double: msgspec refuses null, strings, booleans, NaN and
     # Infinity literals and numbers beyond a double's range.
-    values = np.array(list(map(_CELLS, rows)), dtype=np.float64)
+    values = _cells(rows)
     times = _times(list(map(_TIME, rows)), field)
     _check_grid(times, field, rules)
     keep = rules.history_rows
     return times[-keep:], values[-keep:]
+
+
+def _cells(rows: list) -> np.ndarray:
+    """The feature cells of decoded rows, (rows, C) float64, in column order."""
+    count = len(rows) * len(FEATURE_COLUMNS)
+    flat = np.fromiter(chain.from_iterable(map(_CELLS, rows)), np.float64, count)
+    return flat.reshape(len(rows), len(FEATURE_COLUMNS))
 
 
 def _times(stamps: list[str], field: str) -> np.ndarray:
