@@ -457,8 +457,8 @@ def _latency_env() -> dict[str, list[str]]:
 
 def env_sources() -> dict[str, set[str]]:
     """Settings group -> the variables it reads, from the code that reads them."""
+    from slocast.pipeline.settings import SERVICE_ENV
     from slocast.serve.settings import ENVIRONMENT as SERVE_ENV
-    from slocast.services.settings import SERVICE_ENV
 
     sources = {name: set(names) for name, names in SERVICE_ENV.items()}
     sources["serve"] = set(SERVE_ENV)

@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 from confluent_kafka import Message
 
-from slocast.services.events import EventError, ModelSelected, parse_event
-from slocast.services.health import served_model_check
-from slocast.services.kafka import PermanentError
-from slocast.services.runner import ServiceContext, configure_logging
-from slocast.services.settings import ListenerSettings
+from slocast.pipeline.events import EventError, ModelSelected, parse_event
+from slocast.pipeline.health import served_model_check
+from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
+from slocast.pipeline.kafka.transport import PermanentError
+from slocast.pipeline.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "predict"

@@ -290,7 +290,7 @@ def stack_up(
     command = [
         sys.executable,
         "-m",
-        "slocast.services.stack",
+        "slocast.devstack.stack",
         "--families",
         ",".join(families),
         "--storage",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from slocast.core.errors import ConfigError
-from slocast.services import events
+from slocast.pipeline import events
 
 
 class EnvVar(NamedTuple):
