@@ -133,8 +133,8 @@ def main() -> int:
         time.sleep(8)  # let services import and join their groups before the clock starts
 
         from slocast.core.registry import ModelRegistry
-        from slocast.pipeline.settings import CommonSettings
         from slocast.pipeline.submit import submit_dataset
+        from slocast.settings import CommonSettings
 
         settings = CommonSettings.from_env()
         started = time.time()

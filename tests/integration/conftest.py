@@ -177,7 +177,7 @@ class ServiceStack:
 
     # --- driving and watching -----------------------------------------------------
     def settings(self):
-        from slocast.pipeline.settings import CommonSettings
+        from slocast.settings import CommonSettings
 
         return CommonSettings.from_env(self.env)
 

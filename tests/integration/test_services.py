@@ -72,7 +72,7 @@ def test_evaluator_killed_between_alias_and_event_promotes_exactly_once(
     stack: ServiceStack,
 ) -> None:
     from slocast.pipeline.evaluator import FAULT_EXIT_CODE
-    from slocast.pipeline.settings import FAULT_EVALUATOR_AFTER_PROMOTE
+    from slocast.settings import FAULT_EVALUATOR_AFTER_PROMOTE
 
     stack.start_service("preprocess")
     stack.start_trainers()

@@ -17,10 +17,8 @@ from slocast.devstack import stack
 from slocast.pipeline.events import DatasetReady
 from slocast.pipeline.health import HealthServer, Readiness
 from slocast.pipeline.kafka.runner import ServiceContext
-from slocast.pipeline.settings import ENV_VARS, SERVICE_ENV, CommonSettings
 from slocast.pipeline.submit import promote_by_hand, submit_dataset
-from slocast.runtime.settings import RunSettings
-from slocast.serve.settings import ServeSettings
+from slocast.settings import ENV_VARS, SERVICE_ENV, CommonSettings, RunSettings, ServeSettings
 
 
 def test_service_using_mlflow_refuses_to_start_without_tracking_uri(tmp_path) -> None:

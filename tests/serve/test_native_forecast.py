@@ -26,7 +26,7 @@ def served(server, tmp_path_factory):
     if server.home is None:
         pytest.skip("needs the serving test's own SLOCAST_HOME")
     from slocast.serve.loading import build_served_model, fetch_bundle
-    from slocast.serve.settings import ServeSettings
+    from slocast.settings import ServeSettings
 
     registry = server.registry()
     ref = registry.champion(server.task)

@@ -12,7 +12,7 @@ import pytest
 
 from slocast.pipeline.health import Readiness, mlflow_check
 from slocast.pipeline.kafka.runner import ServiceContext
-from slocast.pipeline.settings import CommonSettings
+from slocast.settings import CommonSettings
 
 
 def closed_port() -> int:

@@ -15,9 +15,8 @@ import uvicorn
 
 from slocast.pipeline.health import Readiness, served_model_check
 from slocast.pipeline.prediction_listener import listener_context, server_url_for
-from slocast.pipeline.settings import ListenerSettings
 from slocast.serve.app import create_app
-from slocast.serve.settings import ServeSettings
+from slocast.settings import ListenerSettings, ServeSettings
 
 
 def free_port() -> int:

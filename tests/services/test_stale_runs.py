@@ -13,8 +13,8 @@ from slocast.core.storage import LocalStore
 from slocast.pipeline.events import DatasetReady
 from slocast.pipeline.kafka.transport import PermanentError
 from slocast.pipeline.mlflow_state import TAG_KEY, TAG_NAMESPACE, RegistryState, idempotency_key
-from slocast.pipeline.settings import CommonSettings, TrainerSettings
 from slocast.pipeline.trainer import TrainerHandler
+from slocast.settings import CommonSettings, TrainerSettings
 
 TASK = "cell"
 DATASET = "d" * 64

@@ -67,28 +67,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _preprocess(args: argparse.Namespace) -> int:
     from slocast.pipeline import preprocessor
-    from slocast.pipeline.settings import CommonSettings
+    from slocast.settings import CommonSettings
 
     return preprocessor.run(CommonSettings.from_env())
 
 
 def _trainer(args: argparse.Namespace) -> int:
     from slocast.pipeline import trainer
-    from slocast.pipeline.settings import TrainerSettings
+    from slocast.settings import TrainerSettings
 
     return trainer.run(TrainerSettings.from_env(family=args.family))
 
 
 def _evaluator(args: argparse.Namespace) -> int:
     from slocast.pipeline import evaluator
-    from slocast.pipeline.settings import EvaluatorSettings
+    from slocast.settings import EvaluatorSettings
 
     return evaluator.run(EvaluatorSettings.from_env())
 
 
 def _predict(args: argparse.Namespace) -> int:
     from slocast.pipeline import prediction_listener
-    from slocast.pipeline.settings import ListenerSettings
+    from slocast.settings import ListenerSettings
 
     settings = ListenerSettings.from_env()
     if args.listener_only:
@@ -104,8 +104,8 @@ def _latency_trainer(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from slocast.pipeline.settings import CommonSettings
     from slocast.pipeline.submit import submit_dataset
+    from slocast.settings import CommonSettings
 
     result = submit_dataset(
         CommonSettings.from_env(),

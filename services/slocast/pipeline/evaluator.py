@@ -49,8 +49,8 @@ from slocast.pipeline.mlflow_state import (
     TAG_WINNER_VERSION,
     DecisionRecord,
 )
-from slocast.pipeline.settings import FAULT_EVALUATOR_AFTER_PROMOTE, EvaluatorSettings
 from slocast.preprocess.store import has_dataset, load_dataset
+from slocast.settings import FAULT_EVALUATOR_AFTER_PROMOTE, EvaluatorSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "evaluator"

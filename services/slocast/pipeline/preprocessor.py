@@ -26,9 +26,9 @@ from slocast.pipeline.events import (
 )
 from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
 from slocast.pipeline.kafka.transport import PermanentError
-from slocast.pipeline.settings import CommonSettings
 from slocast.preprocess.stage import min_rows, preprocess
 from slocast.preprocess.store import dataset_prefix, has_dataset, save_dataset
+from slocast.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "preprocess"

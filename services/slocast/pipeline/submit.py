@@ -15,8 +15,8 @@ from slocast.pipeline.claims import upload_file
 from slocast.pipeline.events import DatasetSubmitted
 from slocast.pipeline.kafka.transport import EventProducer, base_config, ensure_topics
 from slocast.pipeline.mlflow_state import DecisionRecord
-from slocast.pipeline.settings import CommonSettings
 from slocast.preprocess.stage import dataset_id, min_rows
+from slocast.settings import CommonSettings
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def promote_by_hand(dataset: str, task: str | None = None) -> DecisionRecord | N
     from slocast.core.registry import TAG_DATASET, TAG_TASK
     from slocast.pipeline.evaluator import DurableEvaluator
     from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
-    from slocast.pipeline.settings import EvaluatorSettings
+    from slocast.settings import EvaluatorSettings
 
     if not re.fullmatch(r"[0-9a-f]{64}", dataset):
         raise ConfigError(

@@ -28,8 +28,8 @@ from slocast.pipeline.events import (
 from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
 from slocast.pipeline.kafka.transport import PermanentError
 from slocast.pipeline.mlflow_state import STALE_RUN_SECONDS, TAG_KEY, idempotency_key
-from slocast.pipeline.settings import TrainerSettings
 from slocast.preprocess.store import has_dataset, load_dataset
+from slocast.settings import TrainerSettings
 from slocast.train.stage import TrainingError, train_family
 from slocast.train.tracking import log_trained_model
 

@@ -27,8 +27,8 @@ from slocast.models.compiled_bundle import COMPILED_DIR, INDEX, TAG_COMPILED_IND
 from slocast.serve.engines import Predictor, make_predictor
 from slocast.serve.forecasting import batch_body, forecast_body
 from slocast.serve.native_forecast import NativeForecast, build_native_forecast
-from slocast.serve.settings import ServeSettings
 from slocast.serve.validation import RequestRules, parse_batch, parse_forecast
+from slocast.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 PREFERRED_QUANTILE = 0.9

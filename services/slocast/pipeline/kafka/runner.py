@@ -39,7 +39,7 @@ from slocast.pipeline.kafka.transport import (
 )
 from slocast.pipeline.metrics import PipelineMetrics
 from slocast.pipeline.mlflow_state import RegistryState
-from slocast.pipeline.settings import CommonSettings
+from slocast.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
