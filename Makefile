@@ -12,7 +12,7 @@ LTE := $(SHARED)/datasets/lte
 # kubernetes-validate, slocast) without an activated venv.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-calibration bench-serve bench-latency bench-latency-serve bench-latency-stream bench-services bench-sites clean
+.PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-calibration bench-serve bench-latency bench-latency-serve bench-latency-stream bench-services bench-sites native-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test-fast:
 
 test-integration:
 	$(BIN)/python -m pytest -m integration tests/integration $(PYTEST_ARGS)
+
+# The native module built with ASan + UBSan: tests/native against it, then an atheris
+# fuzz run of every tests/native/fuzz_*.py target (FUZZ_SECONDS each, default 90).
+native-check:
+	scripts/native-sanitize.sh
 
 lint:
 	$(BIN)/ruff check services tests benchmarks loadtest scripts

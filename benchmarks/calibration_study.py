@@ -36,7 +36,7 @@ from slocast.models.bundle import ModelBundle
 from slocast.preprocess.dataset import ProcessedDataset
 from slocast.preprocess.stage import preprocess
 from slocast.runtime.inprocess import load_inputs
-from slocast.runtime.settings import RunSettings
+from slocast.settings import RunSettings
 from slocast.train.stage import change_bins, train_family
 
 Q = 0.9

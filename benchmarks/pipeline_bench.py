@@ -21,7 +21,7 @@ from pathlib import Path
 from slocast.evaluate.report import results_table
 from slocast.models import CANDIDATES
 from slocast.runtime.inprocess import run_pipeline
-from slocast.runtime.settings import RunSettings
+from slocast.settings import RunSettings
 
 TARGET_SECONDS = 240.0  # the budget for the whole PobleSec run on 2 cores
 PUBLISHED = {"PobleSec": 0.834, "LesCorts": 0.310, "ElBorn": 0.820}

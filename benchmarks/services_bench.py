@@ -27,7 +27,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from slocast.services.stack import (
+from slocast.devstack.stack import (
     BUCKET,
     LOCAL_S3_ENV,
     Child,
@@ -133,8 +133,8 @@ def main() -> int:
         time.sleep(8)  # let services import and join their groups before the clock starts
 
         from slocast.core.registry import ModelRegistry
-        from slocast.services.settings import CommonSettings
-        from slocast.services.submit import submit_dataset
+        from slocast.pipeline.submit import submit_dataset
+        from slocast.settings import CommonSettings
 
         settings = CommonSettings.from_env()
         started = time.time()
@@ -157,8 +157,8 @@ def main() -> int:
         )
 
         # model-selected -> every worker serving, alternating between two versions.
-        from slocast.services.events import ModelSelected
-        from slocast.services.kafka import EventProducer
+        from slocast.pipeline.events import ModelSelected
+        from slocast.pipeline.kafka.transport import EventProducer
 
         versions = registry.client.search_model_versions(f"name = 'slocast-{task}'")
         other = next(v for v in versions if str(v.version) != champion.version)

@@ -20,7 +20,8 @@ COMMAND_MODULES = (
     "slocast.runtime.commands",
     "slocast.serve.commands",
     "slocast.latency.commands",
-    "slocast.services.commands",
+    "slocast.pipeline.commands",
+    "slocast.devstack.commands",
 )
 
 

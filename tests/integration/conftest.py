@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from slocast.services.stack import (
+from slocast.devstack.stack import (
     BUCKET,
     LOCAL_S3_ENV,
     Child,
@@ -177,7 +177,7 @@ class ServiceStack:
 
     # --- driving and watching -----------------------------------------------------
     def settings(self):
-        from slocast.services.settings import CommonSettings
+        from slocast.settings import CommonSettings
 
         return CommonSettings.from_env(self.env)
 
@@ -189,7 +189,7 @@ class ServiceStack:
         return path
 
     def submit(self, rows: int = 2500, seed: int = 0) -> str:
-        from slocast.services.submit import submit_dataset
+        from slocast.pipeline.submit import submit_dataset
 
         return submit_dataset(
             self.settings(), self.write_dataset(rows, seed), task=self.task
@@ -304,7 +304,7 @@ class ServiceStack:
         return ModelRegistry(self.servers.mlflow)
 
     def state(self):
-        from slocast.services.mlflow_state import RegistryState
+        from slocast.pipeline.mlflow_state import RegistryState
 
         return RegistryState(self.registry(), self.namespace)
 

@@ -26,7 +26,7 @@ def _decisions(stack: ServiceStack, dataset_id: str) -> list:
 
 
 def test_submit_to_promoted_to_serving(stack: ServiceStack) -> None:
-    from slocast.services.stack import free_port
+    from slocast.devstack.stack import free_port
 
     port = free_port()
     stack.start("serve", "serve", "--port", str(port))
@@ -71,8 +71,8 @@ def test_evaluator_started_after_trainers_finished_still_promotes(stack: Service
 def test_evaluator_killed_between_alias_and_event_promotes_exactly_once(
     stack: ServiceStack,
 ) -> None:
-    from slocast.services.evaluator_service import FAULT_EXIT_CODE
-    from slocast.services.settings import FAULT_EVALUATOR_AFTER_PROMOTE
+    from slocast.pipeline.evaluator import FAULT_EXIT_CODE
+    from slocast.settings import FAULT_EVALUATOR_AFTER_PROMOTE
 
     stack.start_service("preprocess")
     stack.start_trainers()
@@ -100,7 +100,7 @@ def test_evaluator_killed_between_alias_and_event_promotes_exactly_once(
 def test_mlflow_down_at_evaluator_start_means_not_ready_then_recovers(
     stack: ServiceStack,
 ) -> None:
-    from slocast.services.stack import (
+    from slocast.devstack.stack import (
         Child,
         free_port,
         http_ok,
@@ -173,7 +173,7 @@ def test_same_dataset_twice_trains_once(stack: ServiceStack) -> None:
 
 
 def test_malformed_event_goes_to_dlq_and_consumer_continues(stack: ServiceStack) -> None:
-    from slocast.services.kafka import EventProducer
+    from slocast.pipeline.kafka.transport import EventProducer
 
     stack.start_service("preprocess")
     producer = EventProducer(stack.env["SLOCAST_KAFKA_BOOTSTRAP"])
@@ -194,7 +194,7 @@ def test_malformed_event_goes_to_dlq_and_consumer_continues(stack: ServiceStack)
 
 
 def test_broker_restart_with_s3_storage_loses_nothing(stack: ServiceStack) -> None:
-    from slocast.services.stack import (
+    from slocast.devstack.stack import (
         Child,
         free_port,
         tansu_command,

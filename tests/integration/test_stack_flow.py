@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from slocast.core.schema import FEATURE_COLUMNS
-from slocast.services.stack import free_port
+from slocast.devstack.stack import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -9,9 +9,7 @@ NetworkPolicies admit.
 
 from __future__ import annotations
 
-import ast
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -423,47 +421,11 @@ def test_no_credentials_in_plain_values(overlay):
 # ---------------------------------------------------------------- environment drift
 
 
-def _latency_env() -> dict[str, list[str]]:
-    """Variables each latency server reads.
-
-    Interface: ``slocast.latency.settings.SERVICE_ENV`` (same shape as the services'
-    one). Temporary fallback until it exists: the variable names passed to the
-    settings helpers inside each ``from_env`` (read from the source, so still drift-proof).
-    """
-    import slocast.latency.settings as latency_settings
-
-    declared = getattr(latency_settings, "SERVICE_ENV", None)
-    if declared is not None:
-        return {name: list(names) for name, names in declared.items()}
-    tree = ast.parse(Path(latency_settings.__file__).read_text())
-    found: dict[str, list[str]] = {}
-    for cls, service in (
-        ("TrainingSettings", "latency-trainer"),
-        ("PredictionSettings", "latency-predictor"),
-    ):
-        node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
-        names = [
-            call.args[0].value
-            for call in ast.walk(node)
-            if isinstance(call, ast.Call)
-            and call.args
-            and isinstance(call.args[0], ast.Constant)
-            and isinstance(call.args[0].value, str)
-            and call.args[0].value.isupper()
-        ]
-        found[service] = sorted(set(names))
-    return found
-
-
 def env_sources() -> dict[str, set[str]]:
     """Settings group -> the variables it reads, from the code that reads them."""
-    from slocast.serve.settings import ENVIRONMENT as SERVE_ENV
-    from slocast.services.settings import SERVICE_ENV
+    from slocast.settings import SERVICE_ENV
 
-    sources = {name: set(names) for name, names in SERVICE_ENV.items()}
-    sources["serve"] = set(SERVE_ENV)
-    sources.update({name: set(names) for name, names in _latency_env().items()})
-    return sources
+    return {name: set(names) for name, names in SERVICE_ENV.items()}
 
 
 def test_every_variable_a_service_reads_is_set(overlay):

@@ -276,8 +276,8 @@ def test_source_scan_matches_the_registries():
     """The static scan sees what the registries really register (so it is no stub)."""
     from prometheus_client.core import Metric
 
+    from slocast.pipeline.metrics import PipelineMetrics
     from slocast.serve.metrics import ServeMetrics
-    from slocast.services.metrics import PipelineMetrics
 
     scanned = exported_metrics()
     for registry in (ServeMetrics().registry, PipelineMetrics("x").registry):

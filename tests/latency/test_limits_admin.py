@@ -33,10 +33,10 @@ from slocast.latency import prediction_app, serving
 from slocast.latency.bundle import publish, write_bundle
 from slocast.latency.features import build_features, regimes
 from slocast.latency.model import TARGET_COLUMNS, TARGET_PARAMS, TARGETS, fit_target_model
-from slocast.latency.settings import DEFAULT_MAX_BODY_BYTES, PredictionSettings
 from slocast.latency.synthetic import generate
+from slocast.settings import LATENCY_MAX_BODY_BYTES, LatencyPredictionSettings
 
-LIMIT = int(os.environ.get("SLOCAST_LATENCY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+LIMIT = int(os.environ.get("SLOCAST_LATENCY_MAX_BODY_BYTES", LATENCY_MAX_BODY_BYTES))
 FLUSH_OPTIONS = ("flush_training_data", "flush_test_data", "flush_metrics")  # none: a no-op
 # (server, path, a valid body): every POST route of both servers
 POST_ROUTES = [
@@ -267,7 +267,7 @@ def test_reload_requests_coalesce_off_the_request_path(
             loading.clear()
 
     monkeypatch.setattr(serving, "load_served_model", counted_slow_load)
-    settings = PredictionSettings(
+    settings = LatencyPredictionSettings(
         host="127.0.0.1",
         port=0,
         workers=1,

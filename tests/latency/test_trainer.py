@@ -14,14 +14,14 @@ from slocast.latency import trainer as trainer_module
 from slocast.latency.bundle import read_manifest, read_pointer
 from slocast.latency.features import build_features, regimes
 from slocast.latency.model import TARGET_COLUMNS
-from slocast.latency.settings import TrainingSettings
 from slocast.latency.stream import InProcessStream, SampleBatch, decode_batch, encode_batch
 from slocast.latency.synthetic import generate
 from slocast.latency.trainer import StreamingTrainer
+from slocast.settings import LatencyTrainingSettings
 
 
 def make_trainer(tmp_path: Path, **overrides) -> StreamingTrainer:
-    settings = TrainingSettings(
+    settings = LatencyTrainingSettings(
         host="127.0.0.1",
         port=0,
         model_dir=tmp_path / "models",

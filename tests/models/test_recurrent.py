@@ -229,8 +229,8 @@ def test_the_server_applies_the_same_per_window_transform(data, tmp_path):
     from slocast.models.bundle import save_bundle
     from slocast.serve.forecasting import batch_body
     from slocast.serve.loading import build_served_model
-    from slocast.serve.settings import ServeSettings
     from slocast.serve.validation import parse_batch
+    from slocast.settings import ServeSettings
     from slocast.train.stage import train_family
 
     trained = train_family(data, "gru", seed=0)

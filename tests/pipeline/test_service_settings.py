@@ -13,14 +13,12 @@ from pydantic import ValidationError
 
 from slocast.core.errors import ConfigError
 from slocast.core.registry import check_task, task_from_file
-from slocast.runtime.settings import RunSettings
-from slocast.serve.settings import ServeSettings
-from slocast.services import stack
-from slocast.services.events import DatasetReady
-from slocast.services.health import HealthServer, Readiness
-from slocast.services.runner import ServiceContext
-from slocast.services.settings import ENV_VARS, SERVICE_ENV, CommonSettings
-from slocast.services.submit import promote_by_hand, submit_dataset
+from slocast.devstack import stack
+from slocast.pipeline.events import DatasetReady
+from slocast.pipeline.health import HealthServer, Readiness
+from slocast.pipeline.kafka.runner import ServiceContext
+from slocast.pipeline.submit import promote_by_hand, submit_dataset
+from slocast.settings import ENV_VARS, SERVICE_ENV, CommonSettings, RunSettings, ServeSettings
 
 
 def test_service_using_mlflow_refuses_to_start_without_tracking_uri(tmp_path) -> None:

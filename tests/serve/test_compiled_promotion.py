@@ -234,7 +234,7 @@ def test_server_counts_rejected_and_locally_built_libraries(champion, tmp_path) 
     compiles that booster itself, and says so in its metrics."""
     from slocast.serve.metrics import ServeMetrics
     from slocast.serve.reloading import ModelHolder
-    from slocast.serve.settings import ServeSettings
+    from slocast.settings import ServeSettings
 
     registry, home = champion
     store = next((home / "mlruns").rglob(f"{COMPILED_DIR}/{INDEX}")).parent

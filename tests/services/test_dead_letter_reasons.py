@@ -9,11 +9,11 @@ import pytest
 
 from slocast.core.config import PipelineConfig
 from slocast.core.storage import LocalStore
-from slocast.services.claims import upload_file
-from slocast.services.events import DatasetSubmitted
-from slocast.services.health import Readiness
-from slocast.services.kafka import RetryPolicy, ServiceConsumer
-from slocast.services.preprocess_service import PreprocessHandler
+from slocast.pipeline.claims import upload_file
+from slocast.pipeline.events import DatasetSubmitted
+from slocast.pipeline.health import Readiness
+from slocast.pipeline.kafka.transport import RetryPolicy, ServiceConsumer
+from slocast.pipeline.preprocessor import PreprocessHandler
 
 
 class Message:

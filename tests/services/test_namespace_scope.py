@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from slocast.core.registry import ModelRegistry
-from slocast.services.mlflow_state import TAG_PUBLISHED, RegistryState
+from slocast.pipeline.mlflow_state import TAG_PUBLISHED, RegistryState
 
 TASK = "cell"
 DATASET = "d" * 64

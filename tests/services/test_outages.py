@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from slocast.services.health import Readiness, mlflow_check
-from slocast.services.runner import ServiceContext
-from slocast.services.settings import CommonSettings
+from slocast.pipeline.health import Readiness, mlflow_check
+from slocast.pipeline.kafka.runner import ServiceContext
+from slocast.settings import CommonSettings
 
 
 def closed_port() -> int:
@@ -130,7 +130,7 @@ def test_readyz_turns_503_within_2_s_of_a_dependency_hanging_or_dying() -> None:
 
 def test_a_repeated_error_is_logged_once_per_window_with_a_count(log_lines) -> None:
     """The evaluator tick failing every 5 s: one traceback, then a count per minute."""
-    from slocast.services.logthrottle import LogThrottle
+    from slocast.pipeline.logthrottle import LogThrottle
 
     now = [0.0]
     throttle = LogThrottle(60, clock=lambda: now[0])

@@ -9,10 +9,10 @@ import pytest
 from confluent_kafka import OFFSET_INVALID, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from slocast.services import kafka as kafka_module
-from slocast.services.health import HealthServer, Readiness
-from slocast.services.kafka import PermanentError, RetryPolicy, ServiceConsumer
-from slocast.services.metrics import PipelineMetrics, consumer_lag
+from slocast.pipeline.health import HealthServer, Readiness
+from slocast.pipeline.kafka import transport as kafka_module
+from slocast.pipeline.kafka.transport import PermanentError, RetryPolicy, ServiceConsumer
+from slocast.pipeline.metrics import PipelineMetrics, consumer_lag
 
 
 def samples(metrics: PipelineMetrics) -> dict[tuple, float]:

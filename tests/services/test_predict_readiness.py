@@ -13,11 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import uvicorn
 
+from slocast.pipeline.health import Readiness, served_model_check
+from slocast.pipeline.prediction_listener import listener_context, server_url_for
 from slocast.serve.app import create_app
-from slocast.serve.settings import ServeSettings
-from slocast.services.health import Readiness, served_model_check
-from slocast.services.prediction_listener import listener_context, server_url_for
-from slocast.services.settings import ListenerSettings
+from slocast.settings import ListenerSettings, ServeSettings
 
 
 def free_port() -> int:

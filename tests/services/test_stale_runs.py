@@ -10,11 +10,11 @@ import pytest
 
 from slocast.core.registry import TAG_FAMILY, TAG_ROLE, TAG_TASK, ModelRegistry
 from slocast.core.storage import LocalStore
-from slocast.services.events import DatasetReady
-from slocast.services.kafka import PermanentError
-from slocast.services.mlflow_state import TAG_KEY, TAG_NAMESPACE, RegistryState, idempotency_key
-from slocast.services.settings import CommonSettings, TrainerSettings
-from slocast.services.trainer_service import TrainerHandler
+from slocast.pipeline.events import DatasetReady
+from slocast.pipeline.kafka.transport import PermanentError
+from slocast.pipeline.mlflow_state import TAG_KEY, TAG_NAMESPACE, RegistryState, idempotency_key
+from slocast.pipeline.trainer import TrainerHandler
+from slocast.settings import CommonSettings, TrainerSettings
 
 TASK = "cell"
 DATASET = "d" * 64

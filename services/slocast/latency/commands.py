@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from slocast.core.cli_groups import bench_subparsers
-from slocast.latency.settings import PredictionSettings, TrainingSettings
+from slocast.settings import LatencyPredictionSettings, LatencyTrainingSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,11 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     trainer = subparsers.add_parser(
         "latency-trainer", help="run the latency training server (settings from env)"
     )
-    trainer.set_defaults(func=lambda _: run_training_server(TrainingSettings.from_env()))
+    trainer.set_defaults(func=lambda _: run_training_server(LatencyTrainingSettings.from_env()))
     predictor = subparsers.add_parser(
         "latency-predictor", help="run the latency prediction server (settings from env)"
     )
-    predictor.set_defaults(func=lambda _: run_prediction_server(PredictionSettings.from_env()))
+    predictor.set_defaults(
+        func=lambda _: run_prediction_server(LatencyPredictionSettings.from_env())
+    )
 
 
 def _bench_latency(args: argparse.Namespace) -> int:
@@ -104,7 +106,7 @@ def _bench_latency(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_training_server(settings: TrainingSettings) -> int:
+def run_training_server(settings: LatencyTrainingSettings) -> int:
     import uvicorn
 
     from slocast.latency.training_app import create_training_app
@@ -121,7 +123,7 @@ def run_training_server(settings: TrainingSettings) -> int:
     return 0
 
 
-def run_prediction_server(settings: PredictionSettings) -> int:
+def run_prediction_server(settings: LatencyPredictionSettings) -> int:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

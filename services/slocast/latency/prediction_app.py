@@ -53,7 +53,7 @@ from slocast.latency.serving import (
     prior_model,
     request_reload,
 )
-from slocast.latency.settings import PredictionSettings
+from slocast.settings import LatencyPredictionSettings
 
 log = logging.getLogger(__name__)
 NO_MODEL = {"detail": "no model loaded yet; post training data to the training server"}
@@ -104,9 +104,9 @@ def _rows_json(model: ServedModel, bounds: dict[str, np.ndarray]) -> bytes:
     )
 
 
-def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI:
+def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> FastAPI:
     """App factory (``uvicorn --factory``): settings come from the environment."""
-    settings = settings or PredictionSettings.from_env()
+    settings = settings or LatencyPredictionSettings.from_env()
     holder = ModelHolder(
         settings.model_dir,
         settings.compile_cache,

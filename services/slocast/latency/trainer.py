@@ -54,9 +54,9 @@ from slocast.latency.model import (
     scale_of,
 )
 from slocast.latency.schema import SAMPLE_FIELDS, Columns, valid_sample_rows
-from slocast.latency.settings import TrainingSettings
 from slocast.latency.stream import SampleBatch, SampleStream
 from slocast.latency.window import TargetWindow
+from slocast.settings import LatencyTrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class TrainerState:
 
 
 class StreamingTrainer:
-    def __init__(self, settings: TrainingSettings, stream: SampleStream) -> None:
+    def __init__(self, settings: LatencyTrainingSettings, stream: SampleStream) -> None:
         self.settings = settings
         self.stream = stream
         self.windows = {

@@ -48,16 +48,16 @@ from slocast.latency.schema import (
     openapi_body,
     parse_samples,
 )
-from slocast.latency.settings import TrainingSettings
 from slocast.latency.stream import InProcessStream, KafkaStream, SampleStream, StreamFull
 from slocast.latency.trainer import StreamingTrainer
+from slocast.settings import LatencyTrainingSettings
 
 FLUSH_FIELDS = ("flush_training_data", "flush_test_data", "flush_metrics")
 KV_BUCKETS = len(KV_EDGES) + 1
 TREE_ENDPOINTS = {f"{t}_trees": f"/model/{t}/xgb/json" for t in TARGETS}
 
 
-def make_stream(settings: TrainingSettings) -> SampleStream:
+def make_stream(settings: LatencyTrainingSettings) -> SampleStream:
     if settings.kafka_bootstrap:
         return KafkaStream(settings.kafka_bootstrap, settings.kafka_topic)
     return InProcessStream(settings.queue_batches)
@@ -263,7 +263,7 @@ def upstream_metric_lines(
     return lines
 
 
-def create_training_app(settings: TrainingSettings) -> FastAPI:
+def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
     trainer = StreamingTrainer(settings, make_stream(settings))
     metrics = _Metrics(trainer)
     published = PublishedModels(settings.model_dir)

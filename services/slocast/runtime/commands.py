@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     from slocast.evaluate.report import results_table, write_report
     from slocast.models import FAMILIES
     from slocast.runtime.inprocess import run_pipeline
-    from slocast.runtime.settings import RunSettings
+    from slocast.settings import RunSettings
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())

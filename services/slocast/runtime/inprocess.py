@@ -26,7 +26,7 @@ from slocast.models.ensemble import MEMBER_POOL
 from slocast.preprocess.dataset import ProcessedDataset
 from slocast.preprocess.stage import min_rows, preprocess
 from slocast.preprocess.store import has_dataset, load_dataset, save_dataset
-from slocast.runtime.settings import RunSettings
+from slocast.settings import RunSettings
 from slocast.train.stage import (
     NoEligibleMembers,
     TrainedModel,

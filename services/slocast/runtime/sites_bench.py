@@ -34,7 +34,7 @@ def run_sites(
     echo=print,
 ) -> dict:
     from slocast.runtime.inprocess import run_pipeline
-    from slocast.runtime.settings import RunSettings
+    from slocast.settings import RunSettings
 
     names = list(variants or VARIANTS)
     site = Path(train_path).stem

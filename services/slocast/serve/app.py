@@ -28,8 +28,8 @@ from slocast.serve.fastpath import FastPath, Handler, error_body, read_body
 from slocast.serve.forecasting import batch_body, forecast_body
 from slocast.serve.metrics import ServeMetrics
 from slocast.serve.reloading import ModelHolder, ReloadOutcome, ReloadWatcher, request_reload
-from slocast.serve.settings import ServeSettings
 from slocast.serve.validation import InputError, parse_batch, parse_forecast
+from slocast.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 JSON = "application/json"

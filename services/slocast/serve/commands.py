@@ -16,10 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "SLOCAST_TASK, SLOCAST_ADMIN_TOKEN, ...; see docs/serving.md); flags set the listen "
         "address and worker processes.",
     )
-    from slocast.serve.settings import ENVIRONMENT
+    from slocast.settings import serve_environment
 
     serve.epilog = "environment:\n" + "\n".join(
-        f"  {name:32} {meaning}" for name, meaning in ENVIRONMENT.items()
+        f"  {name:32} {meaning}" for name, meaning in serve_environment().items()
     )
     serve.formatter_class = argparse.RawDescriptionHelpFormatter
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -42,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from slocast.core.errors import ConfigError
     from slocast.serve.metrics import MULTIPROCESS_ENV, multiprocess_dir
-    from slocast.serve.settings import ServeSettings
+    from slocast.settings import ServeSettings
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")

@@ -26,8 +26,8 @@ from slocast.models.bundle import ModelBundle, load_bundle, read_manifest
 from slocast.models.compiled_bundle import COMPILED_DIR, INDEX, TAG_COMPILED_INDEX
 from slocast.serve.bounds import Bounds
 from slocast.serve.engines import Predictor, make_predictor
-from slocast.serve.settings import ServeSettings
 from slocast.serve.validation import RequestRules
+from slocast.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 PREFERRED_QUANTILE = 0.9

@@ -30,7 +30,7 @@ from pathlib import Path
 from slocast.core.registry import ModelRegistry
 from slocast.serve.loading import ServedModel, build_served_model, fetch_bundle
 from slocast.serve.metrics import ServeMetrics
-from slocast.serve.settings import ServeSettings
+from slocast.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 RETRY_WITHOUT_MODEL_SECONDS = 2.0

@@ -31,7 +31,7 @@ from slocast.core.digests import sha256_file
 from slocast.models.bundle import ModelBundle
 from slocast.models.compiled_bundle import Adoption, adopt_compiled
 from slocast.serve.kernels import CompiledTrees, NativeFeatures
-from slocast.serve.settings import TREE_ENGINES
+from slocast.settings import TREE_ENGINES
 
 log = logging.getLogger(__name__)
 

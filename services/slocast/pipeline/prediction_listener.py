@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 from confluent_kafka import Message
 
-from slocast.services.events import EventError, ModelSelected, parse_event
-from slocast.services.health import served_model_check
-from slocast.services.kafka import PermanentError
-from slocast.services.runner import ServiceContext, configure_logging
-from slocast.services.settings import ListenerSettings
+from slocast.pipeline.events import EventError, ModelSelected, parse_event
+from slocast.pipeline.health import served_model_check
+from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
+from slocast.pipeline.kafka.transport import PermanentError
+from slocast.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "predict"
@@ -58,7 +58,7 @@ class ModelSelectedListener:
 def serve_reload_hook() -> tuple[str, Callable[[], int]]:
     """(task served, reload hook) from the prediction server's own settings."""
     from slocast.serve.reloading import request_reload
-    from slocast.serve.settings import ServeSettings
+    from slocast.settings import ServeSettings
 
     serve_settings = ServeSettings.from_env()
     return serve_settings.task, lambda: request_reload(serve_settings)

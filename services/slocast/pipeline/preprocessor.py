@@ -17,18 +17,18 @@ from slocast.core.config import PipelineConfig
 from slocast.core.datasets import load_lte
 from slocast.core.digests import sha256_bytes
 from slocast.core.errors import ConfigError, DatasetError
-from slocast.preprocess.stage import min_rows, preprocess
-from slocast.preprocess.store import dataset_prefix, has_dataset, save_dataset
-from slocast.services.claims import fetch_verified, key_for_uri
-from slocast.services.events import (
+from slocast.pipeline.claims import fetch_verified, key_for_uri
+from slocast.pipeline.events import (
     DatasetReady,
     DatasetSubmitted,
     EventError,
     parse_event,
 )
-from slocast.services.kafka import PermanentError
-from slocast.services.runner import ServiceContext, configure_logging
-from slocast.services.settings import CommonSettings
+from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
+from slocast.pipeline.kafka.transport import PermanentError
+from slocast.preprocess.stage import min_rows, preprocess
+from slocast.preprocess.store import dataset_prefix, has_dataset, save_dataset
+from slocast.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "preprocess"

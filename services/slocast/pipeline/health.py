@@ -19,7 +19,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from slocast.services.logthrottle import OUTAGES
+from slocast.pipeline.logthrottle import OUTAGES
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,7 @@ from slocast.core.errors import SlocastError
 from slocast.core.registry import TAG_DATASET, TAG_TASK, registered_name
 from slocast.evaluate.stage import assess, promote
 from slocast.models.bundle import load_bundle
-from slocast.preprocess.store import has_dataset, load_dataset
-from slocast.services.events import (
+from slocast.pipeline.events import (
     EventError,
     ModelSelected,
     TrainingFailed,
@@ -39,8 +38,9 @@ from slocast.services.events import (
     TrainingSucceeded,
     parse_event,
 )
-from slocast.services.kafka import PermanentError
-from slocast.services.mlflow_state import (
+from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
+from slocast.pipeline.kafka.transport import PermanentError
+from slocast.pipeline.mlflow_state import (
     TAG_DECISION_ID,
     TAG_PROMOTED,
     TAG_PUBLISHED,
@@ -49,8 +49,8 @@ from slocast.services.mlflow_state import (
     TAG_WINNER_VERSION,
     DecisionRecord,
 )
-from slocast.services.runner import ServiceContext, configure_logging
-from slocast.services.settings import FAULT_EVALUATOR_AFTER_PROMOTE, EvaluatorSettings
+from slocast.preprocess.store import has_dataset, load_dataset
+from slocast.settings import FAULT_EVALUATOR_AFTER_PROMOTE, EvaluatorSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "evaluator"

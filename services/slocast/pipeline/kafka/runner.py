@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 from slocast.core.errors import ConfigError
 from slocast.core.registry import ModelRegistry
 from slocast.core.storage import ArtifactStore, open_store
-from slocast.services.health import (
+from slocast.pipeline.health import (
     Check,
     HealthServer,
     Readiness,
@@ -29,7 +29,7 @@ from slocast.services.health import (
     mlflow_check,
     store_check,
 )
-from slocast.services.kafka import (
+from slocast.pipeline.kafka.transport import (
     DependencyUnavailable,
     EventProducer,
     RetryPolicy,
@@ -37,9 +37,9 @@ from slocast.services.kafka import (
     base_config,
     ensure_topics,
 )
-from slocast.services.metrics import PipelineMetrics
-from slocast.services.mlflow_state import RegistryState
-from slocast.services.settings import CommonSettings
+from slocast.pipeline.metrics import PipelineMetrics
+from slocast.pipeline.mlflow_state import RegistryState
+from slocast.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 

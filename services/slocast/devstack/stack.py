@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TextIO
 
 from slocast.core.errors import SlocastError
+from slocast.settings import home_dir
 
 BUCKET = "slocast"
 # A crashed child is restarted after a delay that doubles while it keeps crashing
@@ -233,12 +234,12 @@ class Child:
 # --- the stack ------------------------------------------------------------------------
 def stack_dir() -> Path:
     """Run-time files of the running stack: pid, ready marker, env.sh, status, log."""
-    return Path(os.environ.get("SLOCAST_HOME", ".slocast")).resolve() / "stack"
+    return home_dir() / "stack"
 
 
 def stack_data_dir() -> Path:
     """What a stack keeps across restarts: its MLflow store and (local) objects."""
-    return Path(os.environ.get("SLOCAST_HOME", ".slocast")).resolve() / "stack-data"
+    return home_dir() / "stack-data"
 
 
 def check_previous_state(storage: str, fresh: bool) -> None:
@@ -290,7 +291,7 @@ def stack_up(
     command = [
         sys.executable,
         "-m",
-        "slocast.services.stack",
+        "slocast.devstack.stack",
         "--families",
         ",".join(families),
         "--storage",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from slocast.core.digests import sha256_bytes
 from slocast.core.storage import ArtifactStore
-from slocast.services.kafka import PermanentError
+from slocast.pipeline.kafka.transport import PermanentError
 
 
 def key_for_uri(store: ArtifactStore, uri: str) -> str:

@@ -17,8 +17,7 @@ from pathlib import Path
 from confluent_kafka import Message
 
 from slocast.models import BASELINES
-from slocast.preprocess.store import has_dataset, load_dataset
-from slocast.services.events import (
+from slocast.pipeline.events import (
     DatasetReady,
     EventError,
     TrainingFailed,
@@ -26,10 +25,11 @@ from slocast.services.events import (
     TrainingSucceeded,
     parse_event,
 )
-from slocast.services.kafka import PermanentError
-from slocast.services.mlflow_state import STALE_RUN_SECONDS, TAG_KEY, idempotency_key
-from slocast.services.runner import ServiceContext, configure_logging
-from slocast.services.settings import TrainerSettings
+from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
+from slocast.pipeline.kafka.transport import PermanentError
+from slocast.pipeline.mlflow_state import STALE_RUN_SECONDS, TAG_KEY, idempotency_key
+from slocast.preprocess.store import has_dataset, load_dataset
+from slocast.settings import TrainerSettings
 from slocast.train.stage import TrainingError, train_family
 from slocast.train.tracking import log_trained_model
 

@@ -11,12 +11,12 @@ from slocast.core.datasets import load_lte
 from slocast.core.errors import ConfigError, SlocastError
 from slocast.core.registry import check_task, task_from_file
 from slocast.core.storage import open_store
+from slocast.pipeline.claims import upload_file
+from slocast.pipeline.events import DatasetSubmitted
+from slocast.pipeline.kafka.transport import EventProducer, base_config, ensure_topics
+from slocast.pipeline.mlflow_state import DecisionRecord
 from slocast.preprocess.stage import dataset_id, min_rows
-from slocast.services.claims import upload_file
-from slocast.services.events import DatasetSubmitted
-from slocast.services.kafka import EventProducer, base_config, ensure_topics
-from slocast.services.mlflow_state import DecisionRecord
-from slocast.services.settings import CommonSettings
+from slocast.settings import CommonSettings
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,9 @@ def submit_dataset(
 def promote_by_hand(dataset: str, task: str | None = None) -> DecisionRecord | None:
     """Run the durable evaluator's decision for one dataset now (deadline ignored)."""
     from slocast.core.registry import TAG_DATASET, TAG_TASK
-    from slocast.services.evaluator_service import DurableEvaluator
-    from slocast.services.runner import ServiceContext, configure_logging
-    from slocast.services.settings import EvaluatorSettings
+    from slocast.pipeline.evaluator import DurableEvaluator
+    from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
+    from slocast.settings import EvaluatorSettings
 
     if not re.fullmatch(r"[0-9a-f]{64}", dataset):
         raise ConfigError(

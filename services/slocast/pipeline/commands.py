@@ -1,4 +1,4 @@
-"""CLI: ``slocast service ...``, ``slocast submit``, ``slocast promote``, ``slocast up|down``."""
+"""CLI: ``slocast service ...``, ``slocast submit``, ``slocast promote``."""
 
 from __future__ import annotations
 
@@ -64,68 +64,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     promote.add_argument("--task", help="task (default: the only task with runs on the dataset)")
     promote.set_defaults(func=_promote)
 
-    up = subparsers.add_parser(
-        "up", help="start broker, S3, MLflow and every service on this machine"
-    )
-    up.add_argument(
-        "--families",
-        default="persistence,seasonal_naive,xgboost",
-        help="trainer services to start (default persistence,seasonal_naive,xgboost)",
-    )
-    up.add_argument(
-        "--storage",
-        choices=("s3", "local"),
-        default="local",
-        help="object store: a directory under $SLOCAST_HOME/stack-data, kept across restarts "
-        "(default local), or a moto S3 server (in memory: a stack that used it cannot be "
-        "restarted, only started --fresh)",
-    )
-    up.add_argument(
-        "--fresh",
-        action="store_true",
-        help="delete $SLOCAST_HOME/stack-data (the previous stack's MLflow store and objects) "
-        "first",
-    )
-    up.add_argument("--predict-port", type=int, default=8000, help="prediction server port")
-    up.add_argument(
-        "--task",
-        default="synthetic",
-        help="task whose champion the stack's prediction service serves (default synthetic; "
-        "`slocast submit` names a dataset's task after its file unless given --task)",
-    )
-    up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops all")
-    up.set_defaults(func=_up)
-    subparsers.add_parser("down", help="stop what `slocast up` started").set_defaults(func=_down)
-    subparsers.add_parser(
-        "status",
-        help="the `slocast up` stack's services: running or not, restarts (exit 0 when all run)",
-    ).set_defaults(func=_status)
-
 
 def _preprocess(args: argparse.Namespace) -> int:
-    from slocast.services import preprocess_service
-    from slocast.services.settings import CommonSettings
+    from slocast.pipeline import preprocessor
+    from slocast.settings import CommonSettings
 
-    return preprocess_service.run(CommonSettings.from_env())
+    return preprocessor.run(CommonSettings.from_env())
 
 
 def _trainer(args: argparse.Namespace) -> int:
-    from slocast.services import trainer_service
-    from slocast.services.settings import TrainerSettings
+    from slocast.pipeline import trainer
+    from slocast.settings import TrainerSettings
 
-    return trainer_service.run(TrainerSettings.from_env(family=args.family))
+    return trainer.run(TrainerSettings.from_env(family=args.family))
 
 
 def _evaluator(args: argparse.Namespace) -> int:
-    from slocast.services import evaluator_service
-    from slocast.services.settings import EvaluatorSettings
+    from slocast.pipeline import evaluator
+    from slocast.settings import EvaluatorSettings
 
-    return evaluator_service.run(EvaluatorSettings.from_env())
+    return evaluator.run(EvaluatorSettings.from_env())
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from slocast.services import prediction_listener
-    from slocast.services.settings import ListenerSettings
+    from slocast.pipeline import prediction_listener
+    from slocast.settings import ListenerSettings
 
     settings = ListenerSettings.from_env()
     if args.listener_only:
@@ -141,8 +104,8 @@ def _latency_trainer(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from slocast.services.settings import CommonSettings
-    from slocast.services.submit import submit_dataset
+    from slocast.pipeline.submit import submit_dataset
+    from slocast.settings import CommonSettings
 
     result = submit_dataset(
         CommonSettings.from_env(),
@@ -159,7 +122,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from slocast.services.submit import promote_by_hand
+    from slocast.pipeline.submit import promote_by_hand
 
     record = promote_by_hand(args.dataset, args.task)
     if record is None:
@@ -168,31 +131,3 @@ def _promote(args: argparse.Namespace) -> int:
     print(f"decision {record.decision_id}: {record.tags.get('slocast.reason', '')}")
     print(f"published: {record.published}")
     return 0
-
-
-def _up(args: argparse.Namespace) -> int:
-    from slocast.core.registry import check_task
-    from slocast.services.stack import stack_up
-
-    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
-    check_task(args.task)
-    return stack_up(
-        families=families,
-        storage=args.storage,
-        predict_port=args.predict_port,
-        task=args.task,
-        foreground=args.foreground,
-        fresh=args.fresh,
-    )
-
-
-def _status(args: argparse.Namespace) -> int:
-    from slocast.services.stack import stack_status
-
-    return stack_status()
-
-
-def _down(args: argparse.Namespace) -> int:
-    from slocast.services.stack import stack_down
-
-    return stack_down()

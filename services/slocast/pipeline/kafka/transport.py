@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from slocast.services.events import DLQ_SUFFIX, Event
-from slocast.services.health import Readiness
-from slocast.services.logthrottle import OUTAGES, rdkafka_logger
-from slocast.services.metrics import LAG_REFRESH_SECONDS, PipelineMetrics, consumer_lag
+from slocast.pipeline.events import DLQ_SUFFIX, Event
+from slocast.pipeline.health import Readiness
+from slocast.pipeline.logthrottle import OUTAGES, rdkafka_logger
+from slocast.pipeline.metrics import LAG_REFRESH_SECONDS, PipelineMetrics, consumer_lag
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
@@ -65,7 +65,7 @@ def is_outage(exc: BaseException) -> bool:
 
 def base_config(bootstrap: str) -> dict:
     """Every client's settings. librdkafka's own log lines go through Python logging,
-    throttled (:mod:`slocast.services.logthrottle`), instead of straight to stderr; the
+    throttled (:mod:`slocast.pipeline.logthrottle`), instead of straight to stderr; the
     client must be polled for them to be emitted (:meth:`EventProducer.poll`,
     ``AdminClient.poll`` in the broker check, the consumer loop)."""
     return {

@@ -1,0 +1,1 @@
+"""`slocast up`: broker, S3, MLflow and every pipeline service supervised on one machine."""
