@@ -90,7 +90,9 @@ def test_single_leaf_trees_and_objectives_with_an_output_transform() -> None:
     positive = np.exp(x[:, 0]) + 0.1
     for objective in ("reg:gamma", "reg:tweedie"):
         booster = xgb.train(
-            {"objective": objective, "max_depth": 4, "nthread": 1}, xgb.DMatrix(x, label=positive), 20
+            {"objective": objective, "max_depth": 4, "nthread": 1},
+            xgb.DMatrix(x, label=positive),
+            20,
         )
         engine = native.native_forest(booster)  # checked against XGBoost on probe rows
         fresh = rows(1000, seed=7)

@@ -7,25 +7,39 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
-import orjson
+import msgspec
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from slocast.core.openapi import add_body_schemas
 from slocast.latency.schema import (
-    BODY_MODELS,
+    SCHEMA_STRUCTS,
     ErrorBody,
     TooLargeBody,
     ValidationErrorBody,
     ValidationFailure,
-    decode_json,
+    json_schema_components,
 )
 
+
+def _schema_ref(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{struct.__name__}"}}}
+
+
 _ERROR_RESPONSES: dict[int, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Admin bearer token missing or wrong."},
-    413: {"model": TooLargeBody, "description": "Body larger than the server's limit."},
-    422: {"model": ValidationErrorBody, "description": "Invalid body; `loc` names the field."},
-    503: {"model": ErrorBody, "description": "Not available right now (see `detail`)."},
+    401: {"description": "Admin bearer token missing or wrong.", "content": _schema_ref(ErrorBody)},
+    413: {
+        "description": "Body larger than the server's limit.",
+        "content": _schema_ref(TooLargeBody),
+    },
+    422: {
+        "description": "Invalid body; `loc` names the field.",
+        "content": _schema_ref(ValidationErrorBody),
+    },
+    503: {
+        "description": "Not available right now (see `detail`).",
+        "content": _schema_ref(ErrorBody),
+    },
 }
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -41,38 +55,40 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def document_bodies(app: FastAPI) -> None:
-    """Put the request-body models (``schema.BODY_MODELS``) and their nested models
-    into the OpenAPI components, where ``openapi_body``'s references point: the
-    handlers parse bodies themselves, so FastAPI does not know these models."""
+    """Put the Structs the handlers decode themselves (``schema.SCHEMA_STRUCTS``), and
+    those they nest, into the OpenAPI components, where ``openapi_body`` and
+    :func:`error_responses` point: FastAPI does not know these types."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = generate()
-            add_body_schemas(doc, BODY_MODELS)
+            components = json_schema_components(SCHEMA_STRUCTS)
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(components)
             app.openapi_schema = doc
         return app.openapi_schema
 
     app.openapi = openapi
 
 
+def _numpy(value: Any) -> Any:
+    """NumPy scalars and arrays (metrics, evaluations) as JSON numbers and lists."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise NotImplementedError(f"cannot encode {type(value).__name__} as JSON")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_numpy)
+encode_json = _encoder.encode
+
+
 def json_response(content: Any, status_code: int = 200) -> Response:
-    return Response(
-        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status_code,
-        media_type="application/json",
-    )
+    return Response(encode_json(content), status_code=status_code, media_type="application/json")
 
 
 def unprocessable(errors: list[dict[str, Any]]) -> Response:
     """FastAPI's own 422 shape, so clients see one error format everywhere."""
     return json_response({"detail": errors}, status_code=422)
-
-
-async def read_json(request: Request, *, allow_empty: bool = False) -> Any:
-    """Decode the body with orjson; malformed JSON is a 422 like FastAPI's. (Its size
-    is bounded by :class:`BodyLimit` around the app.)"""
-    return decode_json(await request.body(), allow_empty=allow_empty)
 
 
 def admin_denied(request: Request, token: str | None) -> Response | None:
@@ -102,11 +118,8 @@ class BodyTooLarge(Exception):
 
 
 def too_large_body(limit: int) -> bytes:
-    return orjson.dumps(
-        {
-            "detail": f"request body larger than {limit} bytes ({MAX_BODY_SETTING})",
-            "max_body_bytes": limit,
-        }
+    return encode_json(
+        TooLargeBody(f"request body larger than {limit} bytes ({MAX_BODY_SETTING})", limit)
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slocast.core.errors import ConfigError
+from slocast.latency.native import ENGINE_NATIVE, ENGINES
 
 DEFAULT_MODEL_DIR = ".slocast/latency/models"
 # Largest request body either server reads (413 above). A full bulk request
@@ -46,6 +47,13 @@ def _float(name: str, default: float, low: float, high: float) -> float:
     return value
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _get(name, default).strip().lower()
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def _bool(name: str, default: bool) -> bool:
     raw = _get(name, "true" if default else "false").strip().lower()
     if raw not in {"1", "0", "true", "false", "yes", "no"}:
@@ -64,7 +72,6 @@ class TrainingSettings:
     min_new_samples: int
     min_train_samples: int
     window_per_regime: int
-    compile_trees: bool
     monotone: bool
     queue_batches: int
     kafka_bootstrap: str | None
@@ -83,7 +90,6 @@ class TrainingSettings:
             min_new_samples=_int("SLOCAST_LATENCY_MIN_NEW_SAMPLES", 100, 1),
             min_train_samples=_int("SLOCAST_LATENCY_MIN_TRAIN_SAMPLES", 200, 20),
             window_per_regime=_int("SLOCAST_LATENCY_WINDOW_PER_REGIME", 5000, 100),
-            compile_trees=_bool("SLOCAST_LATENCY_COMPILE", True),
             monotone=_bool("SLOCAST_LATENCY_MONOTONE", False),
             queue_batches=_int("SLOCAST_LATENCY_QUEUE_BATCHES", 1000, 1),
             kafka_bootstrap=_get("SLOCAST_KAFKA_BOOTSTRAP", "") or None,
@@ -100,7 +106,6 @@ class PredictionSettings:
     port: int
     workers: int
     model_dir: Path
-    compile_cache: Path
     watch_interval_s: float
     # Reported with the cold-start prior; trained bundles carry their own.
     quantile: float
@@ -108,6 +113,8 @@ class PredictionSettings:
     # ``POST /reload`` needs ``Authorization: Bearer <token>`` when set.
     admin_token: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Tree engine (slocast.latency.native): "native", or "xgboost" everywhere.
+    engine: str = ENGINE_NATIVE
 
     @classmethod
     def from_env(cls) -> PredictionSettings:
@@ -117,9 +124,6 @@ class PredictionSettings:
             port=_int("SLOCAST_LATENCY_PREDICTION_PORT", 8001, 1),
             workers=_int("SLOCAST_LATENCY_WORKERS", 1, 1),
             model_dir=model_dir,
-            compile_cache=Path(
-                _get("SLOCAST_LATENCY_COMPILE_CACHE", str(model_dir / ".compile-cache"))
-            ),
             watch_interval_s=_float("SLOCAST_LATENCY_WATCH_INTERVAL_S", 0.1, 0.01, 10.0),
             quantile=_float("SLOCAST_LATENCY_QUANTILE", 0.9, 0.5, 0.999),
             cold_prior=_bool("SLOCAST_LATENCY_COLD_PRIOR", True),
@@ -127,4 +131,5 @@ class PredictionSettings:
             max_body_bytes=_int(
                 "SLOCAST_LATENCY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, MIN_MAX_BODY_BYTES
             ),
+            engine=_choice("SLOCAST_LATENCY_ENGINE", ENGINE_NATIVE, ENGINES),
         )
