@@ -98,17 +98,19 @@ static inline __attribute__((always_inline)) AVX2 void simd_rows(const forest *f
 #pragma GCC unroll 6
       for (int d = 0; d < D; ++d) {
         __m256 cand[1 << (SIMD_MAX_DEPTH - 1)];
+        /* constant trip counts, guarded: unrolled at any optimisation level */
 #pragma GCC unroll 32
-        for (int j = 0; j < (1 << d); ++j) {
+        for (int j = 0; j < (1 << (SIMD_MAX_DEPTH - 1)); ++j) {
           const int n = (1 << d) - 1 + j; /* all ones: go right */
-          cand[j] = _mm256_cmp_ps(_mm256_load_ps(xt + fv[n] * 8), _mm256_broadcast_ss(th + n),
-                                  _CMP_NLT_UQ);
+          if (j < (1 << d))
+            cand[j] = _mm256_cmp_ps(_mm256_load_ps(xt + fv[n] * 8), _mm256_broadcast_ss(th + n),
+                                    _CMP_NLT_UQ);
         }
 #pragma GCC unroll 6
         for (int b = d - 1; b >= 0; --b) {
 #pragma GCC unroll 16
-          for (int j = 0; j < (1 << b); ++j)
-            cand[j] = _mm256_blendv_ps(cand[2 * j], cand[2 * j + 1], right[b]);
+          for (int j = 0; j < (1 << (SIMD_MAX_DEPTH - 2)); ++j)
+            if (j < (1 << b)) cand[j] = _mm256_blendv_ps(cand[2 * j], cand[2 * j + 1], right[b]);
         }
         right[d] = cand[0];
         idx = _mm256_or_si256(_mm256_add_epi32(idx, idx),
