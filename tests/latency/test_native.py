@@ -113,6 +113,8 @@ def test_a_forest_the_kernel_cannot_hold_falls_back_to_xgboost_counted(
     assert all(np.isfinite(b).all() for b in bounds.values())
     configured = ModelHolder(model_dir, native.ENGINE_XGBOOST)
     assert configured.refresh() and configured.engine_fallbacks == 0  # chosen, not a fallback
+    publish(model_dir, write_bundle(model_dir, models, INFO))  # a model it can hold
+    assert holder.refresh() and holder.engine_fallbacks == 0
 
 
 def test_bundles_carry_models_and_calibration_only(published) -> None:

@@ -158,8 +158,8 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
     )
     fallbacks_gauge = Gauge(
         "slocast_latency_engine_fallbacks",
-        "Targets this worker loaded on XGBoost although SLOCAST_LATENCY_ENGINE=native "
-        "(the native forest could not represent or reproduce the trees).",
+        "Targets of the served model on XGBoost although SLOCAST_LATENCY_ENGINE=native "
+        "(the native forest could not represent or reproduce their trees).",
         ["worker"],
         registry=registry,
     )
@@ -321,8 +321,8 @@ def create_prediction_app(settings: PredictionSettings | None = None) -> FastAPI
             "models_exist": {"ttft": trained, "tpot": trained},
             # No gated/ensemble models: one calibrated model per target.
             "ensemble_active": False,
-            # configured engine, the engine serving each target, and how many loaded
-            # targets fell back to XGBoost (docs/latency.md, "Engines")
+            # configured engine, the engine serving each target, and how many of
+            # them fell back to XGBoost (docs/latency.md, "Request path and engines")
             "engine": settings.engine,
             "engines": model.engines,
             "engine_fallbacks": holder.engine_fallbacks,

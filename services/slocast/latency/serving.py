@@ -149,8 +149,6 @@ class ModelHolder:
         self.current: ServedModel | None = prior
         self.load_errors = 0
         self.loads = 0  # bundles loaded (successfully) by this worker
-        # targets loaded on XGBoost although the native engine was configured
-        self.engine_fallbacks = 0
         self._lock = threading.Lock()  # serialises loads, never taken by requests
 
     def refresh(self, force: bool = False) -> bool:
@@ -173,10 +171,6 @@ class ModelHolder:
                 return False
             self.current = model  # atomic swap
             self.loads += 1
-            if self.engine == ENGINE_NATIVE:
-                self.engine_fallbacks += sum(
-                    not e.startswith(ENGINE_NATIVE) for e in model.engines.values()
-                )
             log.info(
                 "pid %d serving %s (%s) loaded in %.0f ms",
                 os.getpid(),
@@ -185,6 +179,15 @@ class ModelHolder:
                 1000 * (time.perf_counter() - started),
             )
             return True
+
+    @property
+    def engine_fallbacks(self) -> int:
+        """Targets of the served model on XGBoost although the native engine is
+        configured (it could not represent or reproduce their trees)."""
+        model = self.current
+        if self.engine != ENGINE_NATIVE or model is None or model.cold:
+            return 0
+        return sum(not engine.startswith(ENGINE_NATIVE) for engine in model.engines.values())
 
     @property
     def trained(self) -> bool:
