@@ -16,6 +16,7 @@ format, ``loc`` naming the item and the field (:func:`failure`).
 from __future__ import annotations
 
 import re
+from itertools import chain
 from operator import attrgetter
 from typing import Annotated, Any, Literal
 
@@ -75,7 +76,9 @@ TokensInFlight = Annotated[float, msgspec.Meta(ge=0, le=MAX_TOKENS_IN_FLIGHT)]
 LatencyMs = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_LATENCY_MS)]
 
 
-class PredictionRequest(msgspec.Struct):
+# gc=False: a bulk body makes up to 10,000 of these, and Structs of numbers and
+# strings cannot form reference cycles, so the cyclic collector need not track them.
+class PredictionRequest(msgspec.Struct, gc=False):
     """One candidate pod's state and the request's prompt (latency-api.md)."""
 
     kv_cache_percentage: Fraction
@@ -99,11 +102,11 @@ class TrainingEntry(PredictionRequest, kw_only=True):
     timestamp: float | str | None = None
 
 
-class BulkPredictionRequest(msgspec.Struct):
+class BulkPredictionRequest(msgspec.Struct, gc=False):
     requests: Annotated[list[PredictionRequest], msgspec.Meta(min_length=1, max_length=MAX_ITEMS)]
 
 
-class BulkTrainingRequest(msgspec.Struct):
+class BulkTrainingRequest(msgspec.Struct, gc=False):
     entries: Annotated[list[TrainingEntry], msgspec.Meta(min_length=1, max_length=MAX_ITEMS)]
 
 
@@ -289,7 +292,8 @@ _WHOLE = np.array([name in _INTEGER_FIELDS for name in SAMPLE_FIELDS])
 def _columns(items: list, names: tuple[str, ...], getter: attrgetter, loc: tuple | None) -> Columns:
     """Validated Structs as float64 columns; integer fields must hold whole numbers.
     ``loc``: where the list sits in the body (None: one object, the body itself)."""
-    values = np.array(list(map(getter, items)), dtype=np.float64).reshape(len(items), len(names))
+    flat = chain.from_iterable(map(getter, items))
+    values = np.fromiter(flat, np.float64, len(items) * len(names)).reshape(len(items), -1)
     whole = _WHOLE[: len(names)]
     fractional = values[:, whole] != np.floor(values[:, whole])
     if fractional.any():
