@@ -202,6 +202,8 @@ class XGBoostForest:
     name = ENGINE_XGBOOST
 
     def __init__(self, booster: xgb.Booster) -> None:
+        # One thread: every worker process is one request at a time on its own core.
+        booster.set_param({"nthread": 1})
         self.booster = booster
         self.num_features = booster.num_features()
 
