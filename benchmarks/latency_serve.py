@@ -111,9 +111,7 @@ def build_bundle(model_dir: Path, cols) -> None:
             seed=0,
         )
     info = {**MODEL_INFO, "quantile": 0.9, "created_at": "benchmark"}
-    publish(
-        model_dir, write_bundle(model_dir, models, info, compile_cache=model_dir / ".compile-cache")
-    )
+    publish(model_dir, write_bundle(model_dir, models, info))
 
 
 def free_port() -> int:

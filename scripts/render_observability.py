@@ -338,8 +338,8 @@ def serving() -> Dashboard:
         ],
         kind="table",
         instant=True,
-        description="branchless(-avx2): the native kernel; tl2cgen: compiled trees; "
-        "xgboost: the fallback; prior: the cold-start prior.",
+        description="native(-avx2): the forest kernel; xgboost: SLOCAST_LATENCY_ENGINE=xgboost "
+        "or the fallback; prior: the cold-start prior.",
     )
     d.panel(
         "Workers on the cold-start prior / load errors",

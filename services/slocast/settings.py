@@ -39,6 +39,9 @@ DEFAULT_HOME = ".slocast"
 # (latency.schema.MAX_ITEMS = 10,000 items) is ~3.5-4.7 MB of JSON depending on spacing.
 LATENCY_MAX_BODY_BYTES = 8 * 1024 * 1024
 LATENCY_MIN_BODY_BYTES = 1024
+# Engine choices: LTE trees (docs/serving.md "Engines"), latency forests (docs/latency.md).
+TREE_ENGINES = ("compiled", "xgboost")
+LATENCY_ENGINES = ("native", "xgboost")
 
 ENV_VARS: dict[str, EnvVar] = _vars(
     # ---- shared
@@ -191,11 +194,6 @@ ENV_VARS: dict[str, EnvVar] = _vars(
         None,
         "Published bundles and the `CURRENT` pointer, shared by both servers; default `$SLOCAST_HOME/latency/models`.",
     ),
-    EnvVar(
-        "SLOCAST_LATENCY_COMPILE_CACHE",
-        None,
-        "Where prediction workers build/cache compiled trees; default `<model dir>/.compile-cache`.",
-    ),
     EnvVar("SLOCAST_LATENCY_QUANTILE", "0.9", "Quantile the models predict (0.5-0.999)."),
     EnvVar("SLOCAST_LATENCY_RETRAIN_INTERVAL_S", "5.0", "Seconds between retrain attempts."),
     EnvVar("SLOCAST_LATENCY_MIN_NEW_SAMPLES", "100", "New samples needed before a retrain."),
@@ -204,11 +202,6 @@ ENV_VARS: dict[str, EnvVar] = _vars(
         "SLOCAST_LATENCY_WINDOW_PER_REGIME",
         "5000",
         "Samples kept per load regime (bounded window).",
-    ),
-    EnvVar(
-        "SLOCAST_LATENCY_COMPILE",
-        "true",
-        "Compile the published trees for serving (TL2cgen) at publish time.",
     ),
     EnvVar(
         "SLOCAST_LATENCY_MONOTONE",
@@ -226,6 +219,11 @@ ENV_VARS: dict[str, EnvVar] = _vars(
         "SLOCAST_LATENCY_WATCH_INTERVAL_S",
         "0.1",
         "How often prediction workers check the `CURRENT` pointer.",
+    ),
+    EnvVar(
+        "SLOCAST_LATENCY_ENGINE",
+        "native",
+        "Tree engine of the latency prediction workers: `native` (slocast._native forests; a target it cannot serve falls back to XGBoost, counted) or `xgboost` everywhere.",
     ),
     EnvVar(
         "SLOCAST_LATENCY_COLD_PRIOR",
@@ -284,7 +282,6 @@ _LATENCY_TRAINER = (
     "SLOCAST_LATENCY_MIN_NEW_SAMPLES",
     "SLOCAST_LATENCY_MIN_TRAIN_SAMPLES",
     "SLOCAST_LATENCY_WINDOW_PER_REGIME",
-    "SLOCAST_LATENCY_COMPILE",
     "SLOCAST_LATENCY_MONOTONE",
     "SLOCAST_LATENCY_QUEUE_BATCHES",
     "SLOCAST_KAFKA_BOOTSTRAP",
@@ -297,7 +294,7 @@ _LATENCY_PREDICTOR = (
     "SLOCAST_LATENCY_PREDICTION_PORT",
     "SLOCAST_LATENCY_WORKERS",
     "SLOCAST_LATENCY_MODEL_DIR",
-    "SLOCAST_LATENCY_COMPILE_CACHE",
+    "SLOCAST_LATENCY_ENGINE",
     "SLOCAST_LATENCY_WATCH_INTERVAL_S",
     "SLOCAST_LATENCY_QUANTILE",
     "SLOCAST_LATENCY_COLD_PRIOR",
@@ -362,6 +359,12 @@ class Env:
 
     def float(self, name: str, minimum: float = 0.0, maximum: float | None = None) -> float:
         return float(self._number(name, float, minimum, maximum))
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        raw = (self.str(name) or "").strip().lower()
+        if raw not in choices:
+            raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+        return raw
 
     def bool(self, name: str) -> bool:
         raw = (self.str(name) or "").strip().lower()
@@ -561,8 +564,6 @@ class ListenerSettings:
 
 # ---------------------------------------------------------------- LTE prediction server
 
-TREE_ENGINES = ("compiled", "xgboost")  # SLOCAST_TREE_ENGINE; docs/serving.md "Engines"
-
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -605,11 +606,7 @@ class ServeSettings:
             raise ConfigError(f"SLOCAST_TASK: {exc}") from None
         cache = e.str("SLOCAST_SERVE_CACHE")
         spacing = e.float("SLOCAST_SPACING_TOLERANCE", 0.0, 0.499)
-        tree_engine = e.str("SLOCAST_TREE_ENGINE") or ""
-        if tree_engine not in TREE_ENGINES:
-            raise ConfigError(
-                f"SLOCAST_TREE_ENGINE={tree_engine!r} must be one of {', '.join(TREE_ENGINES)}"
-            )
+        tree_engine = e.choice("SLOCAST_TREE_ENGINE", TREE_ENGINES)
         return cls(
             home=home,
             tracking_uri=_tracking_uri(e, home),
@@ -654,7 +651,6 @@ class LatencyTrainingSettings:
     min_new_samples: int
     min_train_samples: int
     window_per_regime: int
-    compile_trees: bool
     monotone: bool
     queue_batches: int
     kafka_bootstrap: str | None
@@ -674,7 +670,6 @@ class LatencyTrainingSettings:
             min_new_samples=e.int("SLOCAST_LATENCY_MIN_NEW_SAMPLES", 1),
             min_train_samples=e.int("SLOCAST_LATENCY_MIN_TRAIN_SAMPLES", 20),
             window_per_regime=e.int("SLOCAST_LATENCY_WINDOW_PER_REGIME", 100),
-            compile_trees=e.bool("SLOCAST_LATENCY_COMPILE"),
             monotone=e.bool("SLOCAST_LATENCY_MONOTONE"),
             queue_batches=e.int("SLOCAST_LATENCY_QUEUE_BATCHES", 1),
             # The latency trainer streams through Kafka only when told to.
@@ -690,7 +685,6 @@ class LatencyPredictionSettings:
     port: int
     workers: int
     model_dir: Path
-    compile_cache: Path
     watch_interval_s: float
     # Reported with the cold-start prior; trained bundles carry their own.
     quantile: float
@@ -698,23 +692,24 @@ class LatencyPredictionSettings:
     # ``POST /reload`` needs ``Authorization: Bearer <token>`` when set.
     admin_token: str | None = None
     max_body_bytes: int = LATENCY_MAX_BODY_BYTES
+    # Tree engine (slocast.latency.native): "native", or "xgboost" everywhere.
+    engine: str = "native"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LatencyPredictionSettings:
         e = Env(env)
         model_dir = _latency_model_dir(e, env)
-        cache = e.str("SLOCAST_LATENCY_COMPILE_CACHE")
         return cls(
             host=e.str("SLOCAST_LATENCY_HOST"),
             port=e.int("SLOCAST_LATENCY_PREDICTION_PORT", 1, 65535),
             workers=e.int("SLOCAST_LATENCY_WORKERS", 1),
             model_dir=model_dir,
-            compile_cache=Path(cache) if cache else model_dir / ".compile-cache",
             watch_interval_s=e.float("SLOCAST_LATENCY_WATCH_INTERVAL_S", 0.01, 10.0),
             quantile=e.float("SLOCAST_LATENCY_QUANTILE", 0.5, 0.999),
             cold_prior=e.bool("SLOCAST_LATENCY_COLD_PRIOR"),
             admin_token=e.str("SLOCAST_ADMIN_TOKEN"),
             max_body_bytes=e.int("SLOCAST_LATENCY_MAX_BODY_BYTES", LATENCY_MIN_BODY_BYTES),
+            engine=e.choice("SLOCAST_LATENCY_ENGINE", LATENCY_ENGINES),
         )
 
 

@@ -387,6 +387,11 @@ def test_bulk_rejects_the_whole_body_on_a_schema_error(
 def test_status_and_reload(servers: dict[str, str], learned: dict) -> None:
     status = httpx.get(f"{servers['prediction']}/status").json()
     assert status["is_ready"] and status["quantile"] == 0.9 and status["model_version"]
+    # the trainer's models are always within what the forest kernel holds: on the
+    # native engine (the default) nothing falls back to XGBoost
+    assert status["engine"] in ("native", "xgboost")
+    assert all(e.startswith(status["engine"]) for e in status["engines"].values()), status
+    assert status["engine_fallbacks"] == 0
     assert httpx.get(f"{servers['prediction']}/readyz").json() == {"status": "ready"}
     reloaded = httpx.post(f"{servers['prediction']}/reload", headers=auth(servers))
     assert reloaded.status_code == 200, reloaded.text

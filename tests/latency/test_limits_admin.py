@@ -137,7 +137,8 @@ def test_limit_counts_every_chunk_in_process() -> None:
     is never asked for."""
     import asyncio
 
-    from slocast.latency.http_common import BodyLimit, FastRoutes
+    from slocast.hot_routes import HotRoutes
+    from slocast.latency.http_common import BodyLimit, too_large
 
     async def inner(scope, receive, send) -> None:  # reads like Request.body()
         body = b""
@@ -150,10 +151,11 @@ def test_limit_counts_every_chunk_in_process() -> None:
         await send({"type": "http.response.body", "body": body})
 
     refused: list[str] = []
-    app = FastRoutes(
+    app = HotRoutes(
         BodyLimit(inner, max_body_bytes=10, on_too_large=refused.append),
         post={"/hot": lambda body: (200, body)},
         max_body_bytes=10,
+        too_large=too_large(10),
         on_too_large=refused.append,
     )
 
@@ -203,8 +205,7 @@ def test_reload_requires_the_admin_token(servers: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model directory with a published bundle (trees served by XGBoost and the
-    kernel: no tree compilation)."""
+    """A model directory with a published bundle."""
     root = tmp_path_factory.mktemp("published")
     cols = generate("extreme-contention", 3000, seed=0)
     x, regime_ids = build_features(cols), regimes(cols)
@@ -218,7 +219,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     info = {"model_type": "xgboost", "objective_type": "t", "quantile": 0.9}
     model_dir = root / "models"
-    bundle = write_bundle(model_dir, models, {**info, "library_pending": True}, compile_cache=None)
+    bundle = write_bundle(model_dir, models, info)
     publish(model_dir, bundle)
     return model_dir
 
@@ -272,7 +273,6 @@ def test_reload_requests_coalesce_off_the_request_path(
         port=0,
         workers=1,
         model_dir=published,
-        compile_cache=tmp_path / "cache",
         watch_interval_s=0.05,
         quantile=0.9,
         cold_prior=True,

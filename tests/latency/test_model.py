@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xgboost as xgb
 
-from slocast.core import compiled_trees as ct
 from slocast.core.metrics import coverage
 from slocast.latency import model as m
 from slocast.latency.features import FEATURE_NAMES, INCREASING, build_features, regimes
+from slocast.latency.native import native_forest
 from slocast.latency.synthetic import generate
 
 PARAMS = m.TARGET_PARAMS["tpot"]
@@ -79,12 +80,12 @@ def test_stored_as_identity_regression_and_compiles_identically(
     booster, tpot_data, tmp_path: Path
 ) -> None:
     """Serving is unchanged: a squared-error (identity) booster whose raw output is
-    log latency, compiled by TL2cgen to the same numbers."""
+    log latency, evaluated by the native forest engine to the same numbers."""
     config = json.loads(booster.save_config())
     assert config["learner"]["objective"]["name"] == "reg:squarederror"
     path = tmp_path / "tpot.ubj"
     booster.save_model(path)
-    compiled = ct.load_tree_model(path, tmp_path / "lib")
+    compiled = native_forest(xgb.Booster(model_file=str(path)))
     x = tpot_data[0][:300]
     raw = np.asarray(booster.inplace_predict(x), np.float64)
     np.testing.assert_allclose(compiled.predict(x), raw, rtol=1e-5, atol=1e-5)

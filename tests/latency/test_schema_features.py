@@ -1,12 +1,23 @@
-"""Unit tests: column-wise validation and the shared feature builder."""
+"""Unit tests: the request schema (msgspec Structs, FastAPI-shaped 422s) and the
+shared feature builder."""
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 
 from slocast.latency.features import FEATURE_NAMES, build_features, monotone_constraints, regimes
-from slocast.latency.schema import ValidationFailure, item_list, parse_features, parse_samples
+from slocast.latency.schema import (
+    MAX_ITEMS,
+    ValidationFailure,
+    decode_bulk,
+    decode_flush,
+    decode_request,
+    decode_samples,
+    parse_features,
+    parse_samples,
+)
 
 BASE = {
     "kv_cache_percentage": 0.5,
@@ -69,12 +80,86 @@ def test_non_object_item_and_list_bounds() -> None:
     with pytest.raises(ValidationFailure) as err:
         parse_features([one(), 5], ("requests",))
     assert err.value.errors[0]["loc"] == ["body", "requests", 1]
-    with pytest.raises(ValidationFailure):
-        item_list({"requests": []}, "requests")
-    with pytest.raises(ValidationFailure):
-        item_list({"requests": [one()] * 10_001}, "requests")
-    with pytest.raises(ValidationFailure):
-        item_list({"other": [one()]}, "requests")
+    assert err.value.errors[0]["type"] == "dict_type"
+    for body, kind in (
+        ({"requests": []}, "too_short"),
+        ({"requests": [one()] * (MAX_ITEMS + 1)}, "too_long"),
+        ({"other": [one()]}, "missing"),
+        ({"requests": "x"}, "list_type"),
+        ([one()], "dict_type"),
+    ):
+        with pytest.raises(ValidationFailure) as err:
+            decode_bulk(msgspec.json.encode(body))
+        assert err.value.errors[0]["type"] == kind, body
+        assert err.value.errors[0]["loc"][:2] == (
+            ["body", "requests"] if isinstance(body, dict) else ["body"]
+        )
+
+
+@pytest.mark.parametrize(
+    ("item", "field", "kind"),
+    [
+        (one(kv_cache_percentage=1.5), "kv_cache_percentage", "less_than_equal"),
+        (one(input_token_length=1.5), "input_token_length", "int_from_float"),
+        (one(input_token_length="100"), "input_token_length", "int_type"),
+        (one(num_request_waiting=True), "num_request_waiting", "int_type"),
+        (one(prefix_cache_score=False), "prefix_cache_score", "float_type"),
+        (one(pod_type="gpu"), "pod_type", "literal_error"),
+        (one(input_token_length=1e308), "input_token_length", "less_than_equal"),
+        (one(decode_tokens_in_flight=-5), "decode_tokens_in_flight", "greater_than_equal"),
+    ],
+)
+def test_bodies_give_the_same_422_as_decoded_items(item: dict, field: str, kind: str) -> None:
+    """The HTTP path (bytes decoded by msgspec) names the item, field and value."""
+    with pytest.raises(ValidationFailure) as err:
+        decode_bulk(msgspec.json.encode({"requests": [one(), item]}))
+    detail = err.value.errors[0]
+    assert detail["loc"] == ["body", "requests", 1, field]
+    assert detail["type"] == kind
+    if kind != "missing":
+        assert detail["input"] == item[field]
+    with pytest.raises(ValidationFailure) as single:
+        decode_request(msgspec.json.encode(item))
+    assert single.value.errors[0]["loc"] == ["body", field]
+
+
+def test_body_level_errors() -> None:
+    for body in (b"{not json", b'{"requests": [', b'{"requests"'):
+        with pytest.raises(ValidationFailure) as err:
+            decode_bulk(body)
+        assert err.value.errors[0]["type"] == "json_invalid"
+        assert "JSON decode error" in err.value.errors[0]["msg"]
+    with pytest.raises(ValidationFailure) as err:
+        decode_request(b"  ")
+    assert err.value.errors[0]["type"] == "missing"
+    with pytest.raises(ValidationFailure) as err:
+        decode_samples(msgspec.json.encode({"entries": [one(actual_ttft_ms=1.0)]}))
+    assert err.value.errors[0]["loc"] == ["body", "entries", 0, "actual_tpot_ms"]
+
+
+def test_bodies_decode_to_the_columns_of_the_items() -> None:
+    items = [one(pod_type="decode", decode_tokens_in_flight=7.0, extra={"ignored": [1]}), one()]
+    body = msgspec.json.encode({"requests": items, "other": None})
+    got, want = decode_bulk(body), parse_features(items)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+        assert got[name].dtype == np.float64 and got[name].flags.c_contiguous
+    assert got["pod_type"].tolist() == [2, 0] and got["decode_tokens_in_flight"][0] == 7
+
+
+def test_flush_bodies() -> None:
+    assert decode_flush(b"") == decode_flush(b"{}")
+    assert decode_flush(b"{}").flush_training_data is True
+    options = decode_flush(b'{"flush_metrics": false, "reason": "x"}')
+    assert options.flush_metrics is False and options.reason == "x"
+    for body, kind in (
+        (b'{"flush_test_data": "no"}', "bool_type"),
+        (b'{"reason": 5}', "string_type"),
+    ):
+        with pytest.raises(ValidationFailure) as err:
+            decode_flush(body)
+        assert err.value.errors[0]["type"] == kind
 
 
 def test_whole_floats_accepted_for_integers() -> None:
@@ -102,17 +187,27 @@ def test_sample_ranges_name_the_field_and_the_range(field: str) -> None:
 def test_every_numeric_field_has_a_finite_documented_range() -> None:
     from pathlib import Path
 
-    from slocast.latency.schema import SAMPLE_FIELDS, UPPER_BOUNDS, TrainingEntry, bound_text
+    from slocast.latency.schema import (
+        COUNT_FIELDS,
+        OPTIONAL_COUNT_FIELDS,
+        SAMPLE_FIELDS,
+        UPPER_BOUNDS,
+        TrainingEntry,
+        bound_text,
+        json_schema_components,
+    )
 
     assert set(UPPER_BOUNDS) == set(SAMPLE_FIELDS)
     assert all(np.isfinite(v) and v > 0 for v in UPPER_BOUNDS.values())
     # the largest values of every field still build finite float32 features
     x = build_features(parse_features([one(**{k: UPPER_BOUNDS[k] for k in SAMPLE_FIELDS})]))
     assert np.isfinite(x).all()
-    # the OpenAPI schema carries the same bounds
-    properties = TrainingEntry.model_json_schema()["properties"]
+    # the OpenAPI schema carries the same bounds, and integer fields say so
+    properties = json_schema_components((TrainingEntry,))["TrainingEntry"]["properties"]
     for name, upper in UPPER_BOUNDS.items():
         assert properties[name]["maximum"] == upper and properties[name]["minimum"] == 0
+        whole = name in COUNT_FIELDS + OPTIONAL_COUNT_FIELDS
+        assert properties[name]["type"] == ("integer" if whole else "number"), name
     docs = (Path(__file__).parents[2] / "docs" / "latency.md").read_text()
     for name, upper in UPPER_BOUNDS.items():
         assert f"`{name}`" in docs and bound_text(upper) in docs, name
@@ -193,16 +288,3 @@ def test_regimes_split_queue_depth_and_kv() -> None:
     )
     ids = regimes(cols)
     assert len(set(ids.tolist())) == 3
-
-
-def test_fast_and_reference_validators_agree_on_valid_input() -> None:
-    from slocast.latency.schema import _parse_features_slow
-    from slocast.latency.synthetic import generate, to_records
-
-    items = to_records(generate("long-prompts", 300, seed=4))
-    items[0]["pod_type"] = "prefill"
-    fast, slow = parse_features(items), _parse_features_slow(items, ())
-    assert fast.keys() == slow.keys()
-    for name in fast:
-        np.testing.assert_array_equal(fast[name], slow[name])
-        assert fast[name].flags.c_contiguous

@@ -31,7 +31,6 @@ def make_trainer(tmp_path: Path, **overrides) -> StreamingTrainer:
         min_new_samples=100,
         min_train_samples=200,
         window_per_regime=5000,
-        compile_trees=False,  # compile paths are covered by test_compiled_trees
         monotone=False,
         queue_batches=10,
         kafka_bootstrap=None,

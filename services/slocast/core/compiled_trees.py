@@ -8,13 +8,10 @@ One module owns the compile/load cycle so every server gets the same guarantees:
   Python, Treelite, TL2cgen). Libraries are cached by model hash.
 - :func:`verified_library` checks a cached library against its manifest (model and
   library SHA-256, platform) before anyone loads it.
-- :func:`load_tree_model` (the latency server's per-booster loader) verifies or
-  builds the library and falls back to XGBoost ``inplace_predict`` when compiling
-  is impossible: logged and visible in :attr:`TreeModel.engine`, never silent.
-  The LTE server evaluates the same libraries through ``slocast._native``
-  (:mod:`slocast.serve.tree_engine`).
+- :func:`ensure_compiled` returns a verified cached library or builds one.
 
-Every predictor runs on one thread: serving processes are scaled by workers.
+The LTE server evaluates these libraries through ``slocast._native``
+(:mod:`slocast.serve.tree_engine`, which also owns the XGBoost fallback).
 """
 
 from __future__ import annotations
@@ -31,21 +28,15 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-import xgboost as xgb
-
 from slocast.core.digests import sha256_file
 
 log = logging.getLogger(__name__)
 
-ENGINE_TL2CGEN = "tl2cgen"
-ENGINE_XGBOOST = "xgboost"
-# Threads TL2cgen's compiler splits the generated C into (measured: 200 trees
-# compile in ~7 s instead of ~19 s on 2 cores).
+# Files TL2cgen splits the generated C into, so gcc compiles them in parallel
+# (docs/serving.md has the compile times).
 PARALLEL_COMP = 8
-# -O1 halves gcc time against -O2 (measured: 8.5 s vs 17 s for 200 depth-4 trees on
-# a busy 2-core machine) at no measurable prediction cost: the generated code is
-# branch chains the optimiser barely improves.
+# -O1: about half of -O2's compile time at no measurable prediction cost; the
+# generated code is branch chains the optimiser barely improves.
 COMPILER_OPTIONS = ["-O1"]
 
 
@@ -143,34 +134,6 @@ def ensure_compiled(model_path: Path, lib_dir: Path) -> CompiledLibrary:
     return compile_booster(model_path, lib_dir)
 
 
-def compile_c_library(source: str, library: Path, compiler: list[str], *, what: str) -> float:
-    """Compile C ``source`` into the shared library ``library`` (replaced atomically).
-
-    Returns the seconds it took; ``RuntimeError`` naming ``what`` when there is no
-    working compiler. Used for the hand-written serving kernels; TL2cgen builds
-    the tree libraries itself.
-    """
-    library.parent.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        path = Path(tmp) / "source.c"
-        path.write_text(source)
-        built = Path(tmp) / library.name
-        try:
-            subprocess.run(
-                [*compiler, "-o", str(built), str(path), "-lm"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=True,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            detail = getattr(exc, "stderr", "") or ""
-            raise RuntimeError(f"compiling the {what} failed: {exc} {detail}".rstrip()) from exc
-        os.replace(built, library)
-    return time.perf_counter() - started
-
-
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
@@ -203,91 +166,3 @@ def verified_library(model_sha: str, lib_dir: Path, prefix: str = "trees") -> Pa
         )
         return None
     return paths.library
-
-
-class _XGBoostEngine:
-    def __init__(self, model_path: Path) -> None:
-        self.booster = xgb.Booster(model_file=str(model_path))
-        self.booster.set_param({"nthread": 1})
-        self.num_features = self.booster.num_features()
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.booster.inplace_predict(x), dtype=np.float64).reshape(-1)
-
-
-class _TL2cgenEngine:
-    def __init__(self, library: Path) -> None:
-        import tl2cgen
-
-        self._dmatrix = tl2cgen.DMatrix
-        self.predictor = tl2cgen.Predictor(library, nthread=1)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        # Pass float32 ourselves: tl2cgen's own dtype conversion breaks under NumPy 2.
-        dmat = self._dmatrix(np.ascontiguousarray(x, dtype=np.float32))
-        return np.asarray(self.predictor.predict(dmat), dtype=np.float64).reshape(-1)
-
-
-@dataclass
-class TreeModel:
-    """A loaded tree ensemble. ``engine`` names what serves it."""
-
-    model_sha256: str
-    engine: str
-    _xgb: _XGBoostEngine
-    _compiled: _TL2cgenEngine | None
-    built_here: bool = False  # compiled by this load (nothing verified was cached)
-
-    @property
-    def num_features(self) -> int:
-        return self._xgb.num_features
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Raw model output for a float32 matrix ``(rows, num_features)``."""
-        if self._compiled is None:
-            return self._xgb.predict(x)
-        return self._compiled.predict(x)
-
-    def predict_with(self, engine: str, x: np.ndarray) -> np.ndarray:
-        """Predict with a named engine (for agreement tests and benchmarks)."""
-        if engine == ENGINE_XGBOOST:
-            return self._xgb.predict(x)
-        if engine == ENGINE_TL2CGEN and self._compiled is not None:
-            return self._compiled.predict(x)
-        raise ValueError(f"engine {engine!r} is not loaded for this model")
-
-
-def load_tree_model(
-    model_path: Path,
-    lib_dir: Path,
-    *,
-    compile_if_missing: bool = True,
-    expected_sha256: str | None = None,
-) -> TreeModel:
-    """Load a booster for serving, compiled when possible.
-
-    ``expected_sha256`` (e.g. from a bundle manifest) is checked against the model
-    file first; a mismatch raises ``ValueError`` because serving a different model
-    than the one promoted is never acceptable.
-    """
-    model_sha = sha256_file(model_path)
-    if expected_sha256 is not None and model_sha != expected_sha256:
-        raise ValueError(f"{model_path} has SHA-256 {model_sha}, expected {expected_sha256}")
-    xgb_engine = _XGBoostEngine(model_path)
-    library = verified_library(model_sha, lib_dir)
-    built_here = False
-    if library is None and compile_if_missing:
-        try:
-            library = compile_booster(model_path, lib_dir).library
-            built_here = True
-        except RuntimeError as exc:
-            log.error("serving %s with XGBoost inplace_predict: %s", model_path.name, exc)
-    compiled = None
-    if library is not None:
-        try:
-            compiled = _TL2cgenEngine(library)
-        except Exception as exc:  # tl2cgen raises its own error type on a bad library
-            log.error("cannot load %s (%s); serving with XGBoost inplace_predict", library, exc)
-    if compiled is None:
-        return TreeModel(model_sha, ENGINE_XGBOOST, xgb_engine, None)
-    return TreeModel(model_sha, ENGINE_TL2CGEN, xgb_engine, compiled, built_here)

@@ -9,8 +9,9 @@ worker)::
         manifest.json              versions, metrics, SHA-256 of every file
         ttft.ubj  ttft.calibration.json
         tpot.ubj  tpot.calibration.json
-        lib/trees-<sha>.so|.json   libraries compiled by the trainer (optional)
-        lib/latency-kernel-<sha>.so|.json   the serving kernel (slocast.latency.native)
+
+No native code travels in a bundle: each prediction worker builds the forest tables
+of the native engine from the XGBoost model at load (slocast.latency.native).
 
 A bundle is written completely under a temporary name, renamed into place, and only
 then published by atomically replacing ``CURRENT`` (``os.replace``). Readers verify
@@ -31,10 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slocast.core.compiled_trees import ensure_compiled
 from slocast.core.digests import sha256_file
 from slocast.latency.model import TARGETS, TargetModel
-from slocast.latency.native import ensure_kernel
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,6 @@ MODEL_TYPE = "xgboost"
 PUBLIC_OBJECTIVE = "quantile"
 POINTER = "CURRENT"
 MANIFEST = "manifest.json"
-LIB_DIR = "lib"
 # Older bundles are deleted, keeping this many, so the directory stays bounded while
 # a worker that is still loading the previous version finds it intact.
 KEEP_BUNDLES = 4
@@ -67,18 +65,8 @@ def new_version() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}"
 
 
-def write_bundle(
-    model_dir: Path,
-    models: dict[str, TargetModel],
-    info: dict,
-    *,
-    compile_cache: Path | None,
-) -> Path:
-    """Write a complete bundle (not yet published); returns its directory.
-
-    With ``compile_cache``, each target's trees are compiled there (once per tree
-    hash: a recalibrated bundle reuses its trees' library) and copied in.
-    """
+def write_bundle(model_dir: Path, models: dict[str, TargetModel], info: dict) -> Path:
+    """Write a complete bundle (not yet published); returns its directory."""
     bundles = model_dir / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
     version = new_version()
@@ -87,20 +75,6 @@ def write_bundle(
         targets = {}
         for target in TARGETS:
             targets[target] = models[target].save(tmp)
-        if compile_cache is not None:
-            (tmp / LIB_DIR).mkdir()
-            for target in TARGETS:
-                compiled = ensure_compiled(tmp / targets[target]["trees"], compile_cache)
-                for path in (compiled.library, compiled.manifest):
-                    shutil.copy2(path, tmp / LIB_DIR / path.name)
-            # The prediction image has no compiler: ship the serving kernel too.
-            try:
-                kernel = ensure_kernel(compile_cache)
-            except RuntimeError as exc:  # predictors then serve on the Python path
-                log.error("bundle %s without the latency kernel: %s", version, exc)
-            else:
-                for path in (kernel.library, kernel.manifest):
-                    shutil.copy2(path, tmp / LIB_DIR / path.name)
         files = {
             str(path.relative_to(tmp)): sha256_file(path)
             for path in sorted(tmp.rglob("*"))

@@ -1,5 +1,6 @@
 """Small pieces both latency servers share at the HTTP edge: JSON responses, the
-admin token check, the body-size limit and the raw-ASGI hot routes."""
+admin token check and the body-size limit (the raw-ASGI hot routes are
+:mod:`slocast.hot_routes`, shared with the LTE server)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,40 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
-import orjson
+import msgspec
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from slocast.core.openapi import add_body_schemas
+from slocast.hot_routes import send_json
 from slocast.latency.schema import (
-    BODY_MODELS,
+    SCHEMA_STRUCTS,
     ErrorBody,
     TooLargeBody,
     ValidationErrorBody,
     ValidationFailure,
-    decode_json,
+    json_schema_components,
 )
 
+
+def _schema_ref(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{struct.__name__}"}}}
+
+
 _ERROR_RESPONSES: dict[int, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "Admin bearer token missing or wrong."},
-    413: {"model": TooLargeBody, "description": "Body larger than the server's limit."},
-    422: {"model": ValidationErrorBody, "description": "Invalid body; `loc` names the field."},
-    503: {"model": ErrorBody, "description": "Not available right now (see `detail`)."},
+    401: {"description": "Admin bearer token missing or wrong.", "content": _schema_ref(ErrorBody)},
+    413: {
+        "description": "Body larger than the server's limit.",
+        "content": _schema_ref(TooLargeBody),
+    },
+    422: {
+        "description": "Invalid body; `loc` names the field.",
+        "content": _schema_ref(ValidationErrorBody),
+    },
+    503: {
+        "description": "Not available right now (see `detail`).",
+        "content": _schema_ref(ErrorBody),
+    },
 }
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -41,38 +57,40 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def document_bodies(app: FastAPI) -> None:
-    """Put the request-body models (``schema.BODY_MODELS``) and their nested models
-    into the OpenAPI components, where ``openapi_body``'s references point: the
-    handlers parse bodies themselves, so FastAPI does not know these models."""
+    """Put the Structs the handlers decode themselves (``schema.SCHEMA_STRUCTS``), and
+    those they nest, into the OpenAPI components, where ``openapi_body`` and
+    :func:`error_responses` point: FastAPI does not know these types."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = generate()
-            add_body_schemas(doc, BODY_MODELS)
+            components = json_schema_components(SCHEMA_STRUCTS)
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(components)
             app.openapi_schema = doc
         return app.openapi_schema
 
     app.openapi = openapi
 
 
+def _numpy(value: Any) -> Any:
+    """NumPy scalars and arrays (metrics, evaluations) as JSON numbers and lists."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise NotImplementedError(f"cannot encode {type(value).__name__} as JSON")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_numpy)
+encode_json = _encoder.encode
+
+
 def json_response(content: Any, status_code: int = 200) -> Response:
-    return Response(
-        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status_code,
-        media_type="application/json",
-    )
+    return Response(encode_json(content), status_code=status_code, media_type="application/json")
 
 
 def unprocessable(errors: list[dict[str, Any]]) -> Response:
     """FastAPI's own 422 shape, so clients see one error format everywhere."""
     return json_response({"detail": errors}, status_code=422)
-
-
-async def read_json(request: Request, *, allow_empty: bool = False) -> Any:
-    """Decode the body with orjson; malformed JSON is a 422 like FastAPI's. (Its size
-    is bounded by :class:`BodyLimit` around the app.)"""
-    return decode_json(await request.body(), allow_empty=allow_empty)
 
 
 def admin_denied(request: Request, token: str | None) -> Response | None:
@@ -87,9 +105,6 @@ def admin_denied(request: Request, token: str | None) -> Response | None:
     return response
 
 
-# body -> (status, JSON body)
-Handler = Callable[[bytes], tuple[int, bytes]]
-_JSON_HEADER = (b"content-type", b"application/json")
 MAX_BODY_SETTING = "SLOCAST_LATENCY_MAX_BODY_BYTES"
 
 
@@ -102,23 +117,15 @@ class BodyTooLarge(Exception):
 
 
 def too_large_body(limit: int) -> bytes:
-    return orjson.dumps(
-        {
-            "detail": f"request body larger than {limit} bytes ({MAX_BODY_SETTING})",
-            "max_body_bytes": limit,
-        }
+    return encode_json(
+        TooLargeBody(f"request body larger than {limit} bytes ({MAX_BODY_SETTING})", limit)
     )
 
 
-async def send_json(send, status: int, payload: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [_JSON_HEADER, (b"content-length", b"%d" % len(payload))],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+def too_large(limit: int) -> Callable[[int | None], bytes]:
+    """The 413 body for :class:`slocast.hot_routes.HotRoutes` (the same either way)."""
+    payload = too_large_body(limit)
+    return lambda _declared: payload
 
 
 def declared_too_large(scope, limit: int) -> bool:
@@ -135,7 +142,7 @@ class BodyLimit:
     A declared ``Content-Length`` above the limit is answered 413 without reading;
     otherwise ``receive`` counts the bytes and raises :class:`BodyTooLarge` once the
     limit is crossed (chunked bodies), which this layer turns into the same 413.
-    The hot routes of :class:`FastRoutes` read their bodies with the same limit
+    The hot routes (:class:`slocast.hot_routes.HotRoutes`) read their bodies with the same limit
     and never pass through here."""
 
     def __init__(
@@ -181,81 +188,6 @@ class BodyLimit:
             if started:
                 raise
             await self._refuse(scope, send)
-
-
-class FastRoutes:
-    """Raw ASGI for the hot POST routes: FastAPI builds a ``Request``, resolves the
-    route and wraps a ``Response`` per call (tens of microseconds, more than a
-    single prediction); these handlers are plain ``body -> (status, bytes)``
-    functions called straight from the ASGI scope. The FastAPI routes of the same
-    paths call the same handlers: they document the API and answer identically
-    without this middleware."""
-
-    def __init__(
-        self,
-        app,
-        *,
-        post: dict[str, Handler],
-        max_body_bytes: int,
-        on_too_large: Callable[[str], None] | None = None,
-    ) -> None:
-        self.app = app
-        self.post = post
-        self.limit = max_body_bytes
-        self.on_too_large = on_too_large
-
-    async def __call__(self, scope, receive, send) -> None:
-        handler = (
-            self.post.get(scope["path"])
-            if scope["type"] == "http" and scope["method"] == "POST"
-            else None
-        )
-        if handler is None:
-            await self.app(scope, receive, send)
-            return
-        # The body, at most ``limit`` bytes: a declared length above it is refused
-        # before reading, a chunked body as soon as it crosses it. Inlined: this
-        # runs for every prediction.
-        limit = self.limit
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if value.isdigit() and int(value) > limit:
-                    await self._refuse(scope, send)
-                    return
-                break
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return  # the client went away: nobody to answer
-        body = message.get("body", b"")
-        size = len(body)
-        if message.get("more_body", False):
-            chunks = [body]
-            while size <= limit and message.get("more_body", False):
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                chunks.append(chunk)
-            if size <= limit:
-                body = b"".join(chunks)
-        if size > limit:
-            await self._refuse(scope, send)
-            return
-        status, payload = handler(body)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [_JSON_HEADER, (b"content-length", b"%d" % len(payload))],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
-
-    async def _refuse(self, scope, send) -> None:
-        if self.on_too_large is not None:
-            self.on_too_large(scope["path"])
-        await send_json(send, 413, too_large_body(self.limit))
 
 
 def install_validation_handler(app) -> None:

@@ -1,10 +1,10 @@
 """The latency prediction server (default port 8001).
 
-Request path: body bytes -> columns (the native kernel's strict JSON parser, or orjson
-+ column-wise NumPy validation when the kernel is absent or unsure) -> one feature
-matrix -> branchless trees (or compiled trees) -> conformal bound -> the response
-bytes spliced from orjson-formatted columns. No pydantic, pandas, FastAPI request
-objects or per-row Python on the way: the hot POST routes are plain
+Request path: body bytes -> typed Structs (msgspec, in C; :mod:`slocast.latency.schema`)
+-> NumPy columns -> one feature matrix (:mod:`slocast.latency.features`) -> the tree
+engine (the native forest kernel, or XGBoost; :mod:`slocast.latency.native`) ->
+conformal bound -> response Structs encoded by msgspec. No pydantic, FastAPI request
+objects or per-row Python validation on the way: the hot POST routes are plain
 ``body -> (status, bytes)`` handlers behind a raw ASGI middleware.
 Each uvicorn worker runs this app with its own :class:`ModelHolder` and watcher.
 """
@@ -16,9 +16,10 @@ import os
 import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from itertools import repeat
 
+import msgspec
 import numpy as np
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import (
@@ -29,21 +30,24 @@ from prometheus_client import (
     generate_latest,
 )
 
+from slocast.hot_routes import HotRoutes
 from slocast.latency.http_common import (
     METRICS_RESPONSES,
     BodyLimit,
-    FastRoutes,
     admin_denied,
     document_bodies,
+    encode_json,
     error_responses,
     install_validation_handler,
     json_response,
+    too_large,
 )
 from slocast.latency.schema import (
     BulkPredictionRequest,
     PredictionRequest,
     ValidationFailure,
-    feature_columns,
+    decode_bulk,
+    decode_request,
     openapi_body,
 )
 from slocast.latency.serving import (
@@ -57,50 +61,61 @@ from slocast.settings import LatencyPredictionSettings
 
 log = logging.getLogger(__name__)
 NO_MODEL = {"detail": "no model loaded yet; post training data to the training server"}
-_NO_MODEL = orjson.dumps(NO_MODEL)
-_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_NO_MODEL = encode_json(NO_MODEL)
 
 
-def _common(model: ServedModel) -> dict:
-    return {
-        "predicted_at": datetime.now(UTC).isoformat(),
-        "model_type": model.model_type,
-        "objective_type": model.objective_type,
-        "quantile": model.quantile,
-        "last_model_load": model.loaded_at,
-        "cold": model.cold,
-    }
+class Prediction(msgspec.Struct, gc=False):
+    """One prediction in the upstream shape (P-quantile bounds in ms)."""
+
+    ttft_ms: float
+    tpot_ms: float
+    predicted_at: str
+    model_type: str
+    objective_type: str
+    quantile: float
+    last_model_load: str
+    cold: bool
 
 
-def _rows(model: ServedModel, bounds: dict[str, np.ndarray]) -> list[dict]:
-    """Prediction objects in the upstream shape (P-quantile bounds in ms)."""
-    common = _common(model)
-    return [
-        {"ttft_ms": ttft, "tpot_ms": tpot, **common}
-        for ttft, tpot in zip(bounds["ttft"].tolist(), bounds["tpot"].tolist(), strict=True)
-    ]
+class BulkStrictResponse(msgspec.Struct, gc=False):
+    predictions: list[Prediction]
+    total_requests: int
+    successful_predictions: int
+    failed_predictions: int
+    processing_time_ms: float
 
 
-def _rows_json(model: ServedModel, bounds: dict[str, np.ndarray]) -> bytes:
-    """The same objects as :func:`_rows`, rendered as a JSON array without a dict per
-    row: orjson formats the numbers (one call), the kernel splices them between the
-    keys and the common fields with ``memcpy`` (Python fallback: split and join).
-    Equality with ``orjson.dumps(_rows(...))`` is tested."""
-    tail = b"," + orjson.dumps(_common(model))[1:]
-    ttft, tpot = bounds["ttft"], bounds["tpot"]
-    if model.kernel is not None:
-        pairs = orjson.dumps(np.column_stack((ttft, tpot)), option=_NUMPY)
-        out = model.kernel.pairs_json(pairs, ttft.shape[0], b'{"ttft_ms":', b',"tpot_ms":', tail)
-        if out is not None:
-            return out
-    a = orjson.dumps(ttft, option=_NUMPY)[1:-1].split(b",")
-    b = orjson.dumps(tpot, option=_NUMPY)[1:-1].split(b",")
-    between = tail + b',{"ttft_ms":'
-    return (
-        b'[{"ttft_ms":'
-        + between.join(map(b',"tpot_ms":'.join, zip(a, b, strict=True)))
-        + tail
-        + b"]"
+class PredictionError(msgspec.Struct, gc=False):
+    index: int
+    error: str
+
+
+class BulkResponse(msgspec.Struct, gc=False):
+    predictions: list[Prediction | None]
+    errors: list[PredictionError]
+    total_requests: int
+    successful_predictions: int
+    failed_predictions: int
+    processing_time_ms: float
+
+
+def predictions(model: ServedModel, bounds: dict[str, np.ndarray]) -> list[Prediction]:
+    """One :class:`Prediction` per row, built in C (``map`` over the two columns)."""
+    common = (
+        datetime.now(UTC).isoformat(),
+        model.model_type,
+        model.objective_type,
+        model.quantile,
+        model.loaded_at,
+        model.cold,
+    )
+    return list(
+        map(
+            Prediction,
+            bounds["ttft"].tolist(),
+            bounds["tpot"].tolist(),
+            *(repeat(value) for value in common),
+        )
     )
 
 
@@ -109,7 +124,7 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
     settings = settings or LatencyPredictionSettings.from_env()
     holder = ModelHolder(
         settings.model_dir,
-        settings.compile_cache,
+        settings.engine,
         prior_model(settings.quantile) if settings.cold_prior else None,
     )
     watcher = PointerWatcher(holder, settings.watch_interval_s)
@@ -139,6 +154,13 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
     loads_gauge = Gauge(
         "slocast_latency_model_loads",
         "Models this worker loaded (start, promotions, reloads).",
+        ["worker"],
+        registry=registry,
+    )
+    fallbacks_gauge = Gauge(
+        "slocast_latency_engine_fallbacks",
+        "Targets of the served model on XGBoost although SLOCAST_LATENCY_ENGINE=native "
+        "(the native forest could not represent or reproduce their trees).",
         ["worker"],
         registry=registry,
     )
@@ -177,42 +199,35 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
             try:
                 status, payload, rows = handler(body)
             except ValidationFailure as exc:
-                status, payload, rows = 422, orjson.dumps({"detail": exc.errors}), 0
+                status, payload, rows = 422, encode_json({"detail": exc.errors}), 0
             count(endpoint, status, rows)
             return status, payload
 
         return guarded
 
     def predict_one(body: bytes) -> tuple[int, bytes, int]:
+        cols = decode_request(body)
         model = holder.current
-        cols = feature_columns(body, None, model.parser if model is not None else None)
         if model is None:
             return 503, _NO_MODEL, 0
-        bounds = model.predict(cols)
-        return 200, _rows_json(model, bounds)[1:-1], 1
+        return 200, encode_json(predictions(model, model.predict(cols))[0]), 1
 
     def predict_bulk_strict(body: bytes) -> tuple[int, bytes, int]:
         started = time.perf_counter()
+        cols = decode_bulk(body)
         model = holder.current
-        cols = feature_columns(body, "requests", model.parser if model is not None else None)
         if model is None:
             return 503, _NO_MODEL, 0
-        rows = int(cols["kv_cache_percentage"].shape[0])
-        predictions = _rows_json(model, model.predict(cols))
-        elapsed_ms = 1000 * (time.perf_counter() - started)
-        return (
-            200,
-            b'{"predictions":'
-            + predictions
-            + b',"total_requests":%d,"successful_predictions":%d,"failed_predictions":0,'
-            b'"processing_time_ms":%.3f}' % (rows, rows, elapsed_ms),
-            rows,
+        rows = predictions(model, model.predict(cols))
+        response = BulkStrictResponse(
+            rows, len(rows), len(rows), 0, 1000 * (time.perf_counter() - started)
         )
+        return 200, encode_json(response), len(rows)
 
     def predict_bulk(body: bytes) -> tuple[int, bytes, int]:
         started = time.perf_counter()
+        cols = decode_bulk(body)
         model = holder.current
-        cols = feature_columns(body, "requests", model.parser if model is not None else None)
         if model is None:
             return 503, _NO_MODEL, 0
         bounds = model.predict(cols)
@@ -220,22 +235,18 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
         # is left per item is a failure at prediction time: a bound that is not a
         # finite number is reported, not served.
         finite = np.isfinite(bounds["ttft"]) & np.isfinite(bounds["tpot"])
-        rows = _rows(model, bounds)
-        predictions = [row if ok else None for row, ok in zip(rows, finite.tolist(), strict=True)]
+        rows: list[Prediction | None] = predictions(model, bounds)
         errors = [
-            {"index": int(i), "error": "prediction is not a finite number"}
+            PredictionError(int(i), "prediction is not a finite number")
             for i in np.flatnonzero(~finite)
         ]
+        for error in errors:
+            rows[error.index] = None
         served = len(rows) - len(errors)
-        payload = {
-            "predictions": predictions,
-            "errors": errors,
-            "total_requests": len(rows),
-            "successful_predictions": served,
-            "failed_predictions": len(errors),
-            "processing_time_ms": 1000 * (time.perf_counter() - started),
-        }
-        return 200, orjson.dumps(payload), served
+        response = BulkResponse(
+            rows, errors, len(rows), served, len(errors), 1000 * (time.perf_counter() - started)
+        )
+        return 200, encode_json(response), served
 
     endpoints = {
         "/predict": "predict",
@@ -251,15 +262,16 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
     # BodyLimit on its way to FastAPI.
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(
-        FastRoutes,
+        HotRoutes,
         post=handlers,
         max_body_bytes=settings.max_body_bytes,
+        too_large=too_large(settings.max_body_bytes),
         on_too_large=lambda path: count(endpoints[path], 413),
     )
     document_bodies(app)
     hot_errors = error_responses(413, 422, 503)
 
-    # The routes below document the API (OpenAPI); FastRoutes answers these paths
+    # The routes below document the API (OpenAPI); HotRoutes answers these paths
     # first with the very same handlers.
     async def respond(path: str, request: Request) -> Response:
         status, payload = handlers[path](await request.body())
@@ -311,7 +323,11 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
             "models_exist": {"ttft": trained, "tpot": trained},
             # No gated/ensemble models: one calibrated model per target.
             "ensemble_active": False,
+            # configured engine, the engine serving each target, and how many of
+            # them fell back to XGBoost (docs/latency.md, "Request path and engines")
+            "engine": settings.engine,
             "engines": model.engines,
+            "engine_fallbacks": holder.engine_fallbacks,
             "worker_pid": os.getpid(),
         }
 
@@ -383,6 +399,7 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
             model_info.labels(pid, model.version, engines["ttft"], engines["tpot"]).set(loaded)
         load_errors.labels(pid).set(holder.load_errors)
         loads_gauge.labels(pid).set(holder.loads)
+        fallbacks_gauge.labels(pid).set(holder.engine_fallbacks)
         cold_gauge.labels(pid).set(1 if model is None or model.cold else 0)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -1,29 +1,30 @@
-"""Request and sample schema of the latency API, validated column-wise.
+"""Request and sample schema of the latency API: msgspec Structs, decoded in C.
 
-The HTTP edge receives lists of up to 10,000 objects. Validating them one pydantic
-model at a time costs milliseconds per request, so bodies are parsed with orjson and
-checked here per column with NumPy; the pydantic models at the bottom describe the
-same schema for the OpenAPI document and for single-object endpoints.
+Bodies go straight from bytes to typed Structs (``msgspec.json.Decoder``), then to
+NumPy columns for the one feature builder (:mod:`slocast.latency.features`). The
+same Structs give the OpenAPI documents their JSON Schema
+(:func:`slocast.latency.http_common.document_bodies`).
 
 Rules (latency-api.md): required fields must be present; numbers must be JSON
-numbers (strings are rejected, booleans count as 0/1 as in pydantic's lax mode);
-integer fields must hold whole numbers; every number must lie in its field's range
-(:data:`UPPER_BOUNDS`, all from 0); unknown fields are ignored. Any violation rejects
-the whole request with FastAPI's 422 format.
+numbers (strings and booleans are rejected); integer fields must hold whole numbers
+(``100.0`` is accepted as 100); every number must lie in its field's range
+(:data:`UPPER_BOUNDS`, all from 0); unknown fields are ignored; a list holds 1 to
+:data:`MAX_ITEMS` items. Any violation rejects the whole request with FastAPI's 422
+format, ``loc`` naming the item and the field (:func:`failure`).
 """
 
 from __future__ import annotations
 
-from operator import itemgetter
-from typing import Any, Literal, Protocol
+import re
+from itertools import chain
+from operator import attrgetter
+from typing import Annotated, Any, Literal
 
+import msgspec
 import numpy as np
-import orjson
-from pydantic import BaseModel, Field
 
 MAX_ITEMS = 10_000
 
-# name -> (kind, upper bound or None). Required fields first, then defaults.
 FRACTION_FIELDS = ("kv_cache_percentage", "prefix_cache_score")
 COUNT_FIELDS = (
     "input_token_length",
@@ -65,6 +66,106 @@ UPPER_BOUNDS: dict[str, float] = {
 
 Columns = dict[str, np.ndarray]
 
+# Integer fields are decoded as floats (so ``100.0`` passes, as with pydantic) and
+# checked whole in the column step; their JSON Schema says integer
+# (:func:`json_schema_components`).
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Requests = Annotated[float, msgspec.Meta(ge=0, le=MAX_REQUESTS)]
+Tokens = Annotated[float, msgspec.Meta(ge=0, le=MAX_TOKENS)]
+TokensInFlight = Annotated[float, msgspec.Meta(ge=0, le=MAX_TOKENS_IN_FLIGHT)]
+LatencyMs = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_LATENCY_MS)]
+
+
+# gc=False: a bulk body makes up to 10,000 of these, and Structs of numbers and
+# strings cannot form reference cycles, so the cyclic collector need not track them.
+class PredictionRequest(msgspec.Struct, gc=False):
+    """One candidate pod's state and the request's prompt (latency-api.md)."""
+
+    kv_cache_percentage: Fraction
+    input_token_length: Tokens
+    num_request_waiting: Requests
+    num_request_running: Requests
+    num_tokens_generated: Tokens
+    prefix_cache_score: Fraction
+    pod_type: Literal["", "prefill", "decode"] = ""
+    prefill_tokens_in_flight: TokensInFlight = 0
+    decode_tokens_in_flight: TokensInFlight = 0
+    encoder_matched_size: Tokens = 0
+    encoder_input_size: Tokens = 0
+
+
+class TrainingEntry(PredictionRequest, kw_only=True):
+    """A prediction request with its observed latencies."""
+
+    actual_ttft_ms: LatencyMs
+    actual_tpot_ms: LatencyMs
+    timestamp: float | str | None = None
+
+
+class BulkPredictionRequest(msgspec.Struct, gc=False):
+    requests: Annotated[list[PredictionRequest], msgspec.Meta(min_length=1, max_length=MAX_ITEMS)]
+
+
+class BulkTrainingRequest(msgspec.Struct, gc=False):
+    entries: Annotated[list[TrainingEntry], msgspec.Meta(min_length=1, max_length=MAX_ITEMS)]
+
+
+class FlushBody(msgspec.Struct):
+    flush_training_data: bool = True
+    flush_test_data: bool = True
+    flush_metrics: bool = True
+    reason: str | None = None
+
+
+class ErrorItem(msgspec.Struct, omit_defaults=True):
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+
+
+class ValidationErrorBody(msgspec.Struct):
+    """422: FastAPI's format; ``loc`` names the item and the field."""
+
+    detail: list[ErrorItem]
+
+
+class ErrorBody(msgspec.Struct):
+    detail: str
+
+
+class TooLargeBody(msgspec.Struct):
+    """413: the body is larger than ``SLOCAST_LATENCY_MAX_BODY_BYTES``."""
+
+    detail: str
+    max_body_bytes: int
+
+
+# Bodies the handlers decode themselves, and error bodies: put into the OpenAPI
+# components by hand (http_common.document_bodies), FastAPI does not see them.
+SCHEMA_STRUCTS: tuple[type[msgspec.Struct], ...] = (
+    PredictionRequest,
+    BulkPredictionRequest,
+    BulkTrainingRequest,
+    FlushBody,
+    ValidationErrorBody,
+    ErrorBody,
+    TooLargeBody,
+)
+
+
+def json_schema_components(structs: tuple[type[msgspec.Struct], ...]) -> dict[str, Any]:
+    """JSON Schema of ``structs`` and the Structs they nest, keyed by name, with
+    references into ``#/components/schemas`` (OpenAPI) and integer fields typed so."""
+    _, components = msgspec.json.schema_components(
+        structs, ref_template="#/components/schemas/{name}"
+    )
+    for component in components.values():
+        for name, field in component.get("properties", {}).items():
+            if name in _INTEGER_FIELDS:
+                field["type"] = "integer"
+    return components
+
 
 class ValidationFailure(Exception):
     """Invalid user input; ``errors`` is FastAPI's ``detail`` list."""
@@ -74,152 +175,191 @@ class ValidationFailure(Exception):
         self.errors = errors
 
 
-def _error(kind: str, loc: tuple, msg: str, value: Any = None) -> ValidationFailure:
+def _error(kind: str, loc: list, msg: str, value: Any = None) -> ValidationFailure:
     detail = {"type": kind, "loc": ["body", *loc], "msg": msg}
     if value is not None:
         detail["input"] = value
     return ValidationFailure([detail])
 
 
-def decode_json(body: bytes, *, allow_empty: bool = False) -> Any:
-    """Decode a request body with orjson; malformed JSON is a 422 like FastAPI's."""
-    if not body.strip():
-        if allow_empty:
+def bound_text(value: float) -> str:
+    """A bound as people write it: 1, 1000000, 0.5."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+# --- msgspec's errors in FastAPI's shape ------------------------------------------------
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_STEP = re.compile(r"\.([A-Za-z_]\w*)|\[(\d+)\]")
+_EXPECTED = re.compile(r"Expected `(?P<want>[^`]+)`(?:, got `(?P<got>[^`]+)`)?(?P<rest>.*)")
+_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`")
+_INTEGER_FIELDS = frozenset(COUNT_FIELDS + OPTIONAL_COUNT_FIELDS)
+
+
+def _lookup(root: Any, steps: list) -> Any:
+    for step in steps:
+        try:
+            root = root[step]
+        except (KeyError, IndexError, TypeError):
             return None
-        raise _error("missing", (), "Field required")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ValidationFailure(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ["body", exc.pos],
-                    "msg": f"JSON decode error: {exc.msg}",
-                }
-            ]
-        ) from None
+    return root
 
 
-class ColumnParser(Protocol):
-    """Parses a raw body straight into columns, or returns None when unsure
-    (:class:`slocast.latency.native.Parser`)."""
+def failure(exc: msgspec.ValidationError, loc: tuple, document: Any) -> ValidationFailure:
+    """A msgspec validation error as FastAPI's 422 detail.
 
-    def parse(self, body: bytes, key: str | None, max_rows: int) -> Columns | None: ...
-
-
-def feature_columns(body: bytes, key: str | None, parser: ColumnParser | None = None) -> Columns:
-    """Validated feature columns of a request body: ``{key: [features, ...]}``, or
-    one features object when ``key`` is None.
-
-    ``parser`` (the native kernel) answers plainly valid bodies without building
-    Python objects; whatever it does not accept goes through orjson and
-    :func:`parse_features`, which decide and name the error (same columns either
-    way, tested differentially).
+    ``loc``: where the validated value sits in the body; ``document``: that value as
+    plain JSON data (for the offending ``input``; only decoded on this error path).
     """
-    if parser is not None:
-        cols = parser.parse(body, key, MAX_ITEMS)
-        if cols is not None:
-            return cols
-    data = decode_json(body)
-    if key is None:
-        if not isinstance(data, dict):
-            raise _error("dict_type", (), "Input should be a valid dictionary")
-        return parse_features([data])
-    return parse_features(item_list(data, key), (key,))
+    match = _AT.match(str(exc))
+    message, path = match["msg"], match["path"] or ""
+    steps = [name or int(index) for name, index in _STEP.findall(path)]
+    where = [*loc, *steps]
+    field = steps[-1] if steps and isinstance(steps[-1], str) else None
+    value = _lookup(document, steps)
+    if missing := _MISSING.match(message):
+        return _error("missing", [*where, missing["field"]], "Field required")
+    if field == "pod_type":
+        return _error("literal_error", where, "Input should be '', 'prefill' or 'decode'", value)
+    expected = _EXPECTED.match(message)
+    if expected is None:  # e.g. "Number out of range"
+        return _error("value_error", where, message, value)
+    want, got, rest = expected["want"], expected["got"], expected["rest"].strip()
+    if field in UPPER_BOUNDS and rest[:2] in ("<=", ">="):
+        # NaN fails both bounds: named by its value, as a negative number is
+        below = isinstance(value, int | float) and value < 0
+        kind = "greater_than_equal" if below else "less_than_equal"
+        bound = bound_text(UPPER_BOUNDS[field])
+        return _error(kind, where, f"Input should be between 0 and {bound} ({field})", value)
+    if want == "array" and "length" in rest:
+        size = len(value) if isinstance(value, list) else "?"
+        kind = "too_short" if ">=" in rest else "too_long"
+        return _error(kind, where, f"List should have between 1 and {MAX_ITEMS} items, not {size}")
+    if got is not None:
+        if field in _INTEGER_FIELDS:
+            return _error("int_type", where, "Input should be an integer", value)
+        kinds = {
+            "float": ("float_type", "Input should be a number"),
+            "object": ("dict_type", "Input should be a valid dictionary"),
+            "array": ("list_type", "Input should be a valid list"),
+            "bool": ("bool_type", "Input should be a valid boolean"),
+            "str | null": ("string_type", "Input should be a valid string"),
+        }
+        if want in kinds:
+            kind, msg = kinds[want]
+            return _error(kind, where, msg, value)
+    return _error("value_error", where, message, value)
 
 
-def item_list(body: Any, key: str) -> list:
-    """The list under ``key`` of a decoded JSON body, with its size checked."""
-    if not isinstance(body, dict):
-        raise _error("dict_type", (), "Input should be a valid dictionary")
-    if key not in body:
-        raise _error("missing", (key,), "Field required")
-    items = body[key]
-    if not isinstance(items, list):
-        raise _error("list_type", (key,), "Input should be a valid list")
-    if not 1 <= len(items) <= MAX_ITEMS:
-        raise _error(
-            "too_short" if not items else "too_long",
-            (key,),
-            f"List should have between 1 and {MAX_ITEMS} items, not {len(items)}",
-        )
-    return items
-
-
-REQUIRED_NUMERIC = FRACTION_FIELDS + COUNT_FIELDS
-_get_required = itemgetter(*REQUIRED_NUMERIC)
-_REQUIRED_UPPER = np.array([UPPER_BOUNDS[name] for name in REQUIRED_NUMERIC])
-_OPTIONAL_UPPER = np.array([UPPER_BOUNDS[name] for name in OPTIONAL_COUNT_FIELDS])
-
-
-def _get_optional(item: dict) -> tuple:
-    return (
-        item.get("prefill_tokens_in_flight", 0),
-        item.get("decode_tokens_in_flight", 0),
-        item.get("encoder_matched_size", 0),
-        item.get("encoder_input_size", 0),
+def _decode_error(exc: msgspec.DecodeError) -> ValidationFailure:
+    text = str(exc)
+    position = re.search(r"\(byte (\d+)\)", text)
+    loc = [int(position[1])] if position else []
+    return ValidationFailure(
+        [{"type": "json_invalid", "loc": ["body", *loc], "msg": f"JSON decode error: {text}"}]
     )
 
 
-def parse_features(items: list, loc: tuple = ()) -> Columns:
-    """Validate a list of feature objects into columns (numbers as float64).
-
-    Fast path: all numeric fields of all items into two 2-D arrays in C loops
-    (``itemgetter`` + one ``np.array``), checked with a few vectorised comparisons.
-    Anything unusual (a missing key, a string, a bad value) falls through to the
-    column-by-column validator, which finds and names the first error; the fast path
-    never decides that input is invalid, it only accepts input that is clean.
-    """
+def decode(body: bytes, decoder: msgspec.json.Decoder, *, allow_empty: bool = False) -> Any:
+    """``body`` decoded by ``decoder``, or a :class:`ValidationFailure` (422)."""
+    if not body.strip():
+        if allow_empty:
+            return None
+        raise _error("missing", [], "Field required")
     try:
-        required = np.array(list(map(_get_required, items)))
-        optional = np.array(list(map(_get_optional, items)))
-        pods = [POD_TYPES[item.get("pod_type", "")] for item in items]
-    except (KeyError, TypeError, AttributeError, ValueError, OverflowError):
-        return _parse_features_slow(items, loc)
-    if (
-        required.dtype.kind not in "biuf"
-        or optional.dtype.kind not in "biuf"
-        or required.shape != (len(items), len(REQUIRED_NUMERIC))
-    ):
-        return _parse_features_slow(items, loc)
-    required = required.astype(np.float64)
-    optional = optional.astype(np.float64)
-    counts = np.concatenate([required[:, len(FRACTION_FIELDS) :], optional], axis=1)
-    if (
-        not ((required >= 0) & (required <= _REQUIRED_UPPER)).all()
-        or not ((optional >= 0) & (optional <= _OPTIONAL_UPPER)).all()
-        or (counts != np.floor(counts)).any()
-    ):
-        return _parse_features_slow(items, loc)
-    columns = np.ascontiguousarray(np.concatenate([required, optional], axis=1).T)
-    cols: Columns = dict(zip(REQUIRED_NUMERIC + OPTIONAL_COUNT_FIELDS, columns, strict=True))
-    cols["pod_type"] = np.asarray(pods, dtype=np.float64)
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        try:
+            document = msgspec.json.decode(body)
+        except msgspec.DecodeError:  # e.g. 1e999: valid JSON, no float holds it
+            document = None
+        raise failure(exc, (), document) from None
+    except msgspec.DecodeError as exc:
+        raise _decode_error(exc) from None
+
+
+# --- Structs to columns --------------------------------------------------------------
+
+REQUIRED_NUMERIC = FRACTION_FIELDS + COUNT_FIELDS
+FEATURE_FIELDS = REQUIRED_NUMERIC + OPTIONAL_COUNT_FIELDS
+SAMPLE_FIELDS = FEATURE_FIELDS + TARGET_FIELDS
+_features_of = attrgetter(*FEATURE_FIELDS)
+_samples_of = attrgetter(*SAMPLE_FIELDS)
+_pod_of = attrgetter("pod_type")
+_WHOLE = np.array([name in _INTEGER_FIELDS for name in SAMPLE_FIELDS])
+
+
+def _columns(items: list, names: tuple[str, ...], getter: attrgetter, loc: tuple | None) -> Columns:
+    """Validated Structs as float64 columns; integer fields must hold whole numbers.
+    ``loc``: where the list sits in the body (None: one object, the body itself)."""
+    flat = chain.from_iterable(map(getter, items))
+    values = np.fromiter(flat, np.float64, len(items) * len(names)).reshape(len(items), -1)
+    whole = _WHOLE[: len(names)]
+    fractional = values[:, whole] != np.floor(values[:, whole])
+    if fractional.any():
+        row, col = np.argwhere(fractional)[0]
+        name = np.array(names)[whole][col]
+        raise _error(
+            "int_from_float",
+            [str(name)] if loc is None else [*loc, int(row), str(name)],
+            "Input should be a valid integer, got a number with a fractional part",
+            float(values[row, names.index(name)]),
+        )
+    cols: Columns = dict(zip(names, np.ascontiguousarray(values.T), strict=True))
+    cols["pod_type"] = np.array([POD_TYPES[p] for p in map(_pod_of, items)], dtype=np.float64)
     return cols
 
 
-def _parse_features_slow(items: list, loc: tuple) -> Columns:
-    cols: Columns = {}
-    for name in FRACTION_FIELDS:
-        cols[name] = _numeric(items, name, loc, required=True, integer=False)
-    for name in COUNT_FIELDS:
-        cols[name] = _numeric(items, name, loc, required=True, integer=True)
-    for name in OPTIONAL_COUNT_FIELDS:
-        cols[name] = _numeric(items, name, loc, required=False, integer=True)
-    cols["pod_type"] = _pod_types(items, loc)
-    return cols
+def request_columns(items: list[PredictionRequest], loc: tuple | None = ()) -> Columns:
+    return _columns(items, FEATURE_FIELDS, _features_of, loc)
+
+
+def sample_columns(items: list[TrainingEntry], loc: tuple | None = ()) -> Columns:
+    return _columns(items, SAMPLE_FIELDS, _samples_of, loc)
+
+
+_ONE = msgspec.json.Decoder(PredictionRequest)
+_BULK = msgspec.json.Decoder(BulkPredictionRequest)
+_SAMPLES = msgspec.json.Decoder(BulkTrainingRequest)
+_FLUSH = msgspec.json.Decoder(FlushBody)
+
+
+def decode_request(body: bytes) -> Columns:
+    """Columns (one row) of a ``/predict`` body."""
+    return request_columns([decode(body, _ONE)], None)
+
+
+def decode_bulk(body: bytes) -> Columns:
+    """Columns of a ``{"requests": [...]}`` body."""
+    return request_columns(decode(body, _BULK).requests, ("requests",))
+
+
+def decode_samples(body: bytes) -> Columns:
+    """Columns of a ``{"entries": [...]}`` training body, observed targets included."""
+    return sample_columns(decode(body, _SAMPLES).entries, ("entries",))
+
+
+def decode_flush(body: bytes) -> FlushBody:
+    """A ``/flush`` body; an empty body flushes everything."""
+    return decode(body, _FLUSH, allow_empty=True) or FlushBody()
+
+
+def parse_features(items: list, loc: tuple = ()) -> Columns:
+    """Columns of already-decoded feature objects (same rules as the HTTP bodies)."""
+    try:
+        structs = msgspec.convert(items, list[PredictionRequest])
+    except msgspec.ValidationError as exc:
+        raise failure(exc, loc, items) from None
+    return request_columns(structs, loc)
 
 
 def parse_samples(items: list, loc: tuple = ()) -> Columns:
-    """Validate training samples: the features plus both observed targets."""
-    cols = parse_features(items, loc)
-    for name in TARGET_FIELDS:
-        cols[name] = _numeric(items, name, loc, required=True, integer=False)
-    return cols
-
-
-SAMPLE_FIELDS = REQUIRED_NUMERIC + OPTIONAL_COUNT_FIELDS + TARGET_FIELDS
-_INTEGER_FIELDS = frozenset(COUNT_FIELDS + OPTIONAL_COUNT_FIELDS)
+    """Columns of already-decoded training samples (e.g. the lines of a trace)."""
+    try:
+        structs = msgspec.convert(items, list[TrainingEntry])
+    except msgspec.ValidationError as exc:
+        raise failure(exc, loc, items) from None
+    return sample_columns(structs, loc)
 
 
 def valid_sample_rows(cols: Columns) -> np.ndarray:
@@ -246,165 +386,8 @@ def valid_sample_rows(cols: Columns) -> np.ndarray:
     return keep
 
 
-def bound_text(value: float) -> str:
-    """A bound as people write it: 1, 1000000, 0.5."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def _numeric(items: list, name: str, loc: tuple, *, required: bool, integer: bool) -> np.ndarray:
-    try:
-        raw = [item[name] for item in items] if required else [item.get(name, 0) for item in items]
-    except (KeyError, TypeError, AttributeError):
-        raise _first_structural_error(items, name, loc, required) from None
-    try:
-        values = np.array(raw)
-    except (ValueError, OverflowError):
-        values = np.array(raw, dtype=object)
-    if values.dtype.kind not in "biuf" or values.ndim != 1:
-        index = next(i for i, v in enumerate(raw) if not _is_number(v))
-        kind = "int_type" if integer else "float_type"
-        what = "an integer" if integer else "a number"
-        raise _error(kind, (*loc, index, name), f"Input should be {what}", raw[index])
-    values = values.astype(np.float64)
-    if integer:
-        bad = values != np.floor(values)
-        if bad.any():
-            index = int(np.argmax(bad))
-            raise _error(
-                "int_from_float",
-                (*loc, index, name),
-                "Input should be a valid integer, got a number with a fractional part",
-                raw[index],
-            )
-    upper = UPPER_BOUNDS[name]
-    bad = ~((values >= 0) & (values <= upper))  # NaN is out of range too
-    if bad.any():
-        index = int(np.argmax(bad))
-        raise _error(
-            "greater_than_equal" if values[index] < 0 else "less_than_equal",
-            (*loc, index, name),
-            f"Input should be between 0 and {bound_text(upper)} ({name})",
-            raw[index],
-        )
-    return values
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not (
-        isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63
-    )
-
-
-def _first_structural_error(
-    items: list, name: str, loc: tuple, required: bool
-) -> ValidationFailure:
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            return _error("dict_type", (*loc, index), "Input should be a valid dictionary")
-        if required and name not in item:
-            return _error("missing", (*loc, index, name), "Field required")
-    return _error("value_error", (*loc,), f"invalid field {name}")
-
-
-def _pod_types(items: list, loc: tuple) -> np.ndarray:
-    try:
-        codes = [POD_TYPES.get(item.get("pod_type", "")) for item in items]
-    except TypeError:  # an unhashable value such as a list
-        codes = [
-            None
-            if not isinstance(it.get("pod_type", ""), str)
-            else POD_TYPES.get(it.get("pod_type", ""))
-            for it in items
-        ]
-    if None in codes:
-        index = codes.index(None)
-        raise _error(
-            "literal_error",
-            (*loc, index, "pod_type"),
-            "Input should be '', 'prefill' or 'decode'",
-            items[index].get("pod_type"),
-        )
-    return np.asarray(codes, dtype=np.float64)
-
-
-# --- pydantic models: the same schema for the OpenAPI document --------------------
-
-
-def _int_le(name: str) -> int:
-    return int(UPPER_BOUNDS[name])
-
-
-class PredictionRequest(BaseModel):
-    kv_cache_percentage: float = Field(..., ge=0.0, le=UPPER_BOUNDS["kv_cache_percentage"])
-    input_token_length: int = Field(..., ge=0, le=_int_le("input_token_length"))
-    num_request_waiting: int = Field(..., ge=0, le=_int_le("num_request_waiting"))
-    num_request_running: int = Field(..., ge=0, le=_int_le("num_request_running"))
-    num_tokens_generated: int = Field(..., ge=0, le=_int_le("num_tokens_generated"))
-    prefix_cache_score: float = Field(..., ge=0.0, le=UPPER_BOUNDS["prefix_cache_score"])
-    pod_type: Literal["", "prefill", "decode"] = ""
-    prefill_tokens_in_flight: int = Field(0, ge=0, le=_int_le("prefill_tokens_in_flight"))
-    decode_tokens_in_flight: int = Field(0, ge=0, le=_int_le("decode_tokens_in_flight"))
-    encoder_matched_size: int = Field(0, ge=0, le=_int_le("encoder_matched_size"))
-    encoder_input_size: int = Field(0, ge=0, le=_int_le("encoder_input_size"))
-
-
-class TrainingEntry(PredictionRequest):
-    actual_ttft_ms: float = Field(..., ge=0.0, le=UPPER_BOUNDS["actual_ttft_ms"])
-    actual_tpot_ms: float = Field(..., ge=0.0, le=UPPER_BOUNDS["actual_tpot_ms"])
-    timestamp: float | str | None = None
-
-
-class BulkTrainingRequest(BaseModel):
-    entries: list[TrainingEntry] = Field(..., min_length=1, max_length=MAX_ITEMS)
-
-
-class BulkPredictionRequest(BaseModel):
-    requests: list[PredictionRequest] = Field(..., min_length=1, max_length=MAX_ITEMS)
-
-
-class FlushBody(BaseModel):
-    flush_training_data: bool = True
-    flush_test_data: bool = True
-    flush_metrics: bool = True
-    reason: str | None = None
-
-
-class ErrorItem(BaseModel):
-    type: str
-    loc: list[str | int]
-    msg: str
-    input: Any = None
-
-
-class ValidationErrorBody(BaseModel):
-    """422: FastAPI's format; ``loc`` names the item and the field."""
-
-    detail: list[ErrorItem]
-
-
-class ErrorBody(BaseModel):
-    detail: str
-
-
-class TooLargeBody(BaseModel):
-    """413: the body is larger than ``SLOCAST_LATENCY_MAX_BODY_BYTES``."""
-
-    detail: str
-    max_body_bytes: int
-
-
-# Models a handler parses itself (openapi_body) and that therefore must be added to
-# the OpenAPI components by hand (http_common.document_bodies).
-BODY_MODELS: tuple[type[BaseModel], ...] = (
-    PredictionRequest,
-    BulkPredictionRequest,
-    BulkTrainingRequest,
-    FlushBody,
-)
-
-
-def openapi_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
-    """``openapi_extra`` documenting a body that the handler parses itself: a
-    reference to the model in the document's components (see ``BODY_MODELS``)."""
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+def openapi_body(struct: type[msgspec.Struct], *, required: bool = True) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body that the handler decodes itself: a
+    reference to the Struct in the document's components (``SCHEMA_STRUCTS``)."""
+    ref = {"$ref": f"#/components/schemas/{struct.__name__}"}
     return {"requestBody": {"required": required, "content": {"application/json": {"schema": ref}}}}

@@ -22,13 +22,13 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import xgboost as xgb
 
-from slocast.core.compiled_trees import TreeModel, load_tree_model
 from slocast.core.conformal import MondrianCalibration
 from slocast.latency.bundle import (
     MODEL_TYPE,
@@ -40,26 +40,9 @@ from slocast.latency.bundle import (
 )
 from slocast.latency.features import NUM_REGIMES, build_features, regimes
 from slocast.latency.model import TARGETS, point_from_raw, scale_of
-from slocast.latency.native import (
-    COUNT,
-    ENUM,
-    FRACTION,
-    Field,
-    FlatForest,
-    Kernel,
-    Parser,
-    UnsupportedForest,
-    load_kernel,
-)
+from slocast.latency.native import ENGINE_NATIVE, Engine, make_engine
 from slocast.latency.prior import PRIOR_VERSION, PriorTarget, prior_targets
-from slocast.latency.schema import (
-    COUNT_FIELDS,
-    FRACTION_FIELDS,
-    OPTIONAL_COUNT_FIELDS,
-    POD_TYPES,
-    UPPER_BOUNDS,
-    Columns,
-)
+from slocast.latency.schema import Columns
 
 log = logging.getLogger(__name__)
 RELOAD_FILE = "RELOAD"
@@ -67,30 +50,29 @@ RELOAD_FILE = "RELOAD"
 
 @dataclass(frozen=True)
 class ServedTarget:
-    trees: TreeModel
+    forest: Engine
     objective: str
     calibration: MondrianCalibration
-    # The branchless kernel's copy of the same trees (None: ``trees`` serve).
-    flat: FlatForest | None = None
-    # calibration.offsets_for(regime) for every regime, built once.
-    _offsets: np.ndarray = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        table = self.calibration.offsets_for(np.arange(NUM_REGIMES))
-        table.setflags(write=False)
-        object.__setattr__(self, "_offsets", table)
+    # calibration.offsets_for(regime) for every regime (see served_target).
+    offsets: np.ndarray
 
     @property
     def engine(self) -> str:
-        return self.flat.engine if self.flat is not None else self.trees.engine
+        return self.forest.name
 
     def predict(self, x: np.ndarray, regime_ids: np.ndarray) -> np.ndarray:
-        raw = self.flat.predict(x) if self.flat is not None else self.trees.predict(x)
+        raw = self.forest.predict(x).astype(np.float64)
         point = point_from_raw(raw, self.objective)
         # model.upper_bound with the regime offsets looked up in one gather instead
         # of a mask per regime: the same operations in the same order (tested equal).
-        offsets = self._offsets[regime_ids] * scale_of(point)
+        offsets = self.offsets[regime_ids] * scale_of(point)
         return np.maximum(point + offsets, 0.0)
+
+
+def served_target(forest: Engine, objective: str, calibration: MondrianCalibration) -> ServedTarget:
+    table = calibration.offsets_for(np.arange(NUM_REGIMES))
+    table.setflags(write=False)
+    return ServedTarget(forest, objective, calibration, table)
 
 
 @dataclass(frozen=True)
@@ -101,9 +83,6 @@ class ServedModel:
     objective_type: str
     loaded_at: str
     targets: dict[str, ServedTarget | PriorTarget]
-    # The native kernel (None: Python paths) and its request parser.
-    kernel: Kernel | None = None
-    parser: Parser | None = None
     # True while the cold-start prior serves (no trained model yet).
     cold: bool = False
 
@@ -135,67 +114,18 @@ def prior_model(quantile: float) -> ServedModel:
     )
 
 
-def feature_parser(kernel: Kernel) -> Parser:
-    """The kernel's parser for prediction requests, in ``parse_features``'s column
-    order and with its rules (latency-api.md)."""
-    fields = (
-        [Field(n, FRACTION, True, maximum=UPPER_BOUNDS[n]) for n in FRACTION_FIELDS]
-        + [Field(n, COUNT, True, maximum=UPPER_BOUNDS[n]) for n in COUNT_FIELDS]
-        + [Field(n, COUNT, False, maximum=UPPER_BOUNDS[n]) for n in OPTIONAL_COUNT_FIELDS]
-        + [Field("pod_type", ENUM, False, float(POD_TYPES[""]))]
-    )
-    return kernel.parser(fields, sorted(POD_TYPES, key=POD_TYPES.__getitem__))
-
-
-def flat_forest(kernel: Kernel, trees_path: Path, trees: TreeModel) -> FlatForest | None:
-    """The branchless copy of a model if it reproduces XGBoost on probe rows."""
-    try:
-        flat = FlatForest(kernel, trees_path)
-    except (UnsupportedForest, KeyError, ValueError) as exc:
-        log.warning("%s served by %s: %s", trees_path.name, trees.engine, exc)
-        return None
-    for missing in (0.0, 0.02):  # the kernel has a separate path for missing values
-        x = flat.probe_rows(missing=missing)
-        got, want = flat.predict(x), trees.predict_with("xgboost", x)
-        tolerance = 1e-5 * max(1.0, float(np.max(np.abs(want))))
-        if not np.allclose(got, want, rtol=1e-5, atol=tolerance):
-            worst = float(np.max(np.abs(got - want)))
-            log.error(
-                "branchless %s disagrees with XGBoost (max |diff| %g): not used", trees_path, worst
-            )
-            return None
-    return flat
-
-
-def load_served_model(model_dir: Path, pointer: Pointer, compile_cache: Path) -> ServedModel:
+def load_served_model(model_dir: Path, pointer: Pointer, engine: str) -> ServedModel:
+    """The bundle ``pointer`` names, every file verified, on the ``engine`` configured
+    (``native`` falls back to XGBoost per target when it cannot serve the trees)."""
     bundle, manifest = read_manifest(model_dir, pointer)
-    kernel = load_kernel([bundle / "lib"], compile_cache)
     targets = {}
     for name in TARGETS:
         files = manifest["targets"][name]
         calib = json.loads((bundle / files["calibration"]).read_text())
-        trees_path = bundle / files["trees"]
-        # Prefer the trainer's libraries inside the bundle; compile into the local
-        # cache only when they are missing or were built for another platform. A
-        # bundle marked ``library_pending`` is followed within seconds by the same
-        # trees compiled by the trainer: serve it with XGBoost meanwhile rather than
-        # compiling in every worker.
-        digest = manifest["files"][files["trees"]]
-        pending = bool(manifest.get("library_pending", False))
-        trees = None
-        if (bundle / "lib").is_dir():
-            trees = load_tree_model(
-                trees_path, bundle / "lib", compile_if_missing=False, expected_sha256=digest
-            )
-        if trees is None or trees.engine != "tl2cgen":
-            trees = load_tree_model(
-                trees_path, compile_cache, compile_if_missing=not pending, expected_sha256=digest
-            )
-        targets[name] = ServedTarget(
-            trees,
-            calib["objective"],
-            MondrianCalibration.from_dict(calib["mondrian"]),
-            flat_forest(kernel, trees_path, trees) if kernel is not None else None,
+        booster = xgb.Booster(model_file=str(bundle / files["trees"]))
+        forest = make_engine(booster, engine, f"{pointer.version}/{files['trees']}")
+        targets[name] = served_target(
+            forest, calib["objective"], MondrianCalibration.from_dict(calib["mondrian"])
         )
     return ServedModel(
         version=pointer.version,
@@ -204,8 +134,6 @@ def load_served_model(model_dir: Path, pointer: Pointer, compile_cache: Path) ->
         objective_type=PUBLIC_OBJECTIVE,
         loaded_at=datetime.now(UTC).isoformat(),
         targets=targets,
-        kernel=kernel,
-        parser=feature_parser(kernel) if kernel is not None else None,
     )
 
 
@@ -214,10 +142,10 @@ class ModelHolder:
     trained model is published."""
 
     def __init__(
-        self, model_dir: Path, compile_cache: Path, prior: ServedModel | None = None
+        self, model_dir: Path, engine: str = ENGINE_NATIVE, prior: ServedModel | None = None
     ) -> None:
         self.model_dir = model_dir
-        self.compile_cache = compile_cache
+        self.engine = engine  # configured; a target the native engine cannot serve falls back
         self.current: ServedModel | None = prior
         self.load_errors = 0
         self.loads = 0  # bundles loaded (successfully) by this worker
@@ -234,7 +162,7 @@ class ModelHolder:
                 if not force and self.trained and current.version == pointer.version:
                     return False
                 started = time.perf_counter()
-                model = load_served_model(self.model_dir, pointer, self.compile_cache)
+                model = load_served_model(self.model_dir, pointer, self.engine)
             except (BundleError, OSError, ValueError, KeyError) as exc:
                 self.load_errors += 1
                 log.error(
@@ -251,6 +179,15 @@ class ModelHolder:
                 1000 * (time.perf_counter() - started),
             )
             return True
+
+    @property
+    def engine_fallbacks(self) -> int:
+        """Targets of the served model on XGBoost although the native engine is
+        configured (it could not represent or reproduce their trees)."""
+        model = self.current
+        if self.engine != ENGINE_NATIVE or model is None or model.cold:
+            return 0
+        return sum(not engine.startswith(ENGINE_NATIVE) for engine in model.engines.values())
 
     @property
     def trained(self) -> bool:

@@ -16,7 +16,7 @@ evaluation split, rows no model version was fitted or calibrated on, must beat t
 serving model's on the same rows, and the first model must beat a constant
 baseline (the calibration rows' quantile), which a stub or a broken fit cannot.
 When a target improves, a new bundle (candidate for improved targets, the serving
-model for the others) is compiled, written and published.
+model for the others) is written and published.
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ log = logging.getLogger(__name__)
 CALIBRATION_EVERY = 10
 EVALUATION_EVERY = 7
 MIN_HELD_OUT = 30
-TRAINER_COMPILE_CACHE = ".trainer-compile-cache"
 # Adaptive conformal inference on the serving model's observed misses: step size,
 # residual window, residuals needed before acting, and the shift of the normalised
 # offset (a fraction of the point prediction) that triggers a recalibrated bundle.
@@ -292,30 +291,13 @@ class StreamingTrainer:
         )
 
     def _publish(self, serving: dict[str, TargetModel], info: dict) -> None:
-        """Publish in two steps so a new model serves within a second of promotion.
-
-        First the bundle without native code (workers serve it with XGBoost and do
-        not compile: ``library_pending``), then, once gcc is done (seconds to tens
-        of seconds), the same trees and offsets with their compiled libraries.
-        """
+        """Write the bundle and point the predictors at it (no compilation: workers
+        build the native engine's tables from the trees at load)."""
         model_dir = self.settings.model_dir
         # The bundle is as fresh as its oldest target's data.
         data_epoch = min(self._data_epochs[t] for t in TARGETS)
-        if not self.settings.compile_trees:  # workers compile for their own platform
-            bundle = write_bundle(model_dir, serving, info, compile_cache=None)
-            self._set_version(publish(model_dir, bundle), data_epoch)
-            return
-        first = write_bundle(
-            model_dir, serving, {**info, "library_pending": True}, compile_cache=None
-        )
-        self._set_version(publish(model_dir, first), data_epoch)
-        compiled = write_bundle(
-            model_dir,
-            serving,
-            {**info, "trees_first_served_as": first.name},
-            compile_cache=model_dir / TRAINER_COMPILE_CACHE,
-        )
-        self._set_version(publish(model_dir, compiled), data_epoch)
+        bundle = write_bundle(model_dir, serving, info)
+        self._set_version(publish(model_dir, bundle), data_epoch)
 
     def _reset_aci(self, targets) -> None:
         for target in targets:

@@ -30,7 +30,6 @@ from slocast.latency.http_common import (
     error_responses,
     install_validation_handler,
     json_response,
-    read_json,
 )
 from slocast.latency.model import TARGETS, candidates
 from slocast.latency.published import (
@@ -44,9 +43,9 @@ from slocast.latency.schema import (
     BulkTrainingRequest,
     FlushBody,
     ValidationFailure,
-    item_list,
+    decode_flush,
+    decode_samples,
     openapi_body,
-    parse_samples,
 )
 from slocast.latency.stream import InProcessStream, KafkaStream, SampleStream, StreamFull
 from slocast.latency.trainer import StreamingTrainer
@@ -293,7 +292,7 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
     )
     async def add_training_data_bulk(request: Request) -> Response:
         try:
-            cols = parse_samples(item_list(await read_json(request), "entries"), ("entries",))
+            cols = decode_samples(await request.body())
         except ValidationFailure:
             metrics.rejected.labels("invalid").inc()
             raise
@@ -315,10 +314,9 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
         denied = admin_denied(request, settings.admin_token)
         if denied is not None:
             return denied
-        body = await read_json(request, allow_empty=True)
-        options = _flush_options(body)
+        options = decode_flush(await request.body())
         flushed_at, dropped = trainer.flush(
-            options["flush_training_data"], options["flush_test_data"], options["flush_metrics"]
+            options.flush_training_data, options.flush_test_data, options.flush_metrics
         )
 
         def count(target: str, splits: tuple[str, ...]) -> int:
@@ -331,14 +329,14 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
             "ttft_test_samples_flushed": count("ttft", held_out),
             "tpot_test_samples_flushed": count("tpot", held_out),
         }
-        anything = any(options[f] for f in FLUSH_FIELDS)
+        anything = any(getattr(options, f) for f in FLUSH_FIELDS)
         return json_response(
             {
                 "success": True,
                 "flushed_at": _iso(flushed_at),
-                "reason": options["reason"],
+                "reason": options.reason,
                 **result,
-                "metrics_cleared": options["flush_metrics"],
+                "metrics_cleared": options.flush_metrics,
                 "message": (
                     f"Successfully flushed {sum(result.values())} samples"
                     if anything
@@ -522,41 +520,3 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
 
 def _iso(epoch: float | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
-
-
-def _flush_options(body) -> dict:
-    options = {name: True for name in FLUSH_FIELDS} | {"reason": None}
-    if body is None:
-        return options
-    if not isinstance(body, dict):
-        raise ValidationFailure(
-            [{"type": "dict_type", "loc": ["body"], "msg": "Input should be a valid dictionary"}]
-        )
-    for name in FLUSH_FIELDS:
-        if name in body:
-            if not isinstance(body[name], bool):
-                raise ValidationFailure(
-                    [
-                        {
-                            "type": "bool_type",
-                            "loc": ["body", name],
-                            "msg": "Input should be a valid boolean",
-                            "input": body[name],
-                        }
-                    ]
-                )
-            options[name] = body[name]
-    if "reason" in body and body["reason"] is not None:
-        if not isinstance(body["reason"], str):
-            raise ValidationFailure(
-                [
-                    {
-                        "type": "string_type",
-                        "loc": ["body", "reason"],
-                        "msg": "Input should be a valid string",
-                        "input": body["reason"],
-                    }
-                ]
-            )
-        options["reason"] = body["reason"]
-    return options

@@ -23,8 +23,9 @@ from starlette.types import ASGIApp
 
 from slocast import __version__
 from slocast.core.openapi import add_body_schemas
+from slocast.hot_routes import Handler, HotRoutes
 from slocast.serve import schemas
-from slocast.serve.fastpath import FastPath, Handler, error_body, read_body
+from slocast.serve.fastpath import error_body, read_body, too_large_body
 from slocast.serve.forecasting import batch_body, forecast_body
 from slocast.serve.metrics import ServeMetrics
 from slocast.serve.reloading import ModelHolder, ReloadOutcome, ReloadWatcher, request_reload
@@ -172,11 +173,12 @@ def create_app(settings: ServeSettings | None = None) -> ASGIApp:
     # FastAPI's per-call OpenTelemetry check and Starlette's error middleware too
     # (an unexpected exception still becomes uvicorn's 500, counted as such here).
     served = MetricsMiddleware(
-        FastPath(
+        HotRoutes(
             app,
             post={"/v1/forecast": forecast_one, "/v1/forecast/batch": forecast_many},
             get={"/healthz": _healthz, "/readyz": _readyz, "/v1/model": _model_info},
             max_body_bytes=settings.max_body_bytes,
+            too_large=too_large_body(settings.max_body_bytes),
         ),
         metrics,
     )
@@ -184,7 +186,7 @@ def create_app(settings: ServeSettings | None = None) -> ASGIApp:
     def _respond(result: tuple[int, bytes]) -> Response:
         return Response(result[1], result[0], media_type=JSON)
 
-    # The routes below document the API; FastPath answers the hot ones first with
+    # The routes below document the API; HotRoutes answers the hot ones first with
     # the very same handlers.
     @app.post(
         "/v1/forecast",

@@ -1,11 +1,9 @@
-"""Raw ASGI for the hot routes: forecasts and probes skip FastAPI's per-request machinery.
+"""The LTE server's HTTP edge: bounded body reading and error bodies.
 
-FastAPI builds a ``Request``, solves dependencies and wraps a ``Response`` for
-every call: tens of microseconds that dwarf a compiled tree ensemble. The hot
-routes are plain functions ``body bytes -> (status, JSON bytes)``; this middleware
-calls them straight from the ASGI scope. The FastAPI routes of the same paths stay
-registered with the same handlers: they carry the OpenAPI documentation and
-answer identically if this middleware is not installed.
+The hot routes (forecasts, probes) are answered by :class:`slocast.hot_routes.HotRoutes`,
+shared with the latency server; the documented FastAPI routes of the same paths
+call the same handlers and read their bodies with :func:`read_body`, under the
+same limit and with the same 413 body.
 """
 
 from __future__ import annotations
@@ -14,11 +12,8 @@ from collections.abc import Callable
 
 import orjson
 
+from slocast.hot_routes import TooLargeBody
 from slocast.serve.validation import InputError
-
-# body -> (status, JSON body)
-Handler = Callable[[bytes], tuple[int, bytes]]
-_JSON_HEADER = (b"content-type", b"application/json")
 
 
 def error_body(exc: InputError) -> tuple[int, bytes]:
@@ -30,7 +25,7 @@ async def read_body(scope: dict, receive: Callable, limit: int) -> bytes | None:
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
             raise InputError(
-                "body", f"{int(value)} bytes; at most {limit} (SLOCAST_MAX_BODY_BYTES)", 413
+                "body", f"{int(value)} bytes; at most {limit} bytes (SLOCAST_MAX_BODY_BYTES)", 413
             )
     chunks: list[bytes] = []
     size = 0
@@ -47,43 +42,13 @@ async def read_body(scope: dict, receive: Callable, limit: int) -> bytes | None:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-class FastPath:
-    def __init__(
-        self,
-        app,
-        *,
-        post: dict[str, Handler],
-        get: dict[str, Handler],
-        max_body_bytes: int,
-    ) -> None:
-        self.app = app
-        self.routes = {("POST", path): h for path, h in post.items()}
-        self.routes.update({("GET", path): h for path, h in get.items()})
-        self.max_body_bytes = max_body_bytes
+def too_large_body(limit: int) -> TooLargeBody:
+    """The 413 body :class:`slocast.hot_routes.HotRoutes` answers over ``limit``."""
 
-    async def __call__(self, scope, receive, send) -> None:
-        handler = (
-            self.routes.get((scope["method"], scope["path"])) if scope["type"] == "http" else None
-        )
-        if handler is None:
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] == "POST":
-            try:
-                body = await read_body(scope, receive, self.max_body_bytes)
-            except InputError as exc:
-                status, payload = error_body(exc)
-            else:
-                if body is None:  # the client went away; nobody to answer
-                    return
-                status, payload = handler(body)
-        else:
-            status, payload = handler(b"")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [_JSON_HEADER, (b"content-length", str(len(payload)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+    def body(declared: int | None) -> bytes:
+        size = f"{declared} bytes; at most" if declared is not None else "more than"
+        return error_body(
+            InputError("body", f"{size} {limit} bytes (SLOCAST_MAX_BODY_BYTES)", 413)
+        )[1]
+
+    return body
