@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slocast.core.metrics import coverage
+from slocast.core.metrics import coverage, pinball_loss
 from slocast.latency import model as m
 from slocast.latency.features import NUM_REGIMES, WAITING_EDGES, build_features, regimes
 from slocast.latency.protocol import REFERENCE_PARAMS, REFERENCE_TREES, _fit_reference, split
@@ -258,3 +258,28 @@ def test_upstream_stress_property() -> None:
         y_fresh = fresh_mean * rng.gamma(shape, 1 / shape, 2000)
         assert abs(coverage(y_fresh, predicted) - 0.9) <= 0.05, target
     assert within.mean() >= 0.7, within.mean()
+
+
+# Loaded regimes: on ``light`` at this size a few multi-second stall rows (1 %)
+# carry half of either model's loss and decide the comparison (the benchmark
+# measures it over 4,000-row traces, docs/latency.md).
+@pytest.mark.parametrize("regime", ["saturated", "overloaded"])
+def test_selected_model_is_never_much_worse_than_the_upstream_config(regime: str) -> None:
+    """On held-out rows of a simulated server, the selected model's pinball loss
+    stays within 10 % of the upstream configuration's (the reference) for both
+    targets: selection among candidates that include it cannot lose badly. Half
+    the rows are held out: with 10 % (80 rows) one multi-second stall decides."""
+    cols = simulate(regime, 1600, seed=7)
+    features, regime_ids = build_features(cols), regimes(cols)
+    for target in m.TARGETS:
+        y = cols[m.TARGET_COLUMNS[target]]
+        observed = y > 0
+        x, y, r = features[observed], y[observed], regime_ids[observed]
+        order = np.random.default_rng(4).permutation(y.shape[0])
+        train, test = order[: y.shape[0] // 2], order[y.shape[0] // 2 :]
+        model, _ = m.fit_selected(
+            target, x[train], y[train], r[train], 0.9, m.CANDIDATES[target], seed=4
+        )
+        ours = pinball_loss(y[test], model.predict(x[test], r[test]), 0.9)
+        reference = _fit_reference(x[train], y[train], 4).inplace_predict(x[test])
+        assert ours <= 1.1 * pinball_loss(y[test], reference, 0.9), target
