@@ -422,7 +422,7 @@ class StreamingTrainer:
                 fitted.append((model, upper))
                 residual = held.targets - upper
                 row_losses.append(np.maximum(q * residual, (q - 1) * residual))
-                losses.append(float(pinball_loss(held.targets, upper, q)))
+                losses.append(float(row_losses[-1].mean()))
             chosen = one_se_choice(row_losses)
             candidate, cand_upper = fitted[chosen]
             cand_loss = losses[chosen]
