@@ -120,3 +120,23 @@ def test_inner_cv_never_reads_the_test_rows() -> None:
     poisoned = run_seed_inner_cv(x_bad, y_bad, r, seed=0, params=PARAMS, folds=3)
     assert clean == poisoned
     assert 0.8 < clean[0].coverage < 1.0
+
+
+def test_upstream_trees_on_log_latency_serve_the_quantile(tpot_data, tmp_path: Path) -> None:
+    """``log_quantileerror``: XGBoost's quantile trees on log latency, served as
+    exp(raw) by the compiled path and after a save/load, their bound near the P90."""
+    x, y, r = tpot_data
+    params = m.LOG_UPSTREAM
+    assert params.objective in m.LOG_OBJECTIVES
+    assert params.objective not in m.MONOTONE_OBJECTIVES  # leaves are re-fitted
+    fitted = m.fit_cross_conformal("tpot", x[:2000], y[:2000], r[:2000], 0.9, params, seed=2)
+    point = m.predict_booster(fitted.booster, x[2000:], params.objective)
+    assert 0.85 < coverage(y[2000:], point) < 0.95  # the trees alone: a P90 in ms
+    files = fitted.save(tmp_path)
+    loaded = m.load_target_model(tmp_path, "tpot", files)
+    np.testing.assert_array_equal(
+        loaded.predict(x[2000:], r[2000:]), fitted.predict(x[2000:], r[2000:])
+    )
+    compiled = ct.load_tree_model(tmp_path / files["trees"], tmp_path / "lib")
+    served = m.point_from_raw(compiled.predict(x[2000:]), params.objective)
+    np.testing.assert_allclose(served, point, rtol=1e-4)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slocast.core.metrics import coverage
+from slocast.core.metrics import coverage, pinball_loss
 from slocast.latency import model as m
 from slocast.latency.features import NUM_REGIMES, WAITING_EDGES, build_features, regimes
 from slocast.latency.protocol import REFERENCE_PARAMS, REFERENCE_TREES, _fit_reference, split
@@ -45,7 +45,8 @@ def decreasing_law(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def test_upstream_is_chosen_when_better_and_is_the_reference() -> None:
     x, y, r = decreasing_law(1500, seed=1)
     model, selection = m.fit_selected("ttft", x, y, r, 0.9, m.CANDIDATES["ttft"], seed=3)
-    assert m.CANDIDATES["ttft"][selection.chosen].objective == "quantile"
+    # an unconstrained candidate (the upstream trees, in ms or log ms) wins
+    assert m.CANDIDATES["ttft"][selection.chosen].objective not in m.MONOTONE_OBJECTIVES
     served = selection.pinball[0]  # the monotone default
     assert min(selection.pinball) < 0.8 * served
     # the upstream candidate alone reproduces the reference exactly
@@ -85,6 +86,49 @@ def test_a_gain_within_selection_noise_keeps_the_served_default() -> None:
     assert abs(selection.pinball[1] / selection.pinball[0] - 1) < 0.02
     assert selection.pinball[1] < selection.pinball[0]  # argmin alone would take the twin
     assert selection.chosen == 0
+
+
+def test_one_se_rule() -> None:
+    rng = np.random.default_rng(3)
+    base = rng.gamma(2.0, 1.0, 400)
+    noise = base + 0.3 * rng.standard_normal(400)  # lower mean by chance only
+    noise -= noise.mean() - base.mean() + 0.005
+    assert noise.mean() < base.mean()
+    assert m.one_se_choice([base, noise]) == 0
+    better = 0.8 * base
+    assert m.one_se_choice([base, noise, better]) == 2
+
+
+def test_trainer_selects_by_the_offline_rule(tmp_path: Path, monkeypatch) -> None:
+    """The streaming promotion chooses with ``model.one_se_choice`` on the per-row
+    pinball losses of the evaluation rows, as the offline selection does."""
+    from tests.latency.test_trainer import make_trainer
+
+    from slocast.latency import trainer as trainer_module
+
+    calls = []
+
+    def spy(losses):
+        calls.append([loss.copy() for loss in losses])
+        return m.one_se_choice(losses)
+
+    monkeypatch.setattr(trainer_module, "one_se_choice", spy)
+    trainer = make_trainer(tmp_path)
+    rng = np.random.default_rng(5)
+    cols = sample_features("extreme-contention", 6000, rng)
+    tpot = (10.0 + 0.05 * cols["num_request_running"]) * rng.gamma(8.0, 1 / 8.0, 6000)
+    ttft = (40.0 + 0.5 * cols["num_request_waiting"]) * rng.gamma(8.0, 1 / 8.0, 6000)
+    is_ttft = rng.random(6000) < 0.5
+    cols["actual_ttft_ms"] = np.where(is_ttft, ttft, 0.0)
+    cols["actual_tpot_ms"] = np.where(is_ttft, 0.0, tpot)
+    trainer.ingest(SampleBatch(time.time(), cols))
+    evaluations = trainer.retrain_once()
+    assert len(calls) == len(evaluations) == 2
+    for losses, e in zip(calls, evaluations, strict=True):
+        assert len(losses) == len(m.CANDIDATES[e.target])
+        assert all(loss.shape == (e.rows,) for loss in losses)
+        np.testing.assert_allclose([loss.mean() for loss in losses], e.candidate_pinballs)
+        assert e.chosen == m.one_se_choice(losses)
 
 
 def test_two_sided_offset_shrinks_an_over_covering_quantile_model() -> None:
@@ -155,23 +199,28 @@ def test_trainer_promotes_the_best_candidate_upstream_included(tmp_path: Path) -
     evaluations = {e.target: e for e in trainer.retrain_once()}
     for target, e in evaluations.items():
         assert len(e.candidate_pinballs) == len(m.CANDIDATES[target])
-        assert e.chosen == int(np.argmin(e.candidate_pinballs))
-        assert e.candidate_pinball == min(e.candidate_pinballs)
+        # the best one, or the served default when the best is within one SE of it
+        assert e.chosen in (0, int(np.argmin(e.candidate_pinballs)))
+        assert e.candidate_pinball == e.candidate_pinballs[e.chosen]
         assert e.promoted
     ttft = evaluations["ttft"]
-    assert m.CANDIDATES["ttft"][ttft.chosen].objective == "quantile"
-    assert trainer.state.serving["ttft"].objective == "quantile"
+    assert ttft.chosen == int(np.argmin(ttft.candidate_pinballs))  # a clear win
+    upstream_family = m.CANDIDATES["ttft"][ttft.chosen].objective
+    assert upstream_family not in m.MONOTONE_OBJECTIVES
+    assert trainer.state.serving["ttft"].objective == upstream_family
     # the published bundle serves it (format unchanged)
     from slocast.latency.bundle import read_manifest, read_pointer
 
     bundle, manifest = read_manifest(trainer.settings.model_dir, read_pointer(tmp_path / "models"))
     loaded = m.load_target_model(bundle, "ttft", manifest["targets"]["ttft"])
-    assert loaded.objective == "quantile"
-    assert ttft.chosen_config.startswith("quantile ") and " free " in ttft.chosen_config
+    assert loaded.objective == upstream_family
+    assert ttft.chosen_config.startswith(upstream_family + " ") and " free " in ttft.chosen_config
     # SLOCAST_LATENCY_MONOTONE: the upstream configuration cannot keep the constraints,
     # so it is not a candidate, and what is left loses on this law
     trainer.settings = dataclasses.replace(trainer.settings, monotone=True)
-    assert all(p.monotone and p.objective != "quantile" for p in m.candidates("ttft", True))
+    assert all(
+        p.monotone and p.objective in m.MONOTONE_OBJECTIVES for p in m.candidates("ttft", True)
+    )
     trainer.ingest(SampleBatch(time.time(), cols))
     again = {e.target: e for e in trainer.retrain_once()}
     assert len(again["ttft"].candidate_pinballs) == len(m.candidates("ttft", True))
@@ -209,3 +258,28 @@ def test_upstream_stress_property() -> None:
         y_fresh = fresh_mean * rng.gamma(shape, 1 / shape, 2000)
         assert abs(coverage(y_fresh, predicted) - 0.9) <= 0.05, target
     assert within.mean() >= 0.7, within.mean()
+
+
+# Loaded regimes: on ``light`` at this size a few multi-second stall rows (1 %)
+# carry half of either model's loss and decide the comparison (the benchmark
+# measures it over 4,000-row traces, docs/latency.md).
+@pytest.mark.parametrize("regime", ["saturated", "overloaded"])
+def test_selected_model_is_never_much_worse_than_the_upstream_config(regime: str) -> None:
+    """On held-out rows of a simulated server, the selected model's pinball loss
+    stays within 10 % of the upstream configuration's (the reference) for both
+    targets: selection among candidates that include it cannot lose badly. Half
+    the rows are held out: with 10 % (80 rows) one multi-second stall decides."""
+    cols = simulate(regime, 1600, seed=7)
+    features, regime_ids = build_features(cols), regimes(cols)
+    for target in m.TARGETS:
+        y = cols[m.TARGET_COLUMNS[target]]
+        observed = y > 0
+        x, y, r = features[observed], y[observed], regime_ids[observed]
+        order = np.random.default_rng(4).permutation(y.shape[0])
+        train, test = order[: y.shape[0] // 2], order[y.shape[0] // 2 :]
+        model, _ = m.fit_selected(
+            target, x[train], y[train], r[train], 0.9, m.CANDIDATES[target], seed=4
+        )
+        ours = pinball_loss(y[test], model.predict(x[test], r[test]), 0.9)
+        reference = _fit_reference(x[train], y[train], 4).inplace_predict(x[test])
+        assert ours <= 1.1 * pinball_loss(y[test], reference, 0.9), target

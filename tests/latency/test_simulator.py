@@ -83,12 +83,18 @@ def test_loaded_regimes(traces: dict) -> None:
         # bimodal prompt mix: both the 4-8k and the 8-12k classes
         assert 0.25 < (prompts > 8000).mean() < 0.65
     assert np.median(over["num_request_waiting"]) > 50
-    assert np.percentile(over["num_request_waiting"], 90) > 200  # hundreds queued
+    # hundreds of queued and running requests
+    in_system = over["num_request_waiting"] + over["num_request_running"]
+    assert np.median(in_system) > 100 and np.percentile(in_system, 90) > 200
     ttft = over["actual_ttft_ms"][ttft_rows(over)]
     assert np.percentile(ttft, 5) < 5_000 and np.percentile(ttft, 90) > 100_000
     assert ttft.max() < 320_000  # clients time out after 300 s
-    kv = np.concatenate([over["kv_cache_percentage"], sat["kv_cache_percentage"]])
-    assert np.percentile(kv, 10) < 0.3 and np.percentile(kv, 90) > 0.9 and kv.max() <= 1
+    # KV cache 10-90 % full: queues build on prefill compute, not on a full cache
+    # (a cache stuck above 90 % would be another regime than the described one)
+    for cols in (over, sat):
+        kv = cols["kv_cache_percentage"]
+        assert 0.02 < np.percentile(kv, 10) < 0.3 and 0.6 < np.percentile(kv, 90) < 0.9
+        assert (kv > 0.9).mean() < 0.05
     sat_ttft = sat["actual_ttft_ms"][ttft_rows(sat)]
     assert np.percentile(sat_ttft, 10) < 1_000 and np.percentile(sat_ttft, 90) > 10_000
     # moderate sits between light and saturated

@@ -10,8 +10,10 @@ Two daemon threads per training server:
 
 Promotion (per target): every configuration of ``model.candidates`` (the served
 default, the upstream production configuration, ...; all monotone when
-``SLOCAST_LATENCY_MONOTONE``) is fitted and calibrated; the
-one with the lowest pinball loss on the evaluation split is the candidate. Its loss at the served quantile on the
+``SLOCAST_LATENCY_MONOTONE``) is fitted and calibrated; the one with the lowest
+pinball loss on the evaluation split is the candidate, unless it beats the served
+default by no more than one standard error (``model.one_se_choice``, the offline
+selection's rule). Its loss at the served quantile on the
 evaluation split, rows no model version was fitted or calibrated on, must beat the
 serving model's on the same rows, and the first model must beat a constant
 baseline (the calibration rows' quantile), which a stub or a broken fit cannot.
@@ -50,6 +52,7 @@ from slocast.latency.model import (
     fit_booster,
     fit_target_model,
     load_target_model,
+    one_se_choice,
     predict_booster,
     scale_of,
 )
@@ -376,8 +379,9 @@ class StreamingTrainer:
             seed = int(time.time()) % 2**31
             # Every configuration (the upstream one included) is fitted on the
             # training split and calibrated on the calibration split; the one with
-            # the lowest pinball loss on the evaluation split is the candidate.
-            fitted, losses, trees = [], [], {}
+            # the lowest pinball loss on the evaluation split is the candidate
+            # (one-SE rule against the served default, as offline).
+            fitted, losses, row_losses, trees = [], [], [], {}
             configs = candidates(target, self.settings.monotone)
             for params in configs:
                 if params.trees() not in trees:
@@ -398,8 +402,10 @@ class StreamingTrainer:
                 )
                 upper = model.predict(held.features, held.regimes)
                 fitted.append((model, upper))
-                losses.append(float(pinball_loss(held.targets, upper, q)))
-            chosen = int(np.argmin(losses))
+                residual = held.targets - upper
+                row_losses.append(np.maximum(q * residual, (q - 1) * residual))
+                losses.append(float(row_losses[-1].mean()))
+            chosen = one_se_choice(row_losses)
             candidate, cand_upper = fitted[chosen]
             cand_loss = losses[chosen]
             incumbent = self.state.serving.get(target)
