@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
+from slocast.adapters.datasets import load_lte
 from slocast.core.config import PipelineConfig
-from slocast.core.datasets import load_lte
 from slocast.core.metrics import nrmse
 from slocast.core.schema import HEADLINE_COLUMNS, TARGET_COLUMNS
 from slocast.models import family_class

@@ -73,7 +73,7 @@ def _env(home: Path) -> dict[str, str]:
 def _registry(home: Path):
     """The embedded registry of ``home``, artifacts under it (never ./mlruns): the
     experiment may be created here, before ``slocast run`` has made it."""
-    from slocast.core.registry import ModelRegistry
+    from slocast.adapters.registry import ModelRegistry
 
     return ModelRegistry(
         f"sqlite:///{home / 'mlflow.db'}", artifact_location=(home / "mlruns").as_uri()
@@ -135,7 +135,7 @@ def _loads(registry, ref) -> bool:
 
 def request_bodies(test_data: Path, history_rows: int, out: Path) -> dict[str, Path]:
     """A single-forecast body and batch bodies from real test windows."""
-    from slocast.core.datasets import load_lte
+    from slocast.adapters.datasets import load_lte
     from slocast.core.features import fill_missing
     from slocast.core.schema import FEATURE_COLUMNS
 
@@ -312,7 +312,7 @@ def run_wrk(url: str, path: str, lua: Path, seconds: int, connections: int) -> d
 
 def engine_microbench(home: Path, test_data: Path) -> list[dict]:
     """Both tree engines on the same real windows, best of several calls."""
-    from slocast.core.datasets import load_lte
+    from slocast.adapters.datasets import load_lte
     from slocast.core.features import fill_missing
     from slocast.core.schema import FEATURE_COLUMNS
     from slocast.models.bundle import load_bundle

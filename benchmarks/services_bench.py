@@ -132,7 +132,7 @@ def main() -> int:
         service("evaluator", "service", "evaluator")
         time.sleep(8)  # let services import and join their groups before the clock starts
 
-        from slocast.core.registry import ModelRegistry
+        from slocast.adapters.registry import ModelRegistry
         from slocast.pipeline.submit import submit_dataset
         from slocast.settings import CommonSettings
 

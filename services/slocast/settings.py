@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from slocast.adapters.registry import check_task, task_from_file
 from slocast.core.config import PipelineConfig
 from slocast.core.errors import ConfigError
-from slocast.core.registry import check_task, task_from_file
 from slocast.pipeline import events
 
 

@@ -38,8 +38,8 @@ def test_coverage_width_pinball():
 
 def test_persistence_on_poblesec_matches_the_paper_setup(lte_dir):
     """Protocol A check: persistence headline NRMSE 0.983 on PobleSec's test windows."""
+    from slocast.adapters.datasets import load_lte
     from slocast.core.config import PipelineConfig
-    from slocast.core.datasets import load_lte
     from slocast.evaluate.scoring import score
     from slocast.models.baselines import Persistence
     from slocast.models.bundle import ModelBundle

@@ -299,7 +299,7 @@ class ServiceStack:
         return self.state().runs(query)
 
     def registry(self):
-        from slocast.core.registry import ModelRegistry
+        from slocast.adapters.registry import ModelRegistry
 
         return ModelRegistry(self.servers.mlflow)
 

@@ -85,7 +85,7 @@ def train_champion(home: Path) -> None:
         capture_output=True,
         timeout=600,
     )
-    from slocast.core.registry import ModelRegistry
+    from slocast.adapters.registry import ModelRegistry
 
     registry = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}")
     if registry.champion("synthetic") is None:

@@ -224,7 +224,7 @@ def test_the_server_applies_the_same_per_window_transform(data, tmp_path):
     """A GRU bundle loaded as `slocast serve` loads it answers what the evaluator scored."""
     import orjson
 
-    from slocast.core.registry import VersionRef
+    from slocast.adapters.registry import VersionRef
     from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
     from slocast.models.bundle import save_bundle
     from slocast.serve.forecasting import batch_body

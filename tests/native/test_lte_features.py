@@ -259,7 +259,7 @@ def boosters(tmp_path_factory):
     tl2cgen = pytest.importorskip("tl2cgen")
     import xgboost as xgb
 
-    from slocast.core import compiled_trees as ct
+    from slocast.adapters import compiled_trees as ct
 
     rng = np.random.default_rng(0)
     x = rng.random((1500, 8), dtype=np.float32)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from slocast.core.datasets import load_lte
+from slocast.adapters.datasets import load_lte
 from slocast.core.errors import DatasetError
 from slocast.core.synthetic import generate_lte
 

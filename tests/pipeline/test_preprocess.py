@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from slocast.adapters.storage import LocalStore
 from slocast.core.config import PipelineConfig
 from slocast.core.errors import DatasetError
 from slocast.core.features import (
@@ -17,7 +18,6 @@ from slocast.core.features import (
     window_ends,
 )
 from slocast.core.schema import FEATURE_COLUMNS, TARGET_INDEX
-from slocast.core.storage import LocalStore
 from slocast.core.synthetic import generate_lte
 from slocast.preprocess.stage import preprocess
 from slocast.preprocess.store import has_dataset, load_dataset, save_dataset

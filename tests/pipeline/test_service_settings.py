@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from slocast.adapters.registry import check_task, task_from_file
 from slocast.core.errors import ConfigError
-from slocast.core.registry import check_task, task_from_file
 from slocast.devstack import stack
 from slocast.pipeline.events import DatasetReady
 from slocast.pipeline.health import HealthServer, Readiness

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from slocast.core.datasets import load_lte
+from slocast.adapters.datasets import load_lte
 from slocast.core.schema import FEATURE_COLUMNS
 from slocast.core.synthetic import generate_lte
 from slocast.core.variants import SHORT_FRACTION, VARIANTS, generate_variants, shift_start

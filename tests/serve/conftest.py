@@ -51,7 +51,7 @@ class Server:
     def registry(self):
         if self.tracking_uri is None:
             pytest.skip("needs MLFLOW_TRACKING_URI to move the champion alias")
-        from slocast.core.registry import ModelRegistry
+        from slocast.adapters.registry import ModelRegistry
 
         return ModelRegistry(self.tracking_uri)
 
@@ -99,7 +99,7 @@ def _train(home: Path) -> str:
         capture_output=True,
         timeout=600,
     )
-    from slocast.core.registry import ModelRegistry
+    from slocast.adapters.registry import ModelRegistry
 
     registry = ModelRegistry(f"sqlite:///{home / 'mlflow.db'}")
     champion = registry.champion("synthetic")

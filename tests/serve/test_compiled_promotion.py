@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slocast.core import compiled_trees as ct
+from slocast.adapters import compiled_trees as ct
 from slocast.core.config import PipelineConfig
 from slocast.core.digests import sha256_bytes
 from slocast.core.synthetic import generate_lte
@@ -196,7 +196,7 @@ def test_no_compiler_and_nothing_shipped_serves_xgboost(
 @pytest.fixture(scope="module")
 def champion(dataset, tmp_path_factory):
     """A registry whose champion was promoted through ``evaluate.stage.promote``."""
-    from slocast.core.registry import ModelRegistry
+    from slocast.adapters.registry import ModelRegistry
     from slocast.evaluate.stage import promote
     from slocast.train.tracking import log_trained_model
 

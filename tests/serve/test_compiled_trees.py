@@ -10,7 +10,7 @@ import pytest
 import tl2cgen
 import xgboost as xgb
 
-from slocast.core import compiled_trees as ct
+from slocast.adapters import compiled_trees as ct
 from slocast.core.digests import sha256_file
 
 

@@ -10,7 +10,7 @@ import pytest
 def xgboost_champion(server, tmp_path_factory):
     if server.home is None:
         pytest.skip("needs the serving test's own SLOCAST_HOME")
-    from slocast.core.storage import LocalStore
+    from slocast.adapters.storage import LocalStore
     from slocast.models.bundle import load_bundle
     from slocast.preprocess.store import load_dataset
 

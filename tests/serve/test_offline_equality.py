@@ -16,7 +16,7 @@ def offline(server, tmp_path_factory):
     """The champion bundle, its processed dataset and the evaluator's forecasts."""
     if server.home is None:
         pytest.skip("needs the serving test's own SLOCAST_HOME (dataset store)")
-    from slocast.core.storage import LocalStore
+    from slocast.adapters.storage import LocalStore
     from slocast.evaluate.scoring import forecast_test
     from slocast.models.bundle import load_bundle
     from slocast.preprocess.store import load_dataset

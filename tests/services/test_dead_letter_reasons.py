@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from slocast.adapters.storage import LocalStore
 from slocast.core.config import PipelineConfig
-from slocast.core.storage import LocalStore
 from slocast.pipeline.claims import upload_file
 from slocast.pipeline.events import DatasetSubmitted
 from slocast.pipeline.health import Readiness

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slocast.core.registry import ModelRegistry
+from slocast.adapters.registry import ModelRegistry
 from slocast.pipeline.mlflow_state import TAG_PUBLISHED, RegistryState
 
 TASK = "cell"

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from slocast.core.registry import TAG_FAMILY, TAG_ROLE, TAG_TASK, ModelRegistry
-from slocast.core.storage import LocalStore
+from slocast.adapters.registry import TAG_FAMILY, TAG_ROLE, TAG_TASK, ModelRegistry
+from slocast.adapters.storage import LocalStore
 from slocast.pipeline.events import DatasetReady
 from slocast.pipeline.kafka.transport import PermanentError
 from slocast.pipeline.mlflow_state import TAG_KEY, TAG_NAMESPACE, RegistryState, idempotency_key

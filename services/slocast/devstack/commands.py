@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from slocast.core.registry import check_task
+    from slocast.adapters.registry import check_task
     from slocast.devstack.stack import stack_up
 
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())

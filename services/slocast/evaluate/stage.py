@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slocast.core.registry import ModelRegistry, VersionRef
-from slocast.core.storage import ArtifactStore
+from slocast.adapters.registry import ModelRegistry, VersionRef
+from slocast.adapters.storage import ArtifactStore
 from slocast.evaluate.promotion import Decision, decide
 from slocast.evaluate.scoring import Evaluation, TestForecast, forecast_test, score_forecast
 from slocast.models import BASELINES

@@ -26,7 +26,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slocast.core.compiled_trees import (
+from slocast.adapters.compiled_trees import (
     CompiledLibrary,
     binary_compatible,
     ensure_compiled,

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from confluent_kafka import Message
 
+from slocast.adapters.registry import TAG_DATASET, TAG_TASK, registered_name
 from slocast.core.errors import SlocastError
-from slocast.core.registry import TAG_DATASET, TAG_TASK, registered_name
 from slocast.evaluate.stage import assess, promote
 from slocast.models.bundle import load_bundle
 from slocast.pipeline.events import (

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from slocast import __version__
-from slocast.core.registry import (
+from slocast.adapters.registry import (
     TAG_DATASET,
     TAG_FAMILY,
     TAG_ROLE,
@@ -70,7 +70,7 @@ class DecisionRecord:
 
 
 class RegistryState:
-    """Queries over runs and versions tagged by :mod:`slocast.core.registry`."""
+    """Queries over runs and versions tagged by :mod:`slocast.adapters.registry`."""
 
     def __init__(self, registry: ModelRegistry, namespace: str) -> None:
         self.registry = registry

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from confluent_kafka import Message
 
+from slocast.adapters.datasets import load_lte
 from slocast.core.config import PipelineConfig
-from slocast.core.datasets import load_lte
 from slocast.core.digests import sha256_bytes
 from slocast.core.errors import ConfigError, DatasetError
 from slocast.pipeline.claims import fetch_verified, key_for_uri

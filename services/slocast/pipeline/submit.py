@@ -6,11 +6,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from slocast.adapters.datasets import load_lte
+from slocast.adapters.registry import check_task, task_from_file
+from slocast.adapters.storage import open_store
 from slocast.core.config import PipelineConfig
-from slocast.core.datasets import load_lte
 from slocast.core.errors import ConfigError, SlocastError
-from slocast.core.registry import check_task, task_from_file
-from slocast.core.storage import open_store
 from slocast.pipeline.claims import upload_file
 from slocast.pipeline.events import DatasetSubmitted
 from slocast.pipeline.kafka.transport import EventProducer, base_config, ensure_topics
@@ -76,7 +76,7 @@ def submit_dataset(
 
 def promote_by_hand(dataset: str, task: str | None = None) -> DecisionRecord | None:
     """Run the durable evaluator's decision for one dataset now (deadline ignored)."""
-    from slocast.core.registry import TAG_DATASET, TAG_TASK
+    from slocast.adapters.registry import TAG_DATASET, TAG_TASK
     from slocast.pipeline.evaluator import DurableEvaluator
     from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
     from slocast.settings import EvaluatorSettings

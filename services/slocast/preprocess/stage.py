@@ -1,7 +1,7 @@
 """The preprocess stage: validated frames in, a split, fitted, content-addressed dataset out.
 
 Pure logic (no storage, no events): :func:`preprocess` takes frames that
-:mod:`slocast.core.datasets` validated and returns a :class:`ProcessedDataset`.
+:mod:`slocast.adapters.datasets` validated and returns a :class:`ProcessedDataset`.
 
 Rules, in order:
 1. NaN rule: an empty cell takes the last observed value of its column (the first
@@ -20,8 +20,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from slocast.adapters.datasets import step_seconds
 from slocast.core.config import PipelineConfig
-from slocast.core.datasets import step_seconds
 from slocast.core.errors import DatasetError
 from slocast.core.features import FeatureSpec, fill_missing
 from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from slocast.core.storage import ArtifactStore
+from slocast.adapters.storage import ArtifactStore
 from slocast.preprocess.dataset import ProcessedDataset
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from slocast.core.datasets import load_lte
+from slocast.adapters.datasets import load_lte
+from slocast.adapters.registry import ModelRegistry, VersionRef, default_tracking_uri
+from slocast.adapters.storage import LocalStore
 from slocast.core.errors import SlocastError
-from slocast.core.registry import ModelRegistry, VersionRef, default_tracking_uri
-from slocast.core.storage import LocalStore
 from slocast.core.synthetic import generate_lte
 from slocast.evaluate.stage import EvaluationResult, evaluate_run
 from slocast.models import BASELINES

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from slocast.core.registry import ModelRegistry, VersionRef
+from slocast.adapters.registry import ModelRegistry, VersionRef
 from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
 from slocast.models.bundle import ModelBundle, load_bundle, read_manifest
 from slocast.models.compiled_bundle import COMPILED_DIR, INDEX, TAG_COMPILED_INDEX

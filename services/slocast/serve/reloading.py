@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slocast.core.registry import ModelRegistry
+from slocast.adapters.registry import ModelRegistry
 from slocast.serve.loading import ServedModel, build_served_model, fetch_bundle
 from slocast.serve.metrics import ServeMetrics
 from slocast.settings import ServeSettings

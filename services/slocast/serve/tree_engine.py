@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from slocast.core.compiled_trees import ensure_compiled, verified_library
+from slocast.adapters.compiled_trees import ensure_compiled, verified_library
 from slocast.core.digests import sha256_file
 from slocast.models.bundle import ModelBundle
 from slocast.models.compiled_bundle import Adoption, adopt_compiled

@@ -1,6 +1,6 @@
 """Request bodies -> validated numpy arrays, or a 4xx naming the offending field.
 
-This is the HTTP-edge mirror of the dataset rules in :mod:`slocast.core.datasets`
+This is the HTTP-edge mirror of the dataset rules in :mod:`slocast.adapters.datasets`
 (every feature column present and numeric, no infinite values, timestamps sorted,
 unique and on the model's grid), plus the serving rules: at least the model's
 history length of rows, no null cells (a client fills gaps; the server does not

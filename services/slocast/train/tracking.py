@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slocast.core.registry import ModelRegistry, VersionRef
+from slocast.adapters.registry import ModelRegistry, VersionRef
 from slocast.core.schema import TARGET_COLUMNS
 from slocast.models.bundle import save_bundle
 from slocast.preprocess.dataset import ProcessedDataset

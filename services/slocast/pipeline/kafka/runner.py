@@ -17,9 +17,9 @@ from collections.abc import Callable
 from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient
 
+from slocast.adapters.registry import ModelRegistry
+from slocast.adapters.storage import ArtifactStore, open_store
 from slocast.core.errors import ConfigError
-from slocast.core.registry import ModelRegistry
-from slocast.core.storage import ArtifactStore, open_store
 from slocast.pipeline.health import (
     Check,
     HealthServer,
