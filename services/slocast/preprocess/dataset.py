@@ -21,7 +21,8 @@ class ProcessedDataset:
     """All rows of a run in time order, each labelled train, val or test.
 
     ``raw`` keeps NaN where a cell was not observed (truth is never imputed);
-    ``values`` applies the NaN rule and is what models read as inputs.
+    ``values`` applies the NaN rule and is what models read as inputs (build with
+    :meth:`of`, which derives it).
     """
 
     dataset_id: str
@@ -31,10 +32,22 @@ class ProcessedDataset:
     raw: np.ndarray
     split: np.ndarray
     sources: dict
-    values: np.ndarray = field(init=False, repr=False, compare=False)
+    values: np.ndarray = field(repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "values", fill_missing(self.raw))
+    @classmethod
+    def of(
+        cls,
+        *,
+        dataset_id: str,
+        config: PipelineConfig,
+        spec: FeatureSpec,
+        times: np.ndarray,
+        raw: np.ndarray,
+        split: np.ndarray,
+        sources: dict,
+    ) -> ProcessedDataset:
+        """A dataset whose model inputs are ``raw`` under the NaN rule."""
+        return cls(dataset_id, config, spec, times, raw, split, sources, fill_missing(raw))
 
     def rows(self, name: str) -> np.ndarray:
         """Row positions of one split."""
@@ -85,7 +98,7 @@ class ProcessedDataset:
     def from_parts(cls, parquet: bytes, metadata: dict) -> ProcessedDataset:
         frame = pd.read_parquet(io.BytesIO(parquet))
         split = pd.Categorical(frame["split"], categories=list(SPLITS)).codes.astype(np.int8)
-        return cls(
+        return cls.of(
             dataset_id=metadata["dataset_id"],
             config=PipelineConfig.from_dict(metadata["config"]),
             spec=FeatureSpec.from_dict(metadata["spec"]),

@@ -84,7 +84,7 @@ def preprocess(
         step_seconds=step_seconds(train[TIME_COLUMN]),
         cap_quantile=config.cap_quantile,
     )
-    return ProcessedDataset(
+    return ProcessedDataset.of(
         dataset_id=dataset_id(train, test, config),
         config=config,
         spec=spec,
