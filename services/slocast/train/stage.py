@@ -20,6 +20,7 @@ from slocast.models.base import FitReport, Forecaster, Progress
 from slocast.models.bundle import ModelBundle
 from slocast.preprocess.dataset import ProcessedDataset
 from slocast.train.calibration import OutOfFold, calibration_folds, out_of_fold
+from slocast.train.calibration_choice import choose_bins
 
 
 class TrainingError(RuntimeError):
@@ -114,15 +115,24 @@ def calibrate(
     check_predictions(family, forecast.prediction, data.truth(forecast.ends))
     scale = residual_scale(data.spec, data.values, forecast.ends)
     n = forecast.ends.size
+    calibration_truth = data.truth(forecast.ends)
+    change = predicted_change(data.spec, forecast.prediction, data.values, forecast.ends, scale)
+    order = np.argsort(forecast.ends, kind="stable")  # time order: hold out the latest rows
+    bins, held_out = choose_bins(
+        calibration_truth[order],
+        forecast.prediction[order],
+        scale[order],
+        change[order],
+        default_bins=change_bins(n),
+        bins_for_rows=change_bins,
+    )
     calibration = Calibration.fit(
-        data.truth(forecast.ends),
+        calibration_truth,
         forecast.prediction,
         data.config.quantiles,
         scale=scale,
-        group_by=predicted_change(
-            data.spec, forecast.prediction, data.values, forecast.ends, scale
-        ),
-        bins=change_bins(n),
+        group_by=change,
+        bins=bins,
     )
     calibration_seconds = time.perf_counter() - started
     bundle = ModelBundle(
@@ -134,6 +144,8 @@ def calibrate(
             "seed": seed,
             "params": report.params,
             "calibration_blocks": data.config.calibration_blocks,
+            "calibration_bins": dict(zip(TARGET_COLUMNS, bins.tolist(), strict=True)),
+            "calibration_held_out_p90": held_out,
         },
     )
     return TrainedModel(
