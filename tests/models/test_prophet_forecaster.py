@@ -77,3 +77,40 @@ def test_horizon_above_one_shapes() -> None:
     ends = data.ends("test")
     assert model.predict(data.times, data.values, ends).shape == (ends.size, 3, 5)
     assert model.predict(data.times, data.values, np.array([len(data.values)])).shape == (1, 3, 5)
+
+
+def test_relative_mode_is_chosen_on_validation_after_a_level_drop(tmp_path: Path) -> None:
+    from slocast.core.schema import TARGET_INDEX
+
+    frame = generate_lte(3000, seed=1)
+    frame.loc[int(0.6 * len(frame)) :, "up"] *= 0.1  # from the validation split on
+    data = preprocess(frame, None, PipelineConfig())
+    model = ProphetForecaster(data.spec)
+    report = model.fit(data, seed=0)
+    relative, absolute = report.metrics["val_nrmse_relative"], report.metrics["val_nrmse_absolute"]
+    assert model.relative is (relative < absolute) and model.relative, (relative, absolute)
+    assert report.params["relative"] is True
+    # Relative forecasts follow the window's level: the series x10 forecasts ~x10 (the
+    # fixed level floor keeps it from being exact).
+    ends = data.ends("test")
+    pred = model.predict(data.times, data.values, ends)
+    scaled = data.values.copy()
+    scaled[:, list(TARGET_INDEX)] *= 10.0
+    np.testing.assert_allclose(
+        model.predict(data.times, scaled, ends), 10.0 * pred, rtol=0.05, atol=1e-6
+    )
+    model.save(tmp_path)
+    loaded = ProphetForecaster.load(tmp_path, data.spec)
+    assert loaded.relative is True
+    np.testing.assert_array_equal(loaded.predict(data.times, data.values, ends), pred)
+
+
+def test_bundles_saved_before_relative_mode_load_as_absolute(fitted: tuple, tmp_path: Path) -> None:
+    import json
+
+    data, model = fitted
+    model.save(tmp_path)
+    state = json.loads((tmp_path / "prophet.json").read_text())
+    state.pop("relative")
+    (tmp_path / "prophet.json").write_text(json.dumps(state))
+    assert ProphetForecaster.load(tmp_path, data.spec).relative is False
