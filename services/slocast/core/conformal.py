@@ -88,21 +88,17 @@ class Calibration:
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
         scale: np.ndarray | None = None,
         group_by: np.ndarray | None = None,
-        bins: int | np.ndarray = 1,
+        bins: int = 1,
         min_group_size: int = 100,
     ) -> Calibration:
-        """Offsets from calibration rows; ``bins`` may differ per cell (an array
-        broadcastable to one prediction's shape): a cell with fewer bins than the
-        most gets unreachable padding edges, so the stored format stays one table."""
         residuals = np.asarray(y_true, np.float64) - np.asarray(y_pred, np.float64)
         if scale is not None:
             residuals = residuals / _positive(scale)
         pooled = {float(q): conformal_offset(residuals, q) for q in quantiles}
         edges, group_offsets = None, {}
-        cell_bins = np.broadcast_to(np.asarray(bins, np.int64), residuals.shape[1:])
-        if group_by is not None and cell_bins.max() > 1:
+        if group_by is not None and bins > 1:
             edges, group_offsets = _group_offsets(
-                residuals, np.asarray(group_by, np.float64), pooled, cell_bins, min_group_size
+                residuals, np.asarray(group_by, np.float64), pooled, bins, min_group_size
             )
         return cls(
             offsets=pooled,
@@ -176,30 +172,23 @@ class Calibration:
         )
 
 
-# Edge of a bin no value reaches: pads the edges of a cell with fewer bins than the
-# table (finite, so the calibration stays plain JSON).
-UNREACHABLE_EDGE = float(np.finfo(np.float64).max)
-
-
 def _group_offsets(
     residuals: np.ndarray,
     group_by: np.ndarray,
     pooled: dict[float, np.ndarray],
-    cell_bins: np.ndarray,
+    bins: int,
     min_group_size: int,
 ) -> tuple[np.ndarray, dict[float, np.ndarray]]:
     """Quantile-bin edges of ``group_by`` per cell and the offsets of every bin."""
     n = residuals.shape[0]
     r = residuals.reshape(n, -1)
     g = np.broadcast_to(group_by, residuals.shape).reshape(n, -1)
-    per_cell = cell_bins.reshape(-1)
-    cells, bins = r.shape[1], int(per_cell.max())
-    edges = np.full((bins - 1, cells), UNREACHABLE_EDGE)
+    cells = r.shape[1]
+    edges = np.empty((bins - 1, cells))
     table = {q: np.empty((bins, cells)) for q in pooled}
     for j in range(cells):
-        own = int(per_cell[j])
         usable = ~np.isnan(r[:, j]) & np.isfinite(g[:, j])
-        edges[: own - 1, j] = np.quantile(g[usable, j], np.arange(1, own) / own)
+        edges[:, j] = np.quantile(g[usable, j], np.arange(1, bins) / bins)
         which = (g[:, j][:, None] >= edges[None, :, j]).sum(axis=1)
         for b in range(bins):
             members = r[usable & (which == b), j]

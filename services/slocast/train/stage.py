@@ -20,7 +20,6 @@ from slocast.models.base import FitReport, Forecaster, Progress
 from slocast.models.bundle import ModelBundle
 from slocast.preprocess.dataset import ProcessedDataset
 from slocast.train.calibration import OutOfFold, calibration_folds, out_of_fold
-from slocast.train.calibration_choice import choose_bins
 
 
 class TrainingError(RuntimeError):
@@ -115,24 +114,15 @@ def calibrate(
     check_predictions(family, forecast.prediction, data.truth(forecast.ends))
     scale = residual_scale(data.spec, data.values, forecast.ends)
     n = forecast.ends.size
-    calibration_truth = data.truth(forecast.ends)
-    change = predicted_change(data.spec, forecast.prediction, data.values, forecast.ends, scale)
-    order = np.argsort(forecast.ends, kind="stable")  # time order: hold out the latest rows
-    bins, held_out = choose_bins(
-        calibration_truth[order],
-        forecast.prediction[order],
-        scale[order],
-        change[order],
-        default_bins=change_bins(n),
-        bins_for_rows=change_bins,
-    )
     calibration = Calibration.fit(
-        calibration_truth,
+        data.truth(forecast.ends),
         forecast.prediction,
         data.config.quantiles,
         scale=scale,
-        group_by=change,
-        bins=bins,
+        group_by=predicted_change(
+            data.spec, forecast.prediction, data.values, forecast.ends, scale
+        ),
+        bins=change_bins(n),
     )
     calibration_seconds = time.perf_counter() - started
     bundle = ModelBundle(
@@ -144,8 +134,6 @@ def calibrate(
             "seed": seed,
             "params": report.params,
             "calibration_blocks": data.config.calibration_blocks,
-            "calibration_bins": dict(zip(TARGET_COLUMNS, bins.tolist(), strict=True)),
-            "calibration_held_out_p90": held_out,
         },
     )
     return TrainedModel(
