@@ -45,7 +45,7 @@ class PipelineConfig:
     spacing_tolerance: float = 0.1
     season_steps: int = 720
     calibration_blocks: int = 0
-    recurrent_seeds: int = 3
+    recurrent_seeds: int = 2
 
     def __post_init__(self) -> None:
         if self.window < 1:
