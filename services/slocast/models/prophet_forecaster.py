@@ -8,14 +8,6 @@ are used, so a forecast never reads a row after ``end - 1``; the coefficients ar
 learned for step 1, which makes later steps lean towards persistence (honest, if
 not optimal, for ``horizon > 1``).
 
-Relative targets (issue 12): Prophet's trend and seasonalities are additive in the
-target's units, so after a level shift (a site whose uplink drops tenfold) the
-seasonal swing learned on the old level is ten times too large. In relative mode
-each row is divided by its window's level ``L`` (the window mean of the target,
-floored): the model learns ``y / L`` from ``last / L``, and forecasts ``L * yhat``.
-A fit trains both modes and keeps the one with the lower validation headline
-NRMSE (Prophet's fit is deterministic, so no seed noise enters the choice).
-
 Saved with ``prophet.serialize.model_to_json`` (no pickle).
 """
 
@@ -33,18 +25,12 @@ import numpy as np
 import pandas as pd
 
 from slocast.core.features import FeatureSpec, gather_windows, target_times
-from slocast.core.metrics import nrmse
-from slocast.core.schema import HEADLINE_COLUMNS, TARGET_COLUMNS, TARGET_INDEX
+from slocast.core.schema import TARGET_INDEX
 from slocast.models.base import FitReport, Forecaster, Progress
 from slocast.preprocess.dataset import ProcessedDataset
 
 STATE_FILE = "prophet.json"
 REGRESSORS: tuple[str, ...] = ("last", "window_mean")
-# Relative mode: the window mean is the normaliser (always 1 after it), so only
-# the last value relative to it remains.
-RELATIVE_REGRESSORS: tuple[str, ...] = ("last",)
-# Floor of the window level, relative to the target's training mean (an idle window).
-LEVEL_FLOOR = 1e-3
 
 # Prophet's defaults apart from the seasonalities; not tuned (no search was run).
 DEFAULT_PARAMS: dict = {
@@ -91,43 +77,26 @@ def _prophet_api() -> tuple:
 class ProphetForecaster(Forecaster):
     family = "prophet"
 
-    def __init__(
-        self, spec: FeatureSpec, params: dict | None = None, relative: bool | None = None
-    ) -> None:
+    def __init__(self, spec: FeatureSpec, params: dict | None = None) -> None:
         super().__init__(spec)
         self.params = {**DEFAULT_PARAMS, **(params or {})}
-        # None: chosen on validation by fit; a fitted model holds the concrete mode.
-        self.relative = relative
         self.models: list = []
-
-    @property
-    def regressors(self) -> tuple[str, ...]:
-        return RELATIVE_REGRESSORS if self.relative else REGRESSORS
-
-    def _level(self, column: np.ndarray, k: int) -> np.ndarray:
-        """Per-window level of target ``k`` (N,): the window mean plus a small floor."""
-        floor = LEVEL_FLOOR * max(abs(float(self.spec.target_center[k])), 1e-9)
-        return np.maximum(column, 0.0).mean(axis=1) + floor
 
     def _frame(
         self, times: np.ndarray, values: np.ndarray, ends: np.ndarray, k: int
-    ) -> tuple[pd.DataFrame, np.ndarray]:
-        """One row per (end, step): the forecast time and the window-end regressors,
-        and the divisor of each row (the window level in relative mode, else 1)."""
+    ) -> pd.DataFrame:
+        """One row per (end, step): the forecast time and the window-end regressors."""
         ends = np.asarray(ends, np.int64)
         horizon = self.spec.horizon
         column = gather_windows(values, ends, self.spec.window)[:, :, TARGET_INDEX[k]]
         when = target_times(times, ends, horizon, self.spec.step_seconds)
-        if self.relative:
-            level = self._level(column, k)
-            regressors = {"last": column[:, -1] / level}
-        else:
-            level = np.ones(ends.size)
-            regressors = {"last": column[:, -1], "window_mean": column.mean(axis=1)}
-        frame = pd.DataFrame(
-            {"ds": when.reshape(-1), **{n: np.repeat(v, horizon) for n, v in regressors.items()}}
+        return pd.DataFrame(
+            {
+                "ds": when.reshape(-1),
+                "last": np.repeat(column[:, -1], horizon),
+                "window_mean": np.repeat(column.mean(axis=1), horizon),
+            }
         )
-        return frame, np.repeat(level, horizon)
 
     def fit(
         self, data: ProcessedDataset, *, seed: int, progress: Progress | None = None
@@ -136,22 +105,11 @@ class ProphetForecaster(Forecaster):
         # not depend on ``seed``; uncertainty sampling (random) is off: intervals
         # come from conformal calibration instead.
         started = time.perf_counter()
+        self._fit(data, data.ends("train"), progress)
         val_ends = data.ends("val")
         truth = data.truth(val_ends)[:, 0, :]
-        modes = [self.relative] if self.relative is not None else [False, True]
-        fitted: dict[bool, tuple[list, float]] = {}
-        for mode in modes:
-            self.relative = mode
-            self._fit(data, data.ends("train"), progress)
-            scores = nrmse(truth, self.predict(data.times, data.values, val_ends)[:, 0, :])
-            headline = float(np.mean([scores[TARGET_COLUMNS.index(c)] for c in HEADLINE_COLUMNS]))
-            fitted[mode] = (self.models, headline)
-        self.relative = min(modes, key=lambda mode: fitted[mode][1])
-        self.models = fitted[self.relative][0]
         val_pred = self.predict(data.times, data.values, val_ends)[:, 0, :]
-        metrics: dict[str, float] = {
-            f"val_nrmse_{'relative' if mode else 'absolute'}": fitted[mode][1] for mode in modes
-        }
+        metrics: dict[str, float] = {}
         for k, target in enumerate(self.spec.targets):
             y, p = truth[:, k], val_pred[:, k]
             ok = ~np.isnan(y)
@@ -159,17 +117,12 @@ class ProphetForecaster(Forecaster):
                 np.sqrt(np.mean((y[ok] - p[ok]) ** 2)) / np.mean(y[ok])
             )
         metrics["fit_seconds"] = time.perf_counter() - started
-        return FitReport(
-            params={**self.params, "relative": self.relative, "regressors": list(self.regressors)},
-            metrics=metrics,
-        )
+        return FitReport(params={**self.params, "regressors": list(REGRESSORS)}, metrics=metrics)
 
     def refit(
         self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int
     ) -> ProphetForecaster:
-        if self.relative is None:
-            raise RuntimeError("prophet: refitting needs a fitted model's mode")
-        clone = ProphetForecaster(self.spec, self.params, self.relative)
+        clone = ProphetForecaster(self.spec, self.params)
         clone._fit(data, train_ends, None)
         return clone
 
@@ -180,11 +133,10 @@ class ProphetForecaster(Forecaster):
         n_targets = len(self.spec.targets)
         for k, target in enumerate(self.spec.targets):
             # Step-1 rows only: the regressors are then exactly one row old.
-            frame, level = self._frame(data.times, data.values, ends, k)
-            step = self.spec.horizon
-            frame = frame.iloc[::step].assign(y=truth[:, k] / level[::step]).dropna(subset=["y"])
+            frame = self._frame(data.times, data.values, ends, k).iloc[:: self.spec.horizon]
+            frame = frame.assign(y=truth[:, k]).dropna(subset=["y"])
             model = Prophet(**self.params, uncertainty_samples=0)
-            for name in self.regressors:
+            for name in REGRESSORS:
                 model.add_regressor(name)
             with _quiet_prophet():
                 model.fit(frame)
@@ -200,9 +152,8 @@ class ProphetForecaster(Forecaster):
         if ends.size == 0:
             return out
         for k, model in enumerate(self.models):
-            frame, level = self._frame(times, values, ends, k)
-            forecast = model.predict(frame)["yhat"].to_numpy() * level
-            out[:, :, k] = forecast.reshape(ends.size, self.spec.horizon)
+            forecast = model.predict(self._frame(times, values, ends, k))
+            out[:, :, k] = forecast["yhat"].to_numpy().reshape(ends.size, self.spec.horizon)
         return out
 
     def save(self, directory: Path) -> list[str]:
@@ -213,12 +164,7 @@ class ProphetForecaster(Forecaster):
             name = f"prophet_{target}.json"
             (directory / name).write_text(model_to_json(model))
             files.append(name)
-        state = {
-            "params": self.params,
-            "relative": bool(self.relative),
-            "regressors": list(self.regressors),
-            "files": files,
-        }
+        state = {"params": self.params, "regressors": list(REGRESSORS), "files": files}
         (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
         return [*files, STATE_FILE]
 
@@ -227,8 +173,7 @@ class ProphetForecaster(Forecaster):
         _, _, model_from_json = _prophet_api()
         directory = Path(directory)
         state = json.loads((directory / STATE_FILE).read_text())
-        # Bundles saved before relative mode existed were absolute.
-        forecaster = cls(spec, params=state["params"], relative=state.get("relative", False))
+        forecaster = cls(spec, params=state["params"])
         # Prophet's reader passes a pandas keyword that pandas 3 deprecates: not ours to fix.
         with _quiet_prophet(), warnings.catch_warnings():
             warnings.simplefilter("ignore", category=FutureWarning)
