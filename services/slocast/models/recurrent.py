@@ -22,8 +22,13 @@ globally standardised (and capped) values, the context's last targets
 is still squared error in original units. A model so trained reads no absolute
 level, so a site whose traffic moves to a level it never saw is forecast in the
 same relative terms. The transform lives in :func:`model_inputs` and
-:meth:`RecurrentForecaster.predict`, the path the evaluator and the server share. Early stopping on the validation split restores the best
-epoch. After fitting, the network is exported to ONNX and every prediction runs
+:meth:`RecurrentForecaster.predict`, the path the evaluator and the server share.
+Whether a family uses it is decided per site on validation (``NORM_MARGIN``): it
+wins under level shifts and loses on a site without them.
+
+A fit is a seed ensemble of ``PipelineConfig.recurrent_seeds`` networks (each
+early-stopped on validation, best epoch restored) whose outputs are averaged
+inside one exported graph. After fitting, the network is exported to ONNX and every prediction runs
 through ONNX Runtime, exactly as the prediction server does. PyTorch is imported
 only inside :meth:`RecurrentForecaster.fit` and the torch-side helpers: loading
 and predicting need just NumPy and ONNX Runtime.
