@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,12 @@ from slocast.core.config import PipelineConfig
 from slocast.core.synthetic import generate_lte
 from slocast.evaluate.scoring import score
 from slocast.models.bundle import load_bundle, save_bundle
-from slocast.models.ensemble import headline_nrmse, select_weights
+from slocast.models.ensemble import (
+    BlendForecaster,
+    blend_weights,
+    headline_nrmse,
+    select_weights,
+)
 from slocast.preprocess.stage import preprocess
 from slocast.train.stage import train_ensemble, train_family
 
@@ -52,3 +59,74 @@ def test_ensemble_of_trained_members_round_trips(tmp_path):
     assert (
         score(loaded, data).nrmse["avg"] < score(members["persistence"].bundle, data).nrmse["avg"]
     )
+
+
+def test_blend_weights_are_per_target_convex_and_favour_the_better_member():
+    rng = np.random.default_rng(1)
+    truth = rng.gamma(2.0, 1.0, size=(3000, 1, 5)) + 1.0
+    noise = np.ones(5)
+    noise_a, noise_b = noise.copy(), noise.copy()
+    noise_a[0], noise_b[4] = 0.1, 0.1  # a is sharp on target 0, b on target 4
+    a = truth + rng.normal(size=truth.shape) * noise_a
+    b = truth + rng.normal(size=truth.shape) * noise_b
+    weights = blend_weights({"a": a, "b": b}, truth)
+    stacked = np.stack([weights["a"], weights["b"]])
+    assert stacked.shape == (2, 5) and (stacked >= 0).all()
+    np.testing.assert_allclose(stacked.sum(axis=0), 1.0)
+    assert weights["a"][0] > 0.9 and weights["b"][4] > 0.9
+    # Equal, independent errors elsewhere: both members count (averaging helps).
+    assert 0.3 < weights["a"][2] < 0.7
+    blended = weights["a"] * a + weights["b"] * b
+    assert headline_nrmse(truth, blended) < min(headline_nrmse(truth, a), headline_nrmse(truth, b))
+
+
+@pytest.fixture(scope="module")
+def blend_case():
+    data = preprocess(generate_lte(3000, seed=5), None, PipelineConfig())
+    members = {f: train_family(data, f, seed=0) for f in ("persistence", "xgboost")}
+    return data, members, train_ensemble(data, members, family="blend")
+
+
+def test_blend_is_fitted_on_validation_only(blend_case):
+    data, members, blend = blend_case
+    assert blend.family == "blend"
+    # Scramble every test row: the weights must not move.
+    raw = data.raw.copy()
+    test_rows = data.rows("test")
+    raw[test_rows] = np.random.default_rng(0).permutation(raw[test_rows]) * 3.0
+    scrambled = replace(data, raw=raw)
+    again = BlendForecaster.from_members(
+        scrambled, {f: m.bundle.forecaster for f, m in members.items()}
+    )[0]
+    assert set(again.weights) == set(blend.bundle.forecaster.weights)
+    for name, w in blend.bundle.forecaster.weights.items():
+        np.testing.assert_array_equal(again.weights[name], w)
+    # ... while changing validation rows does move them.
+    raw = data.raw.copy()
+    val_rows = data.rows("val")
+    raw[val_rows] = raw[val_rows][::-1]
+    moved = BlendForecaster.from_members(
+        replace(data, raw=raw), {f: m.bundle.forecaster for f, m in members.items()}
+    )[0]
+    assert any(
+        not np.allclose(moved.weights.get(n, 0.0), w)
+        for n, w in blend.bundle.forecaster.weights.items()
+    )
+
+
+def test_blend_bundle_round_trips_and_is_served_as_evaluated(blend_case, tmp_path):
+    from slocast.serve.engines import make_predictor
+
+    data, members, blend = blend_case
+    assert (
+        blend.val_metrics["val_nrmse_avg"] <= members["xgboost"].val_metrics["val_nrmse_avg"] + 1e-9
+    )
+    save_bundle(blend.bundle, tmp_path / "b")
+    loaded = load_bundle(tmp_path / "b")
+    assert loaded.family == "blend"
+    ends = data.ends("test")
+    expected = blend.bundle.forecaster.predict(data.times, data.values, ends)
+    predictor = make_predictor(loaded, tmp_path / "b", tmp_path / "compiled")
+    np.testing.assert_allclose(predictor.predict(data.times, data.values, ends), expected)
+    for name, w in loaded.forecaster.weights.items():
+        np.testing.assert_array_equal(w, blend.bundle.forecaster.weights[name])

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +21,19 @@ from slocast.core.synthetic import generate_lte  # noqa: E402
 from slocast.models import family_class  # noqa: E402
 from slocast.models.baselines import Persistence  # noqa: E402
 from slocast.models.recurrent import (  # noqa: E402
+    NORM_MARGIN,
     GRUForecaster,
     LSTMForecaster,
     RecurrentForecaster,
     RecurrentParams,
+    member_seeds,
 )
 from slocast.preprocess.stage import preprocess  # noqa: E402
 
 # Small and quick, but enough epochs that early stopping, not the cap, ends the fit.
-PARAMS = RecurrentParams(hidden=24, batch_size=128, learning_rate=5e-3, max_epochs=30, patience=3)
+PARAMS = RecurrentParams(
+    hidden=24, batch_size=128, learning_rate=5e-3, max_epochs=30, patience=3, instance_norm=False
+)
 FAMILIES = {"gru": GRUForecaster, "lstm": LSTMForecaster}
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 
@@ -40,7 +45,7 @@ def _headline(truth: np.ndarray, pred: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def data():
-    return preprocess(generate_lte(4000, seed=3), None, PipelineConfig())
+    return preprocess(generate_lte(4000, seed=3), None, PipelineConfig(recurrent_seeds=1))
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -170,7 +175,9 @@ def test_load_and_predict_without_torch(data, fitted, tmp_path):
 @pytest.mark.parametrize("instance_norm", [False, True])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_multi_step_horizon_and_determinism(family, instance_norm):
-    data = preprocess(generate_lte(2500, seed=5), None, PipelineConfig(horizon=3))
+    data = preprocess(
+        generate_lte(2500, seed=5), None, PipelineConfig(horizon=3, recurrent_seeds=1)
+    )
     params = RecurrentParams(hidden=8, max_epochs=2, patience=1, instance_norm=instance_norm)
     first: RecurrentForecaster = FAMILIES[family](data.spec, params)
     second: RecurrentForecaster = FAMILIES[family](data.spec, params)
@@ -213,14 +220,85 @@ def test_instance_norm_forecasts_follow_a_level_it_never_saw(data, tmp_path):
 
 
 def test_params_saved_before_instance_norm_load_without_it():
-    assert (
-        GRUForecaster(None).params.instance_norm and not LSTMForecaster(None).params.instance_norm
-    )
-    legacy = {k: v for k, v in PARAMS.__dict__.items() if k != "instance_norm"}
-    assert RecurrentParams.from_dict(legacy).instance_norm is False
+    # Both families choose per site by default; old bundles were one network without it.
+    assert GRUForecaster(None).params.instance_norm is None
+    assert LSTMForecaster(None).params.instance_norm is None
+    legacy = {k: v for k, v in PARAMS.__dict__.items() if k not in ("instance_norm", "seeds")}
+    loaded = RecurrentParams.from_dict(legacy)
+    assert loaded.instance_norm is False and loaded.seeds == 1
 
 
-def test_the_server_applies_the_same_per_window_transform(data, tmp_path):
+def test_member_seeds_are_disjoint_across_run_seeds():
+    assert member_seeds(4, 1) == [4]
+    runs = [set(member_seeds(s, 3)) for s in range(3)]
+    assert all(len(r) == 3 for r in runs) and not (runs[0] & runs[1] or runs[1] & runs[2])
+
+
+TINY = RecurrentParams(hidden=8, batch_size=256, max_epochs=3, patience=1)
+
+
+@pytest.fixture(scope="module")
+def seed_ensemble():
+    data = preprocess(generate_lte(2500, seed=4), None, PipelineConfig(recurrent_seeds=3))
+    model = GRUForecaster(data.spec, replace(TINY, instance_norm=True))
+    report = model.fit(data, seed=1)
+    return data, model, report
+
+
+def test_a_seed_ensemble_serves_the_mean_of_its_members(seed_ensemble, tmp_path):
+    import torch
+
+    from slocast.models.recurrent import _torch_forecast
+
+    data, model, report = seed_ensemble
+    assert model.params.seeds == 3 and report.params["member_seeds"] == [3, 4, 5]
+    assert len(model._fit_info["best_epochs"]) == 3
+    ends = data.ends("test")
+    one = replace(model.params, seeds=1)
+    members = []
+    for i in range(3):
+        prefix = f"members.{i}."
+        state = {
+            k[len(prefix) :]: torch.from_numpy(v)
+            for k, v in model._weights.items()
+            if k.startswith(prefix)
+        }
+        members.append(_torch_forecast("GRU", data.spec, one, state, data.times, data.values, ends))
+    # Different seeds, different networks; the served forecast is their mean.
+    assert not np.allclose(members[0], members[1])
+    served = model.predict(data.times, data.values, ends)
+    scale = data.spec.scale_targets
+    np.testing.assert_allclose(scale(served), scale(np.mean(members, axis=0)), rtol=1e-4, atol=1e-4)
+    # One ONNX graph on disk, loaded and served like a single network.
+    model.save(tmp_path)
+    loaded = GRUForecaster.load(tmp_path, data.spec)
+    np.testing.assert_array_equal(loaded.predict(data.times, data.values, ends), served)
+
+
+def test_a_seed_ensemble_refits_every_member_with_its_own_epochs(seed_ensemble):
+    data, model, _ = seed_ensemble
+    clone = model.refit(data, data.ends("train")[:800], seed=1)
+    assert clone.params.seeds == 3
+    assert clone._fit_info["best_epochs"] == model._fit_info["best_epochs"]
+    assert "best_val_loss" not in clone._fit_info
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_per_window_normalisation_is_chosen_on_validation(family):
+    """A level drop from validation on: validation prefers per-window normalisation."""
+    frame = generate_lte(3000, seed=6)
+    frame.loc[int(0.6 * len(frame)) :, "up"] *= 0.1
+    data = preprocess(frame, None, PipelineConfig(recurrent_seeds=1))
+    model = FAMILIES[family](data.spec, TINY)
+    report = model.fit(data, seed=0)
+    on, off = (report.metrics[f"val_nrmse_instance_norm_{s}"] for s in ("on", "off"))
+    # The choice follows the validation scores, and it is what the model stores.
+    assert model.params.instance_norm is (on < (1 - NORM_MARGIN) * off)
+    assert model.params.instance_norm, (on, off)
+    assert report.metrics["members"] == 1.0
+
+
+def test_the_server_applies_the_same_per_window_transform(tmp_path):
     """A GRU bundle loaded as `slocast serve` loads it answers what the evaluator scored."""
     import orjson
 
@@ -233,8 +311,11 @@ def test_the_server_applies_the_same_per_window_transform(data, tmp_path):
     from slocast.settings import ServeSettings
     from slocast.train.stage import train_family
 
+    data = preprocess(generate_lte(4000, seed=3), None, PipelineConfig(recurrent_seeds=2))
     trained = train_family(data, "gru", seed=0)
-    assert trained.bundle.forecaster.params.instance_norm
+    # A seed ensemble (2 networks, one ONNX graph) whose normalisation was chosen on validation.
+    assert trained.bundle.forecaster.params.seeds == 2
+    assert trained.bundle.forecaster.params.instance_norm is not None
     save_bundle(trained.bundle, tmp_path / "bundle")
     settings = ServeSettings(
         home=tmp_path, tracking_uri="", task="t", admin_token=None, cache_dir=tmp_path / "cache"

@@ -13,7 +13,16 @@ import urllib.request
 
 import pytest
 
-REPORT_MODELS = {"persistence", "seasonal_naive", "xgboost", "gru", "lstm", "prophet", "ensemble"}
+REPORT_MODELS = {
+    "persistence",
+    "seasonal_naive",
+    "xgboost",
+    "gru",
+    "lstm",
+    "prophet",
+    "ensemble",
+    "blend",
+}
 
 
 def _run(tmp_path, *extra: str) -> subprocess.CompletedProcess:

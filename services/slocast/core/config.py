@@ -31,6 +31,9 @@ class PipelineConfig:
             validation, give conformal residuals from a model refitted without
             them (cross-conformal over the whole training file). Default 0:
             validation only, as protocol A prescribes; see docs/calibration.md.
+        recurrent_seeds: networks per GRU/LSTM fit (a seed ensemble: each trained
+            with its own seed and early-stopped on validation, their forecasts
+            averaged). Cost grows linearly with it; see README "Other sites".
     """
 
     window: int = 10
@@ -42,6 +45,7 @@ class PipelineConfig:
     spacing_tolerance: float = 0.1
     season_steps: int = 720
     calibration_blocks: int = 0
+    recurrent_seeds: int = 2
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -58,6 +62,8 @@ class PipelineConfig:
             raise ConfigError(
                 f"calibration_blocks must be in [0, 10], got {self.calibration_blocks}"
             )
+        if not 1 <= self.recurrent_seeds <= 10:
+            raise ConfigError(f"recurrent_seeds must be in [1, 10], got {self.recurrent_seeds}")
         if not 0.5 < self.cap_quantile <= 1.0:
             raise ConfigError(f"cap_quantile must be in (0.5, 1], got {self.cap_quantile}")
 

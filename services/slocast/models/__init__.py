@@ -19,9 +19,10 @@ FAMILIES: dict[str, str] = {
     "lstm": "slocast.models.recurrent:LSTMForecaster",
     "prophet": "slocast.models.prophet_forecaster:ProphetForecaster",
     "ensemble": "slocast.models.ensemble:EnsembleForecaster",
+    "blend": "slocast.models.ensemble:BlendForecaster",
 }
 BASELINES: tuple[str, ...] = ("persistence", "seasonal_naive")
-CANDIDATES: tuple[str, ...] = ("xgboost", "gru", "lstm", "prophet", "ensemble")
+CANDIDATES: tuple[str, ...] = ("xgboost", "gru", "lstm", "prophet", "ensemble", "blend")
 
 
 def family_class(name: str) -> type[Forecaster]:

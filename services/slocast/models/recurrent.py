@@ -22,8 +22,13 @@ globally standardised (and capped) values, the context's last targets
 is still squared error in original units. A model so trained reads no absolute
 level, so a site whose traffic moves to a level it never saw is forecast in the
 same relative terms. The transform lives in :func:`model_inputs` and
-:meth:`RecurrentForecaster.predict`, the path the evaluator and the server share. Early stopping on the validation split restores the best
-epoch. After fitting, the network is exported to ONNX and every prediction runs
+:meth:`RecurrentForecaster.predict`, the path the evaluator and the server share.
+Whether a family uses it is decided per site on validation (``NORM_MARGIN``): it
+wins under level shifts and loses on a site without them.
+
+A fit is a seed ensemble of ``PipelineConfig.recurrent_seeds`` networks (each
+early-stopped on validation, best epoch restored) whose outputs are averaged
+inside one exported graph. After fitting, the network is exported to ONNX and every prediction runs
 through ONNX Runtime, exactly as the prediction server does. PyTorch is imported
 only inside :meth:`RecurrentForecaster.fit` and the torch-side helpers: loading
 and predicting need just NumPy and ONNX Runtime.
@@ -35,7 +40,8 @@ import io
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -84,8 +90,12 @@ class RecurrentParams:
         threads: PyTorch intra-op threads while training. Measured here on 2 cores
             with other jobs running: 1 thread 2.3 s/epoch, 2 threads 40-70 s/epoch
             (OpenMP workers spin-wait on ops this small), so 1 unless the cores are free.
-        instance_norm: per-window (RevIN-style) normalisation, see the module docstring;
-            on for GRU, off for LSTM (each family's ``default_params``).
+        instance_norm: per-window (RevIN-style) normalisation, see the module docstring.
+            None (the families' default) chooses per site: one member is trained with
+            and one without, and validation headline NRMSE decides (with it only when
+            ``NORM_MARGIN`` lower); a fitted model always stores the concrete choice.
+        seeds: members of the seed ensemble (set by :meth:`RecurrentForecaster.fit` from
+            ``PipelineConfig.recurrent_seeds``); their outputs are averaged.
     """
 
     hidden: int = 64
@@ -98,13 +108,31 @@ class RecurrentParams:
     patience: int = 6
     grad_clip: float = 1.0
     threads: int = 1
-    instance_norm: bool = False
+    instance_norm: bool | None = None
+    seeds: int = 1
 
     @classmethod
     def from_dict(cls, data: dict) -> RecurrentParams:
-        # Bundles saved before instance_norm existed were trained without it.
-        return cls(**{"instance_norm": False, **data})
+        # Bundles saved before instance_norm / seed ensembles were one network without it.
+        return cls(**{"instance_norm": False, "seeds": 1, **data})
 
+
+def member_seeds(seed: int, k: int) -> list[int]:
+    """Seeds of a ``k``-member seed ensemble for run seed ``seed``.
+
+    Disjoint across run seeds, so runs with seeds 0, 1, 2 (a 3-seed mean) share no
+    member; with ``k = 1`` the one member uses ``seed`` itself.
+    """
+    return [seed * k + i for i in range(k)]
+
+
+# Per-window normalisation is chosen only when its member's validation headline NRMSE
+# is this much (relative) below the globally scaled member's. The two differ by
+# seed noise of under 1% on a site where both work (PobleSec validation, seed 0:
+# 1.0806 without vs 1.0889 with for GRU, 1.0854 vs 1.0809 for LSTM) and by a
+# factor of several under a level shift, so the margin only keeps noise from
+# deciding.
+NORM_MARGIN = 0.02
 
 # Floor of the per-window level, relative to the target's training mean: an idle
 # window (level ~0) is normalised by this instead of dividing by zero.
@@ -160,8 +188,23 @@ def forecast_units(spec: FeatureSpec, out: np.ndarray, level: np.ndarray | None)
     return level[:, None, :] * (1.0 + out)
 
 
+@dataclass
+class _Member:
+    """One trained network of a seed ensemble."""
+
+    state: dict[str, Any]
+    best_epoch: int
+    best_loss: float
+    curves: dict[str, list[float]]
+
+
 class RecurrentForecaster(Forecaster):
-    """Shared GRU/LSTM implementation; subclasses set :attr:`family` and :attr:`cell`."""
+    """Shared GRU/LSTM implementation; subclasses set :attr:`family` and :attr:`cell`.
+
+    A fit trains ``PipelineConfig.recurrent_seeds`` networks with different seeds
+    (each early-stopped on validation) and serves their average as one ONNX graph,
+    so a seed ensemble is served exactly like a single network.
+    """
 
     family: ClassVar[str] = "recurrent"
     cell: ClassVar[str] = "GRU"
@@ -179,16 +222,24 @@ class RecurrentForecaster(Forecaster):
     def fit(
         self, data: ProcessedDataset, *, seed: int, progress: Progress | None = None
     ) -> FitReport:
-        return self._fit(data, data.ends("train"), data.ends("val"), seed=seed, progress=progress)
+        return self._fit(
+            data,
+            data.ends("train"),
+            data.ends("val"),
+            seeds=member_seeds(seed, data.config.recurrent_seeds),
+            progress=progress,
+        )
 
     def refit(
         self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int
     ) -> RecurrentForecaster:
-        epochs = self._fit_info.get("best_epoch")
+        epochs = self._fit_info.get("best_epochs")
         if not epochs:
-            raise RuntimeError(f"{self.family}: no early-stopped epoch count to refit with")
+            raise RuntimeError(f"{self.family}: no early-stopped epoch counts to refit with")
         clone = type(self)(self.spec, self.params)
-        clone._fit(data, train_ends, None, seed=seed, epochs=int(epochs))
+        clone._fit(
+            data, train_ends, None, seeds=member_seeds(seed, len(epochs)), epochs=list(epochs)
+        )
         return clone
 
     def _fit(
@@ -197,76 +248,80 @@ class RecurrentForecaster(Forecaster):
         train_ends: np.ndarray,
         val_ends: np.ndarray | None,
         *,
-        seed: int,
+        seeds: list[int],
         progress: Progress | None = None,
-        epochs: int | None = None,
+        epochs: list[int] | None = None,
     ) -> FitReport:
-        """Early stopping on ``val_ends`` (best epoch restored), or exactly ``epochs`` without it."""
+        """Members early-stopped on ``val_ends``, or trained exactly ``epochs[i]`` without it."""
         import torch  # training-only dependency: never imported on the serving path
 
         started = time.perf_counter()
         p = self.params
-        max_epochs = p.max_epochs if val_ends is not None else int(epochs)
+        if val_ends is None and p.instance_norm is None:
+            raise RuntimeError(f"{self.family}: refitting needs a fitted model's instance_norm")
+        norms = [p.instance_norm] if p.instance_norm is not None else [False, True]
         old_threads = torch.get_num_threads()
         old_deterministic = torch.are_deterministic_algorithms_enabled()
         torch.set_num_threads(p.threads)
         torch.use_deterministic_algorithms(True)
         try:
-            torch.manual_seed(seed)
-            rng = np.random.default_rng(seed)
-            train = self._tensors(data, train_ends)
-            val = self._tensors(data, val_ends) if val_ends is not None else None
-            net = _build_net(self.cell, self.spec, p)
-            optimiser = torch.optim.Adam(
-                net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay
-            )
+            total_steps = len(seeds) + len(norms) - 1
+            done = [0]
 
-            n = train[0].shape[0]
-            best_loss, best_epoch, best_state = float("inf"), -1, None
-            curves: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
-            for epoch in range(max_epochs):
-                net.train()
-                order = torch.from_numpy(rng.permutation(n))
-                total, count = 0.0, 0
-                for start in range(0, n, p.batch_size):
-                    idx = order[start : start + p.batch_size]
-                    loss = _masked_mse(
-                        net(train[0][idx], train[1][idx]), train[2][idx], train[3][idx]
+            tensors: dict[bool, tuple] = {}
+
+            def member(norm: bool, i: int) -> _Member:
+                if norm not in tensors:
+                    tensors[norm] = (
+                        self._tensors(data, train_ends, norm),
+                        None if val_ends is None else self._tensors(data, val_ends, norm),
                     )
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), p.grad_clip)
-                    optimiser.step()
-                    total += loss.item() * idx.numel()
-                    count += idx.numel()
-                curves["train_loss"].append(total / count)
-                if val is None:
-                    best_epoch = epoch
-                    continue
-                val_loss = _evaluate(net, val)
-                curves["val_loss"].append(val_loss)
-                if val_loss < best_loss:
-                    best_loss, best_epoch = val_loss, epoch
-                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                if progress is not None:
-                    progress(epoch + 1, p.max_epochs, f"epoch {epoch + 1}: val loss {val_loss:.4f}")
-                if epoch - best_epoch >= p.patience:
-                    break
-            if best_state is not None:
-                # Restore the best epoch: the last one has drifted past the validation optimum.
-                net.load_state_dict(best_state)
+                train, val = tensors[norm]
+                label = f"seed {seeds[i]}" + (" norm" if norm else "")
+                out = _train_member(
+                    self.cell,
+                    self.spec,
+                    p,
+                    train,
+                    val,
+                    seed=seeds[i],
+                    epochs=None if epochs is None else int(epochs[i]),
+                    progress=None
+                    if progress is None
+                    else lambda e, msg: progress(done[0], total_steps, f"{label} {msg}"),
+                )
+                done[0] += 1
+                return out
+
+            trials = {norm: member(norm, 0) for norm in norms}
+            choice_metrics: dict[str, float] = {}
+            if len(norms) > 1:
+                # Per site, on validation: per-window normalisation or global scaling.
+                scores = {
+                    norm: self._val_headline(data, val_ends, trials[norm].state, norm)
+                    for norm in norms
+                }
+                chosen = scores[True] < (1.0 - NORM_MARGIN) * scores[False]
+                choice_metrics = {
+                    "val_nrmse_instance_norm_off": scores[False],
+                    "val_nrmse_instance_norm_on": scores[True],
+                }
             else:
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                chosen = norms[0]
+            members = [trials[chosen]] + [member(chosen, i) for i in range(1, len(seeds))]
+            self.params = replace(p, instance_norm=chosen, seeds=len(seeds))
+            net = _build_net(self.cell, self.spec, self.params)
+            net.load_state_dict(_ensemble_state([m.state for m in members]))
             net.eval()
             train_seconds = time.perf_counter() - started
-            self._weights = {k: v.numpy().copy() for k, v in best_state.items()}
+            self._weights = {k: v.numpy().copy() for k, v in net.state_dict().items()}
             self._onnx = _export_onnx(net, self.spec)
         finally:
             torch.set_num_threads(old_threads)
             torch.use_deterministic_algorithms(old_deterministic)
         self._session = _session(self._onnx)
         _check_dynamic_batch(self._session, self.spec)
-        # Refuse an export that computes something else than the trained network.
+        # Refuse an export that computes something else than the trained network(s).
         probe = (train_ends if val_ends is None else val_ends)[:256]
         served, reference = (
             f(data.times, data.values, probe) for f in (self.predict, self.predict_torch)
@@ -274,15 +329,22 @@ class RecurrentForecaster(Forecaster):
         scale = self.spec.scale_targets
         if not np.allclose(scale(served), scale(reference), rtol=1e-4, atol=1e-4):
             raise RuntimeError("ONNX forecasts differ from the PyTorch network's")
+        first = members[0]
         metrics = {
-            "best_epoch": float(best_epoch + 1),
-            "epochs": float(len(curves["train_loss"])),
+            "best_epoch": float(first.best_epoch + 1),
+            "epochs": float(len(first.curves["train_loss"])),
+            "members": float(len(members)),
+            "instance_norm": float(chosen),
             "train_seconds": train_seconds,
+            **choice_metrics,
         }
+        curves = dict(first.curves)
+        for i, m in enumerate(members[1:], start=1):
+            curves.update({f"{name}_member{i}": c for name, c in m.curves.items()})
         if val_ends is not None:
             val_pred = self.predict(data.times, data.values, val_ends)[:, 0]
             val_nrmse = nrmse(data.truth(val_ends)[:, 0], val_pred)
-            metrics["best_val_loss"] = best_loss
+            metrics["best_val_loss"] = first.best_loss
             metrics.update(
                 {f"val_nrmse_{c}": float(v) for c, v in zip(TARGET_COLUMNS, val_nrmse, strict=True)}
             )
@@ -290,16 +352,34 @@ class RecurrentForecaster(Forecaster):
                 np.mean([val_nrmse[TARGET_COLUMNS.index(c)] for c in HEADLINE_COLUMNS])
             )
         metrics["fit_seconds"] = time.perf_counter() - started
-        self._fit_info = {"seed": seed, **metrics}
+        self._fit_info = {
+            "seed": seeds[0],
+            "member_seeds": list(seeds),
+            "best_epochs": [m.best_epoch + 1 for m in members],
+            **metrics,
+        }
         return FitReport(
-            params={"cell": self.cell, "seed": seed, **asdict(p)}, metrics=metrics, curves=curves
+            params={"cell": self.cell, "member_seeds": list(seeds), **asdict(self.params)},
+            metrics=metrics,
+            curves=curves,
         )
 
-    def _tensors(self, data: ProcessedDataset, ends: np.ndarray) -> tuple:
+    def _val_headline(
+        self, data: ProcessedDataset, ends: np.ndarray, state: dict[str, Any], norm: bool
+    ) -> float:
+        """Validation headline NRMSE (step 1) of one member network."""
+        one = replace(self.params, instance_norm=norm, seeds=1)
+        prediction = _torch_forecast(
+            self.cell, self.spec, one, state, data.times, data.values, ends
+        )
+        scores = nrmse(data.truth(ends)[:, 0], prediction[:, 0])
+        return float(np.mean([scores[TARGET_COLUMNS.index(c)] for c in HEADLINE_COLUMNS]))
+
+    def _tensors(self, data: ProcessedDataset, ends: np.ndarray, instance_norm: bool) -> tuple:
         import torch
 
         sequence, context, level = model_inputs(
-            self.spec, data.times, data.values, ends, instance_norm=self.params.instance_norm
+            self.spec, data.times, data.values, ends, instance_norm=instance_norm
         )
         truth = data.truth(ends)
         if level is None:
@@ -330,7 +410,7 @@ class RecurrentForecaster(Forecaster):
         if len(ends) == 0:
             return np.empty((0, self.spec.horizon, len(TARGET_INDEX)))
         sequence, context, level = model_inputs(
-            self.spec, times, values, ends, instance_norm=self.params.instance_norm
+            self.spec, times, values, ends, instance_norm=bool(self.params.instance_norm)
         )
         out = self._session.run([OUTPUT_NAME], {INPUT_NAMES[0]: sequence, INPUT_NAMES[1]: context})[
             0
@@ -341,15 +421,8 @@ class RecurrentForecaster(Forecaster):
         """The same forecasts computed by PyTorch from the saved weights (to verify the export)."""
         import torch
 
-        net = _build_net(self.cell, self.spec, self.params)
-        net.load_state_dict({k: torch.from_numpy(v) for k, v in self._weights.items()})
-        net.eval()
-        sequence, context, level = model_inputs(
-            self.spec, times, values, ends, instance_norm=self.params.instance_norm
-        )
-        with torch.no_grad():
-            out = net(torch.from_numpy(sequence), torch.from_numpy(context)).numpy()
-        return forecast_units(self.spec, out, level)
+        state = {k: torch.from_numpy(v) for k, v in self._weights.items()}
+        return _torch_forecast(self.cell, self.spec, self.params, state, times, values, ends)
 
     # ------------------------------------------------------------ save/load
     def save(self, directory: Path) -> list[str]:
@@ -387,21 +460,14 @@ class RecurrentForecaster(Forecaster):
 
 
 class GRUForecaster(RecurrentForecaster):
-    """GRU with per-window normalisation (``instance_norm``).
-
-    Protocol A, seeds 0-2 (`slocast bench sites`): PobleSec 0.8413 +- 0.0027 with it,
-    0.8357 +- 0.0061 without (within seed noise); on PobleSec with `up` x0.1 from
-    validation on (issue 12's level drop) 0.8410 with it, 6.08 without. See README.
-    """
+    """GRU; per-window normalisation chosen per site on validation (``instance_norm``)."""
 
     family = "gru"
     cell = "GRU"
-    default_params = RecurrentParams(instance_norm=True)
 
 
 class LSTMForecaster(RecurrentForecaster):
-    """LSTM without per-window normalisation: with it, PobleSec got worse beyond seed
-    noise (seeds 0-2: 0.8503 +- 0.0070 vs 0.8413 +- 0.0023), so it stays off here."""
+    """LSTM; per-window normalisation chosen per site on validation (``instance_norm``)."""
 
     family = "lstm"
     cell = "LSTM"
@@ -430,6 +496,11 @@ def _check_dynamic_batch(session: ort.InferenceSession, spec: FeatureSpec) -> No
 
 
 def _build_net(cell: str, spec: FeatureSpec, p: RecurrentParams) -> Any:
+    """One network, or with ``p.seeds > 1`` the mean of ``p.seeds`` networks' outputs.
+
+    Averaging outputs averages forecasts: both output scales map back to original
+    units affinely (:func:`forecast_units`).
+    """
     import torch
 
     class Net(torch.nn.Module):
@@ -454,7 +525,99 @@ def _build_net(cell: str, spec: FeatureSpec, p: RecurrentParams) -> Any:
             states, _ = self.rnn(sequence)
             return self.head(torch.cat([states[:, -1], context], dim=1))
 
-    return Net()
+    class Mean(torch.nn.Module):
+        def __init__(self, k: int) -> None:
+            super().__init__()
+            self.members = torch.nn.ModuleList([Net() for _ in range(k)])
+
+        def forward(self, sequence: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+            return torch.stack([m(sequence, context) for m in self.members]).mean(dim=0)
+
+    return Net() if p.seeds == 1 else Mean(p.seeds)
+
+
+def _ensemble_state(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The state dict of :func:`_build_net`'s network for these member states."""
+    if len(states) == 1:
+        return states[0]
+    return {f"members.{i}.{k}": v for i, state in enumerate(states) for k, v in state.items()}
+
+
+def _torch_forecast(
+    cell: str,
+    spec: FeatureSpec,
+    p: RecurrentParams,
+    state: dict[str, Any],
+    times: np.ndarray,
+    values: np.ndarray,
+    ends: np.ndarray,
+) -> np.ndarray:
+    """Forecasts in original units of the PyTorch network with ``state``."""
+    import torch
+
+    net = _build_net(cell, spec, p)
+    net.load_state_dict(state)
+    net.eval()
+    sequence, context, level = model_inputs(
+        spec, times, values, ends, instance_norm=bool(p.instance_norm)
+    )
+    with torch.no_grad():
+        out = net(torch.from_numpy(sequence), torch.from_numpy(context)).numpy()
+    return forecast_units(spec, out, level)
+
+
+def _train_member(
+    cell: str,
+    spec: FeatureSpec,
+    p: RecurrentParams,
+    train: tuple,
+    val: tuple | None,
+    *,
+    seed: int,
+    epochs: int | None,
+    progress: Callable[[int, str], None] | None = None,
+) -> _Member:
+    """One network: early-stopped on ``val`` (best epoch restored), or ``epochs`` without it."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = _build_net(cell, spec, replace(p, seeds=1))
+    optimiser = torch.optim.Adam(net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
+    max_epochs = p.max_epochs if val is not None else int(epochs)
+    n = train[0].shape[0]
+    best_loss, best_epoch, best_state = float("inf"), -1, None
+    curves: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+    for epoch in range(max_epochs):
+        net.train()
+        order = torch.from_numpy(rng.permutation(n))
+        total, count = 0.0, 0
+        for start in range(0, n, p.batch_size):
+            idx = order[start : start + p.batch_size]
+            loss = _masked_mse(net(train[0][idx], train[1][idx]), train[2][idx], train[3][idx])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), p.grad_clip)
+            optimiser.step()
+            total += loss.item() * idx.numel()
+            count += idx.numel()
+        curves["train_loss"].append(total / count)
+        if val is None:
+            best_epoch = epoch
+            continue
+        val_loss = _evaluate(net, val)
+        curves["val_loss"].append(val_loss)
+        if val_loss < best_loss:
+            best_loss, best_epoch = val_loss, epoch
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        if progress is not None:
+            progress(epoch + 1, f"epoch {epoch + 1}: val loss {val_loss:.4f}")
+        if epoch - best_epoch >= p.patience:
+            break
+    if best_state is None:
+        best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    # The best epoch, not the last: the last has drifted past the validation optimum.
+    return _Member(best_state, best_epoch, best_loss, curves)
 
 
 def _masked_mse(pred: Any, target: Any, weight: Any) -> Any:

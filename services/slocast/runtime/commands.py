@@ -54,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "refitted without it (cross-conformal; default 0: validation only, as protocol A)",
     )
     run.add_argument(
+        "--recurrent-seeds",
+        type=int,
+        default=PipelineConfig.recurrent_seeds,
+        help="networks averaged per GRU/LSTM fit, each with its own seed "
+        f"(default {PipelineConfig.recurrent_seeds})",
+    )
+    run.add_argument(
         "--synthetic-rows", type=int, default=8000, help="rows of synthetic data without --data"
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -81,6 +88,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated families (default: all); baselines always run",
     )
     sites.add_argument("--seed", type=int, default=0)
+    sites.add_argument(
+        "--recurrent-seeds",
+        type=int,
+        default=PipelineConfig.recurrent_seeds,
+        help="networks averaged per GRU/LSTM fit (as slocast run)",
+    )
     sites.add_argument("--json", type=Path, help="write the result JSON here")
     sites.add_argument(
         "--keep", type=Path, help="keep generated files, stores and reports in this directory"
@@ -112,7 +125,10 @@ def _run(args: argparse.Namespace) -> int:
         task=args.task,
         synthetic_rows=args.synthetic_rows,
         config=PipelineConfig(
-            window=args.window, horizon=args.horizon, calibration_blocks=args.calibration_blocks
+            window=args.window,
+            horizon=args.horizon,
+            calibration_blocks=args.calibration_blocks,
+            recurrent_seeds=args.recurrent_seeds,
         ),
     )
     result = run_pipeline(settings, show_progress=not args.quiet)
@@ -155,6 +171,7 @@ def _bench_sites(args: argparse.Namespace) -> int:
         variants=variants,
         models=models,
         seed=args.seed,
+        config=PipelineConfig(recurrent_seeds=args.recurrent_seeds),
         keep_dir=args.keep,
         show_progress=args.progress,
         echo=lambda text: print(text + "\n", flush=True),

@@ -21,8 +21,8 @@ from slocast.adapters.storage import LocalStore
 from slocast.core.errors import SlocastError
 from slocast.core.synthetic import generate_lte
 from slocast.evaluate.stage import EvaluationResult, evaluate_run
-from slocast.models import BASELINES
-from slocast.models.ensemble import MEMBER_POOL
+from slocast.models import BASELINES, family_class
+from slocast.models.ensemble import COMBINERS
 from slocast.preprocess.dataset import ProcessedDataset
 from slocast.preprocess.stage import min_rows, preprocess
 from slocast.preprocess.store import has_dataset, load_dataset, save_dataset
@@ -102,8 +102,8 @@ def run_pipeline(settings: RunSettings, *, show_progress: bool = True) -> RunRes
         show_progress,
     )
 
-    # The ensemble goes last so it can weight the members this run trained.
-    families = sorted(dict.fromkeys([*BASELINES, *settings.models]), key=lambda f: f == "ensemble")
+    # Ensemble and blend go last so they can weight the members this run trained.
+    families = sorted(dict.fromkeys([*BASELINES, *settings.models]), key=lambda f: f in COMBINERS)
     trained: dict[str, tuple[TrainedModel, VersionRef]] = {}
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="slocast-run-") as scratch:
@@ -117,9 +117,10 @@ def run_pipeline(settings: RunSettings, *, show_progress: bool = True) -> RunRes
                 leave=True,
             )
             try:
-                members = {f: m for f, (m, _) in trained.items() if f in MEMBER_POOL}
-                if family == "ensemble" and members:
-                    model = train_ensemble(dataset, members, seed=settings.seed)
+                pool = family_class(family).pool if family in COMBINERS else ()
+                members = {f: m for f, (m, _) in trained.items() if f in pool}
+                if members:
+                    model = train_ensemble(dataset, members, seed=settings.seed, family=family)
                 else:
                     model = train_family(
                         dataset, family, seed=settings.seed, progress=_progress(bar)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from slocast.core.config import PipelineConfig
 from slocast.core.schema import TARGET_COLUMNS
 from slocast.core.variants import VARIANTS, generate_variants
 
@@ -29,6 +30,7 @@ def run_sites(
     variants: Sequence[str] | None = None,
     models: Sequence[str],
     seed: int = 0,
+    config: PipelineConfig | None = None,
     keep_dir: Path | None = None,
     show_progress: bool = False,
     echo=print,
@@ -41,6 +43,7 @@ def run_sites(
     result: dict = {
         "site": site,
         "seed": seed,
+        "recurrent_seeds": (config or PipelineConfig()).recurrent_seeds,
         "models": list(models),
         "variants": {},
     }
@@ -58,6 +61,7 @@ def run_sites(
                     models=tuple(models),
                     out=root / "out" / name,
                     seed=seed,
+                    config=config or PipelineConfig(),
                     task=f"bench-{site}-{name}",
                     home=root / "home" / name,
                 )

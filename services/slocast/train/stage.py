@@ -62,13 +62,18 @@ def train_family(
 
 
 def train_ensemble(
-    data: ProcessedDataset, members: dict[str, TrainedModel], *, seed: int = 0
+    data: ProcessedDataset,
+    members: dict[str, TrainedModel],
+    *,
+    seed: int = 0,
+    family: str = "ensemble",
 ) -> TrainedModel:
-    """The ensemble of already-trained members, weighted on validation (nothing is refitted)."""
-    from slocast.models.ensemble import EnsembleForecaster
+    """The ensemble (or blend) of already-trained members, weighted on validation.
 
+    Nothing is refitted.
+    """
     started = time.perf_counter()
-    model, report = EnsembleForecaster.from_members(
+    model, report = family_class(family).from_members(
         data, {name: m.bundle.forecaster for name, m in members.items()}
     )
     seconds = (
