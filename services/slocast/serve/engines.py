@@ -25,6 +25,9 @@ FAMILY_ENGINES: dict[str, str] = {
     "lstm": "onnxruntime",
     "prophet": "prophet",
     "xgboost": "xgboost",
+    # Weighted averages: each member runs on its own family's engine, in-process.
+    "ensemble": "members",
+    "blend": "members",
 }
 
 
