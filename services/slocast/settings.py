@@ -390,7 +390,7 @@ def home_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def _tracking_uri(e: Env, home: Path) -> str:
-    return e.str("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    return e.str("MLFLOW_TRACKING_URI") or f"sqlite:///{home.resolve() / 'mlflow.db'}"
 
 
 # ---------------------------------------------------------------- pipeline services
@@ -751,3 +751,8 @@ class RunSettings:
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def tracking_uri(self) -> str:
+        """``MLFLOW_TRACKING_URI`` when set, else the SQLite store under ``home``."""
+        return _tracking_uri(Env(), self.home)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -193,11 +192,6 @@ class ModelRegistry:
         dst.mkdir(parents=True, exist_ok=True)
         path = self._mlflow.artifacts.download_artifacts(artifact_uri=ref.source, dst_path=str(dst))
         return Path(path)
-
-
-def default_tracking_uri(home: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else a SQLite store under ``home``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(home / 'mlflow.db').resolve()}"
 
 
 def _param(value: object) -> str:

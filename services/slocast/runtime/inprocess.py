@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from slocast.adapters.datasets import load_lte
-from slocast.adapters.registry import ModelRegistry, VersionRef, default_tracking_uri
+from slocast.adapters.registry import ModelRegistry, VersionRef
 from slocast.adapters.storage import LocalStore
 from slocast.core.errors import SlocastError
 from slocast.core.synthetic import generate_lte
@@ -90,7 +90,7 @@ def run_pipeline(settings: RunSettings, *, show_progress: bool = True) -> RunRes
     timings: dict[str, float] = {}
     store = LocalStore(settings.artifacts_dir)
     registry = ModelRegistry(
-        default_tracking_uri(settings.home), artifact_location=(settings.home / "mlruns").as_uri()
+        settings.tracking_uri, artifact_location=(settings.home / "mlruns").as_uri()
     )
 
     t0 = time.perf_counter()
