@@ -30,6 +30,15 @@ static void release(Py_buffer *bufs, int n) {
     for (int i = 0; i < n; i++) if (bufs[i].obj != NULL) PyBuffer_Release(&bufs[i]);
 }
 
+/* get_array of every o[i] (types[i], dims[i]); those from index `writable` on are outputs. */
+static int get_arrays(PyObject **o, Py_buffer *a, int n, const char **names, const char *types,
+                      const int *dims, int writable) {
+    for (int i = 0; i < n; i++)
+        if (get_array(o[i], &a[i], names[i], types[i], dims[i], i >= writable) < 0)
+            return release(a, n), -1;
+    return 0;
+}
+
 /* np.minimum / np.maximum: NaN in either operand gives NaN. */
 static double lo(double a, double b) { return (a < b || a != a) ? a : b; }
 static double hi(double a, double b) { return (a > b || a != a) ? a : b; }
@@ -121,9 +130,7 @@ static PyObject *lte_features(PyObject *Py_UNUSED(self), PyObject *args) {
                                   "params", "out", "phases"}, types[] = "dqqdqqdfd";
     static const int dims[] = {2, 1, 1, 1, 2, 1, 1, 2, 2};
     Py_buffer a[9] = {{0}};
-    for (int i = 0; i < 9; i++)
-        if (get_array(o[i], &a[i], names[i], types[i], dims[i], i >= 7) < 0)
-            return release(a, 9), NULL;
+    if (get_arrays(o, a, 9, names, types, dims, 7) < 0) return NULL;
     const double *values = a[0].buf, *caps = a[3].buf, *params = a[6].buf;
     const int64_t *ends = a[1].buf, *times = a[2].buf, *blocks = a[4].buf, *cols = a[5].buf;
     int64_t n_rows = a[0].shape[0], c = a[0].shape[1], n = a[1].shape[0], width = a[7].shape[1];
@@ -167,6 +174,83 @@ static PyObject *lte_features(PyObject *Py_UNUSED(self), PyObject *args) {
     free(win);
     release(a, 9);
     return Py_NewRef(Py_None);
+}
+
+/* Sum of |min(x[i * stride], cap)| in NumPy's pairwise order (its add.reduce along the
+ * contiguous axis, which is the window in the reference's fancy-indexed gather). */
+static double pairwise(const double *x, int64_t n, int64_t stride, double cap) {
+    double r[8], res = 0.;
+    int64_t i = 8, n2 = n / 2 - (n / 2) % 8;
+    if (n > 128) return pairwise(x, n2, stride, cap) + pairwise(x + n2 * stride, n - n2, stride, cap);
+    if (n < 8) {
+        for (i = 0; i < n; i++) res += fabs(lo(x[i * stride], cap));
+        return res;
+    }
+    for (int j = 0; j < 8; j++) r[j] = fabs(lo(x[j * stride], cap));
+    for (; i < n - n % 8; i += 8)
+        for (int j = 0; j < 8; j++) r[j] += fabs(lo(x[(i + j) * stride], cap));
+    res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; i++) res += fabs(lo(x[i * stride], cap));
+    return res;
+}
+
+/* Calibrated upper bounds, as serve/bounds.py's Bounds.upper (the reference): for level
+ * which[q], out[q, s, h, k] = point + offset * scale (+ offset unless normalised), scale the
+ * window mean of |targets clipped at caps| + floor, the offset table[which[q], h, k, bin] with
+ * bin the number of edges[h, k] <= (point - last clipped target) / scale. Returns -1, or the
+ * first window whose scale is not finite and positive when normalised (no bound then). */
+static PyObject *lte_bounds(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *o[10];
+    long long w;
+    int normalised;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOLpO:lte_bounds", &o[0], &o[1], &o[2], &o[3], &o[4],
+                          &o[5], &o[6], &o[7], &o[8], &w, &normalised, &o[9]))
+        return NULL;
+    static const char *names[] = {"point", "values", "ends", "targets", "caps", "floor",
+                                  "edges", "table", "which", "out"}, types[] = "ddqqddddqd";
+    static const int dims[] = {3, 2, 1, 1, 1, 1, 3, 4, 1, 4};
+    Py_buffer a[10] = {{0}};
+    if (get_arrays(o, a, 10, names, types, dims, 9) < 0) return NULL;
+    const double *point = a[0].buf, *values = a[1].buf, *caps = a[4].buf, *floor_ = a[5].buf,
+                 *edges = a[6].buf, *table = a[7].buf;
+    const int64_t *ends = a[2].buf, *targets = a[3].buf, *which = a[8].buf;
+    int64_t n = a[0].shape[0], h_ = a[0].shape[1], k_ = a[0].shape[2], c = a[1].shape[1],
+            e = a[6].shape[2], levels = a[7].shape[0], q_ = a[9].shape[0], bad = -1;
+    const Py_ssize_t *ts = a[7].shape, *os = a[9].shape;
+    const char *error = NULL;
+    if (w < 1) error = "window must be at least 1";
+    else if (a[2].shape[0] != n || a[3].shape[0] != k_ || a[4].shape[0] != k_ ||
+             a[5].shape[0] != k_ || a[6].shape[0] != h_ || a[6].shape[1] != k_ ||
+             ts[1] != h_ || ts[2] != k_ || ts[3] != e + 1 || a[8].shape[0] != q_ ||
+             os[1] != n || os[2] != h_ || os[3] != k_)
+        error = "shapes differ: point (N, H, K), ends (N,), targets, caps, floor (K,), edges "
+                "(H, K, E), table (L, H, K, E + 1), which (Q,), out (Q, N, H, K)";
+    for (int64_t s = 0; error == NULL && s < n; s++)
+        if (ends[s] < w || ends[s] > a[1].shape[0]) error = "window ends out of range";
+    for (int64_t k = 0; error == NULL && k < k_; k++)
+        if (targets[k] < 0 || targets[k] >= c) error = "target columns out of range";
+    for (int64_t q = 0; error == NULL && q < q_; q++)
+        if (which[q] < 0 || which[q] >= levels) error = "levels out of range";
+    for (int64_t s = 0; error == NULL && bad < 0 && s < n; s++)
+        for (int64_t k = 0; k < k_; k++) {
+            const double *col = values + (ends[s] - w) * c + targets[k];
+            double last = lo(col[(w - 1) * c], caps[k]);
+            double scale = pairwise(col, w, c, caps[k]) / (double)w + floor_[k];
+            if (normalised && !(scale > 0 && scale < INFINITY)) { bad = s; break; }
+            for (int64_t h = 0; h < h_; h++) {
+                int64_t cell = (s * h_ + h) * k_ + k, hk = h * k_ + k, bin = 0;
+                double p = point[cell], change = (p - last) / scale;
+                for (int64_t j = 0; j < e; j++) bin += change >= edges[hk * e + j];
+                for (int64_t q = 0; q < q_; q++) {
+                    double offset = table[((which[q] * h_ * k_) + hk) * (e + 1) + bin];
+                    ((double *)a[9].buf)[q * n * h_ * k_ + cell] =
+                        normalised ? p + offset * scale : p + offset;
+                }
+            }
+        }
+    release(a, 10);
+    if (error != NULL) return PyErr_SetString(PyExc_ValueError, error), NULL;
+    return PyLong_FromLongLong(bad);
 }
 
 /* A TL2cgen-generated library: predict() over rows of union Entry (ABI of TL2cgen 1.0). */
@@ -243,6 +327,9 @@ static PyObject *predict_trees(PyObject *Py_UNUSED(self), PyObject *args) {
 PyMethodDef slocast_lte_methods[] = {
     {"lte_features", lte_features, METH_VARARGS, "lte_features(values, ends, times, caps, "
      "blocks, columns, params, window, step_ns, out, phases): features and calendar phases."},
+    {"lte_bounds", lte_bounds, METH_VARARGS, "lte_bounds(point, values, ends, targets, caps, "
+     "floor, edges, table, which, window, normalised, out): calibrated upper bounds; -1 or "
+     "the first window with a scale that is not finite and positive."},
     {"load_trees", load_trees, METH_VARARGS, "load_trees(path): a TL2cgen library's trees."},
     {"predict_trees", predict_trees, METH_VARARGS, "predict_trees(libraries, x, out): raw "
      "outputs (rows, libraries) of every library on every row of x."},

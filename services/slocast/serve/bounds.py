@@ -50,6 +50,21 @@ class Bounds:
             )
             self._h = np.arange(shape[0])[None, :, None]
             self._k = np.arange(shape[1])[None, None, :]
+        else:  # one bin: no edges, the table is the offsets
+            self._edges = np.empty((*shape, 0))
+            self._table = np.ascontiguousarray(self._offsets[:, 0, ..., None], np.float64)
+
+    def kernel_arguments(self) -> dict[str, np.ndarray | int | bool]:
+        """The tables of :func:`_core.lte_bounds` (``serve/kernels.py`` binds it)."""
+        return {
+            "targets": self._targets.astype(np.int64),
+            "caps": np.ascontiguousarray(self._caps, np.float64),
+            "floor": np.ascontiguousarray(self._floor, np.float64),
+            "edges": np.ascontiguousarray(self._edges, np.float64),
+            "table": np.ascontiguousarray(self._table, np.float64),
+            "window": int(self._window),
+            "normalised": bool(self._normalised),
+        }
 
     def upper(
         self, point: np.ndarray, values: np.ndarray, ends: np.ndarray, which: list[int]

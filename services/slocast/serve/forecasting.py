@@ -2,8 +2,8 @@
 
 Calls the same :meth:`Forecaster.predict` contract (via the predictor), the same
 :func:`slocast.core.features.target_times` and the arithmetic of
-:meth:`ModelBundle.upper` (:class:`slocast.serve.bounds.Bounds`, all levels at
-once) as the evaluator, so a served forecast is the offline forecast for the same
+:meth:`ModelBundle.upper` (:class:`slocast.serve.kernels.NativeBounds`, all levels
+at once) as the evaluator, so a served forecast is the offline forecast for the same
 window. Responses are encoded by orjson.
 """
 
@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
-from slocast.core.features import residual_scale, target_times
+from slocast.core.features import target_times
+from slocast.serve.kernels import ScaleError
 from slocast.serve.validation import InputError, ParsedRequest
 
 if TYPE_CHECKING:
@@ -45,13 +46,11 @@ def compute(model: ServedModel, request: ParsedRequest) -> tuple[list, int]:
     points = _target_dicts(targets, point[:, :h])
     uppers = []
     if keys:
-        which = [model.bounds.levels.index(q) for q in request.quantiles]
+        which = model.bounds.which(request.quantiles)
         try:
             bounds = model.bounds.upper(point, request.values, ends, which)
-        except ValueError:  # the conformal scale overflowed: only absurd inputs (e.g. -1e308)
-            scale = residual_scale(model.bundle.spec, request.values, ends)
-            bad = ~(np.isfinite(scale) & (scale > 0)).all(axis=(1, 2))
-            raise _out_of_range(request, int(np.argmax(bad)), "bound") from None
+        except ScaleError as exc:  # the conformal scale overflowed: only absurd inputs
+            raise _out_of_range(request, exc.window, "bound") from None
         uppers = [_target_dicts(targets, level[:, :h]) for level in bounds]
     levels = [dict(zip(keys, per_step, strict=True)) for per_step in zip(*uppers, strict=True)]
     steps = [

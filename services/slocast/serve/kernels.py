@@ -1,5 +1,6 @@
 """The native LTE kernels (``slocast._native._core``, source ``_native/lte.c``) bound to
-one model: window features of a :class:`FeatureSpec`, and compiled trees.
+one model: window features of a :class:`FeatureSpec`, compiled trees, and the
+calibrated upper bounds of :class:`slocast.serve.bounds.Bounds`.
 
 Both are arrays in, arrays out; the C side validates every argument (shapes,
 dtypes, layout bounds) and raises ``ValueError``/``TypeError``.
@@ -13,6 +14,7 @@ import numpy as np
 
 from slocast._native import _core
 from slocast.core.features import FEATURE_BLOCKS, N_CALENDAR, Block, FeatureSpec, kernel_layout
+from slocast.serve.bounds import Bounds
 
 
 class NativeFeatures:
@@ -63,4 +65,47 @@ class CompiledTrees:
         """Raw outputs (rows, libraries), float32, of a float32 matrix (rows, F)."""
         out = np.empty((x.shape[0], len(self._trees)), np.float32)
         _core.predict_trees(self._trees, np.ascontiguousarray(x, np.float32), out)
+        return out
+
+
+class ScaleError(ValueError):
+    """A window's conformal scale is not finite and positive (only absurd inputs)."""
+
+    def __init__(self, window: int) -> None:
+        super().__init__(f"conformal scale of window {window} must be finite and positive")
+        self.window = window
+
+
+class NativeBounds:
+    """:meth:`Bounds.upper` of one bundle (the reference), computed by the kernel."""
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.levels = bounds.levels
+        a = bounds.kernel_arguments()
+        self._tables = (a["targets"], a["caps"], a["floor"], a["edges"], a["table"])
+        self._window, self._normalised = a["window"], a["normalised"]
+        self._shape = a["table"].shape[1:3]
+
+    def which(self, levels: tuple[float, ...]) -> np.ndarray:
+        """The kernel's ``which`` argument for calibrated ``levels``."""
+        return np.array([self.levels.index(q) for q in levels], np.int64)
+
+    def upper(
+        self, point: np.ndarray, values: np.ndarray, ends: np.ndarray, which: np.ndarray
+    ) -> np.ndarray:
+        """Bounds ``(len(which), N, horizon, K)``, float64; :class:`ScaleError` naming the
+        first window whose scale is not finite and positive."""
+        out = np.empty((which.size, point.shape[0], *self._shape))
+        bad = _core.lte_bounds(
+            np.ascontiguousarray(point, np.float64),
+            np.ascontiguousarray(values, np.float64),
+            ends,
+            *self._tables,
+            which,
+            self._window,
+            self._normalised,
+            out,
+        )
+        if bad >= 0:
+            raise ScaleError(bad)
         return out

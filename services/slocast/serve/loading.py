@@ -26,6 +26,7 @@ from slocast.models.bundle import ModelBundle, load_bundle, read_manifest
 from slocast.models.compiled_bundle import COMPILED_DIR, INDEX, TAG_COMPILED_INDEX
 from slocast.serve.bounds import Bounds
 from slocast.serve.engines import Predictor, make_predictor
+from slocast.serve.kernels import NativeBounds
 from slocast.serve.validation import RequestRules
 from slocast.settings import ServeSettings
 
@@ -38,7 +39,7 @@ class ServedModel:
     ref: VersionRef
     bundle: ModelBundle
     predictor: Predictor
-    bounds: Bounds
+    bounds: NativeBounds
     rules: RequestRules
     model_block: orjson.Fragment  # {"name", "version", "family"} as JSON
     info: dict
@@ -105,7 +106,7 @@ def build_served_model(ref: VersionRef, bundle_dir: Path, settings: ServeSetting
     )
     spec = bundle.spec
     step_ns = int(round(spec.step_seconds * 1e9))
-    bounds = Bounds(bundle)
+    bounds = NativeBounds(Bounds(bundle))
     levels = {float(q): f"{q:g}" for q in bounds.levels}
     rules = RequestRules(
         history_rows=int(bundle.forecaster.history_rows),
