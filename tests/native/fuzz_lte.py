@@ -1,5 +1,5 @@
 """Fuzz target of the LTE kernels (``_native/lte.c``): arbitrary shapes, dtypes, layouts
-and values into ``lte_features`` and ``predict_trees``.
+and values into ``lte_features``, ``predict_trees`` and ``lte_bounds``.
 
 ``one_input`` must only ever return or raise ValueError/TypeError; a crash, a
 sanitizer report or any other exception is a bug. Driven by atheris (CI's fuzz job
@@ -85,3 +85,39 @@ def _one_input(fdp: atheris.FuzzedDataProvider) -> None:
     out_trees = np.zeros((out_rows, 0))
     with contextlib.suppress(ValueError, TypeError):
         _core.predict_trees((), _mangle(fdp, x), _mangle(fdp, out_trees.astype(np.float32)))
+    _fuzz_bounds(fdp)
+
+
+def _fuzz_bounds(fdp: atheris.FuzzedDataProvider) -> None:
+    """``lte_bounds``: shapes that agree or not, any ends, columns, levels and window."""
+    n, h, k = (fdp.ConsumeIntInRange(0, 4) for _ in range(3))
+    rows, columns = fdp.ConsumeIntInRange(0, 40), fdp.ConsumeIntInRange(0, 12)
+    edges, levels, picked = (fdp.ConsumeIntInRange(0, 4) for _ in range(3))
+    window = fdp.ConsumeIntInRange(-2, 45) if fdp.ConsumeBool() else fdp.ConsumeIntInRange(*_I64)
+
+    def near(size: int) -> int:  # usually the size that fits, sometimes one off
+        return (
+            max(size + fdp.ConsumeIntInRange(-1, 1), 0)
+            if fdp.ConsumeIntInRange(0, 7) == 0
+            else size
+        )
+
+    arguments = [
+        _floats(fdp, n * h * k).reshape(n, h, k),
+        _floats(fdp, rows * columns).reshape(rows, columns),
+        _ints(fdp, near(n), -3, 45),
+        _ints(fdp, near(k), -2, 14),
+        _floats(fdp, near(k)),
+        _floats(fdp, near(k)),
+        _floats(fdp, h * k * edges).reshape(h, k, edges),
+        _floats(fdp, levels * h * k * near(edges + 1)).reshape(levels, h, k, -1),
+        _ints(fdp, picked, -1, 5),
+        window,
+        fdp.ConsumeBool(),
+        np.zeros((near(picked), n, h, near(k))),
+    ]
+    arrays = [i for i, a in enumerate(arguments) if isinstance(a, np.ndarray)]
+    for i in arrays[: fdp.ConsumeIntInRange(0, 2)]:
+        arguments[i] = _mangle(fdp, arguments[i])
+    with contextlib.suppress(ValueError, TypeError):
+        _core.lte_bounds(*arguments)

@@ -1,72 +1,58 @@
-/* LTE serving kernels: window features (mirroring core/features.py's FEATURE_BLOCKS, whose
- * NumPy builder is the definition) and TL2cgen's compiled trees on the feature matrix.
- * Every argument is validated here: no input makes these read or write out of bounds. */
+/* LTE serving kernels: window features (core/features.py's FEATURE_BLOCKS, whose NumPy builder
+ * is the definition), TL2cgen's compiled trees and calibrated bounds (serve/bounds.py). Every
+ * argument is validated here: no input makes these read or write out of bounds. */
 #include "native.h" /* Python.h: also stdint.h, stdlib.h, string.h */
 #include <dlfcn.h>
 #include <math.h>
 
-/* core/features.py's kernel codes, same order. */
 enum kind { LAG, MEAN, STD, MIN, MAX, DELTA, DIFF, EWM, LAST_OVER_MEAN, LAST_MINUS_MEDIAN,
-            MEDIAN, MEDIAN3, N_KINDS };
+            MEDIAN, MEDIAN3, N_KINDS }; /* core/features.py's kernel codes, same order */
 enum { B_KIND, B_OFFSET, B_COL, B_COUNT, B_ARG0, B_ARG1, B_FIELDS }; /* KernelLayout.blocks */
-
-/* A C-contiguous buffer of `ndim` dims of one element type ('d', 'f' or 'q'). */
-static int get_array(PyObject *obj, Py_buffer *b, const char *name, char type, int ndim,
-                     int writable) {
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, b, flags) < 0) return -1;
-    const char *f = b->format;
-    if (*f == '@' || *f == '=' || *f == '<') f++;
-    char got = (*f == 'l' && b->itemsize == 8) ? 'q' : *f;
-    if (b->ndim == ndim && got == type && f[1] == '\0' && b->itemsize == (type == 'f' ? 4 : 8))
-        return 0;
-    PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous %d-d %s array", name, ndim,
-                 type == 'd' ? "float64" : type == 'f' ? "float32" : "int64");
-    PyBuffer_Release(b); /* sets b->obj to NULL */
-    return -1;
-}
-
-static void release(Py_buffer *bufs, int n) {
-    for (int i = 0; i < n; i++) if (bufs[i].obj != NULL) PyBuffer_Release(&bufs[i]);
-}
-
-/* get_array of every o[i] (types[i], dims[i]); those from index `writable` on are outputs. */
+static void release(Py_buffer *a, int n) { while (n--) if (a[n].obj) PyBuffer_Release(&a[n]); }
+/* o[i] as a C-contiguous buffer of dims[i] dims of element type types[i] ('d', 'f' or 'q');
+ * those from index `writable` on are outputs. On error, nothing is held. */
 static int get_arrays(PyObject **o, Py_buffer *a, int n, const char **names, const char *types,
                       const int *dims, int writable) {
-    for (int i = 0; i < n; i++)
-        if (get_array(o[i], &a[i], names[i], types[i], dims[i], i >= writable) < 0)
-            return release(a, n), -1;
+    for (int i = 0; i < n; i++) {
+        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (i >= writable ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(o[i], &a[i], flags) < 0) return release(a, n), -1;
+        const char *f = a[i].format + (strchr("@=<", *a[i].format) && *a[i].format);
+        char got = (*f == 'l' && a[i].itemsize == 8) ? 'q' : *f;
+        if (a[i].ndim != dims[i] || got != types[i] || f[1] != '\0' ||
+            a[i].itemsize != (types[i] == 'f' ? 4 : 8))
+            return release(a, n), PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous %d-d "
+                "%s array", names[i], dims[i], types[i] == 'd' ? "float64" : types[i] == 'f' ?
+                "float32" : "int64"), -1;
+    }
     return 0;
 }
-
+static int in_range(const int64_t *x, int64_t n, int64_t low, int64_t high) {
+    for (int64_t i = 0; i < n; i++) if (x[i] < low || x[i] >= high) return 0;
+    return 1;
+}
 /* np.minimum / np.maximum: NaN in either operand gives NaN. */
 static double lo(double a, double b) { return (a < b || a != a) ? a : b; }
 static double hi(double a, double b) { return (a > b || a != a) ? a : b; }
-
 static double remainder_(double a, double b) { /* np.remainder for doubles */
     double mod = fmod(a, b);
     return !mod ? copysign(0.0, b) : ((b < 0) != (mod < 0)) ? mod + b : mod;
 }
-
 /* Sequential mean of column j over the window, as the reference's reduction runs. */
 static double mean_of(const double *win, int64_t w, int64_t c, int64_t j) {
     double total = win[j];
     for (int64_t i = 1; i < w; i++) total += win[i * c + j];
     return total / (double)w;
 }
-
 /* np.median of column j (NaN if any is); insertion sort (short windows) into scratch. */
 static double median_of(const double *win, int64_t w, int64_t c, int64_t j, double *scratch) {
-    for (int64_t i = 0; i < w; i++) {
+    for (int64_t i = 0, k; i < w; i++) {
         double v = win[i * c + j];
         if (v != v) return v;
-        int64_t k = i;
-        for (; k > 0 && scratch[k - 1] > v; k--) scratch[k] = scratch[k - 1];
+        for (k = i; k > 0 && scratch[k - 1] > v; k--) scratch[k] = scratch[k - 1];
         scratch[k] = v;
     }
     return (w % 2) ? scratch[w / 2] : (scratch[w / 2 - 1] + scratch[w / 2]) / 2;
 }
-
 /* Feature of column j (t-th of block b) of the clipped window: one line per kind. */
 static double feature(const int64_t *b, const double *win, int64_t w, int64_t c, int64_t j,
                       int64_t t, const double *params, double *scratch) {
@@ -100,12 +86,10 @@ static double feature(const int64_t *b, const double *win, int64_t w, int64_t c,
         return hi(lo(x, y), lo(hi(x, y), last));
     }
 }
-
 /* Whether every block fits the columns, parameters and output width of the call. */
 static int layout_fits(const int64_t *blocks, int64_t n_blocks, const int64_t *cols,
                        int64_t n_cols, int64_t n_params, int64_t c, int64_t w, int64_t width) {
-    for (int64_t i = 0; i < n_cols; i++)
-        if (cols[i] < 0 || cols[i] >= c) return 0;
+    if (!in_range(cols, n_cols, 0, c)) return 0;
     for (const int64_t *b = blocks; b < blocks + n_blocks * B_FIELDS; b += B_FIELDS) {
         if (b[B_KIND] < 0 || b[B_KIND] >= N_KINDS || b[B_COL] < 0 || b[B_COUNT] < 0 ||
             b[B_COL] > n_cols - b[B_COUNT] || b[B_OFFSET] < 0)
@@ -119,7 +103,6 @@ static int layout_fits(const int64_t *blocks, int64_t n_blocks, const int64_t *c
     }
     return 1;
 }
-
 static PyObject *lte_features(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *o[9];
     long long w, step_ns;
@@ -135,22 +118,19 @@ static PyObject *lte_features(PyObject *Py_UNUSED(self), PyObject *args) {
     const int64_t *ends = a[1].buf, *times = a[2].buf, *blocks = a[4].buf, *cols = a[5].buf;
     int64_t n_rows = a[0].shape[0], c = a[0].shape[1], n = a[1].shape[0], width = a[7].shape[1];
     const char *error = NULL;
-    if (w < 1) error = "window must be at least 1";
-    else if (a[2].shape[0] != n_rows || a[3].shape[0] != c)
-        error = "times and caps must match the rows and columns of values";
+    if (w < 1 || a[2].shape[0] != n_rows || a[3].shape[0] != c)
+        error = "window must be >= 1, times and caps must match the rows and columns of values";
     else if (a[4].shape[1] != B_FIELDS) error = "blocks must have 6 fields per row";
     else if (a[7].shape[0] != n || a[8].shape[0] != n || a[8].shape[1] != 3)
         error = "out must be (len(ends), width) and phases (len(ends), 3)";
     else if (!layout_fits(blocks, a[4].shape[0], cols, a[5].shape[0], a[6].shape[0], c, w, width))
         error = "the layout does not fit the columns, parameters or output width";
-    for (int64_t s = 0; error == NULL && s < n; s++)
-        if (ends[s] < w || ends[s] > n_rows) error = "window ends out of range for the series";
+    else if (!in_range(ends, n, w, n_rows + 1)) error = "window ends out of range for the series";
     /* With a window end, w <= n_rows: the scratch is bounded by the values array. */
     double *win = (error == NULL && n > 0) ? malloc(sizeof(double) * (size_t)(w * c + w)) : NULL;
-    if (error != NULL || (n > 0 && win == NULL)) {
-        release(a, 9);
-        return error ? (PyErr_SetString(PyExc_ValueError, error), NULL) : PyErr_NoMemory();
-    }
+    if (error != NULL || (n > 0 && win == NULL))
+        return release(a, 9),
+               error ? (PyErr_SetString(PyExc_ValueError, error), NULL) : PyErr_NoMemory();
     static const double periods[3] = {86400.0, 604800.0, 31557600.0}, offsets[3] = {0, 259200, 0};
     for (int64_t s = 0; s < n; s++) {
         const double *rows = values + (ends[s] - w) * c;
@@ -171,38 +151,29 @@ static PyObject *lte_features(PyObject *Py_UNUSED(self), PyObject *args) {
             ((double *)a[8].buf)[s * 3 + p] =
                 6.283185307179586 * remainder_(seconds - offsets[p], periods[p]) / periods[p];
     }
-    free(win);
-    release(a, 9);
+    free(win), release(a, 9);
     return Py_NewRef(Py_None);
 }
-
 /* Sum of |min(x[i * stride], cap)| in NumPy's pairwise order (its add.reduce along the
  * contiguous axis, which is the window in the reference's fancy-indexed gather). */
-static double pairwise(const double *x, int64_t n, int64_t stride, double cap) {
-    double r[8], res = 0.;
-    int64_t i = 8, n2 = n / 2 - (n / 2) % 8;
-    if (n > 128) return pairwise(x, n2, stride, cap) + pairwise(x + n2 * stride, n - n2, stride, cap);
-    if (n < 8) {
-        for (i = 0; i < n; i++) res += fabs(lo(x[i * stride], cap));
-        return res;
-    }
-    for (int j = 0; j < 8; j++) r[j] = fabs(lo(x[j * stride], cap));
-    for (; i < n - n % 8; i += 8)
-        for (int j = 0; j < 8; j++) r[j] += fabs(lo(x[(i + j) * stride], cap));
-    res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-    for (; i < n; i++) res += fabs(lo(x[i * stride], cap));
+static double pairwise(const double *x, int64_t n, int64_t s, double cap) {
+    double r[8] = {0}, res = 0; /* 0 + |v| is |v|: the same as NumPy's r[j] = v[j] */
+    int64_t i = 0, half = n / 2 - (n / 2) % 8;
+    if (n > 128) return pairwise(x, half, s, cap) + pairwise(x + half * s, n - half, s, cap);
+    for (; n >= 8 && i < n - n % 8; i += 8)
+        for (int j = 0; j < 8; j++) r[j] += fabs(lo(x[(i + j) * s], cap));
+    if (n >= 8) res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; i++) res += fabs(lo(x[i * s], cap));
     return res;
 }
-
-/* Calibrated upper bounds, as serve/bounds.py's Bounds.upper (the reference): for level
- * which[q], out[q, s, h, k] = point + offset * scale (+ offset unless normalised), scale the
- * window mean of |targets clipped at caps| + floor, the offset table[which[q], h, k, bin] with
- * bin the number of edges[h, k] <= (point - last clipped target) / scale. Returns -1, or the
- * first window whose scale is not finite and positive when normalised (no bound then). */
+/* Upper bounds as serve/bounds.py's Bounds.upper (the reference): out[q, s, h, k] = point +
+ * offset * scale (+ offset unless normalised), scale the window mean of |targets clipped at
+ * caps| + floor, offset table[which[q], h, k, bin], bin the number of edges[h, k] <= (point -
+ * last clipped target) / scale. -1, or the first window whose scale is not finite and > 0. */
 static PyObject *lte_bounds(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *o[10];
-    long long w;
-    int normalised;
+    long long w = 0;
+    int normalised = 0;
     if (!PyArg_ParseTuple(args, "OOOOOOOOOLpO:lte_bounds", &o[0], &o[1], &o[2], &o[3], &o[4],
                           &o[5], &o[6], &o[7], &o[8], &w, &normalised, &o[9]))
         return NULL;
@@ -214,56 +185,46 @@ static PyObject *lte_bounds(PyObject *Py_UNUSED(self), PyObject *args) {
     const double *point = a[0].buf, *values = a[1].buf, *caps = a[4].buf, *floor_ = a[5].buf,
                  *edges = a[6].buf, *table = a[7].buf;
     const int64_t *ends = a[2].buf, *targets = a[3].buf, *which = a[8].buf;
-    int64_t n = a[0].shape[0], h_ = a[0].shape[1], k_ = a[0].shape[2], c = a[1].shape[1],
-            e = a[6].shape[2], levels = a[7].shape[0], q_ = a[9].shape[0], bad = -1;
-    const Py_ssize_t *ts = a[7].shape, *os = a[9].shape;
+    double *out = a[9].buf;
+    const Py_ssize_t *ps = a[0].shape, *es = a[6].shape, *ts = a[7].shape, *os = a[9].shape;
+    int64_t n = ps[0], h_ = ps[1], k_ = ps[2], c = a[1].shape[1], e = es[2], q_ = os[0], bad = -1;
     const char *error = NULL;
-    if (w < 1) error = "window must be at least 1";
-    else if (a[2].shape[0] != n || a[3].shape[0] != k_ || a[4].shape[0] != k_ ||
-             a[5].shape[0] != k_ || a[6].shape[0] != h_ || a[6].shape[1] != k_ ||
-             ts[1] != h_ || ts[2] != k_ || ts[3] != e + 1 || a[8].shape[0] != q_ ||
-             os[1] != n || os[2] != h_ || os[3] != k_)
+    if (a[2].shape[0] != n || a[3].shape[0] != k_ || a[4].shape[0] != k_ ||
+        a[5].shape[0] != k_ || es[0] != h_ || es[1] != k_ || ts[1] != h_ || ts[2] != k_ ||
+        ts[3] != e + 1 || a[8].shape[0] != q_ || os[1] != n || os[2] != h_ || os[3] != k_)
         error = "shapes differ: point (N, H, K), ends (N,), targets, caps, floor (K,), edges "
                 "(H, K, E), table (L, H, K, E + 1), which (Q,), out (Q, N, H, K)";
-    for (int64_t s = 0; error == NULL && s < n; s++)
-        if (ends[s] < w || ends[s] > a[1].shape[0]) error = "window ends out of range";
-    for (int64_t k = 0; error == NULL && k < k_; k++)
-        if (targets[k] < 0 || targets[k] >= c) error = "target columns out of range";
-    for (int64_t q = 0; error == NULL && q < q_; q++)
-        if (which[q] < 0 || which[q] >= levels) error = "levels out of range";
+    else if (w < 1 || !in_range(ends, n, w, a[1].shape[0] + 1) || !in_range(targets, k_, 0, c) ||
+             !in_range(which, q_, 0, ts[0]))
+        error = "window (>= 1), window ends, target columns or levels out of range";
     for (int64_t s = 0; error == NULL && bad < 0 && s < n; s++)
         for (int64_t k = 0; k < k_; k++) {
             const double *col = values + (ends[s] - w) * c + targets[k];
             double last = lo(col[(w - 1) * c], caps[k]);
             double scale = pairwise(col, w, c, caps[k]) / (double)w + floor_[k];
             if (normalised && !(scale > 0 && scale < INFINITY)) { bad = s; break; }
+            double by = normalised ? scale : 1.0; /* offset * 1.0 is offset, NaN and inf too */
             for (int64_t h = 0; h < h_; h++) {
                 int64_t cell = (s * h_ + h) * k_ + k, hk = h * k_ + k, bin = 0;
                 double p = point[cell], change = (p - last) / scale;
                 for (int64_t j = 0; j < e; j++) bin += change >= edges[hk * e + j];
-                for (int64_t q = 0; q < q_; q++) {
-                    double offset = table[((which[q] * h_ * k_) + hk) * (e + 1) + bin];
-                    ((double *)a[9].buf)[q * n * h_ * k_ + cell] =
-                        normalised ? p + offset * scale : p + offset;
-                }
+                for (int64_t q = 0; q < q_; q++)
+                    out[q * n * h_ * k_ + cell] =
+                        p + table[(which[q] * h_ * k_ + hk) * (e + 1) + bin] * by;
             }
         }
     release(a, 10);
     if (error != NULL) return PyErr_SetString(PyExc_ValueError, error), NULL;
     return PyLong_FromLongLong(bad);
 }
-
 /* A TL2cgen-generated library: predict() over rows of union Entry (ABI of TL2cgen 1.0). */
 union entry { int missing; float fvalue; int qvalue; };
 typedef void (*predict_fn)(union entry *row, int pred_margin, float *result);
 typedef struct { void *handle; predict_fn predict; int64_t num_feature; } trees;
 static const char TREES[] = "slocast._native.trees";
-
 static void trees_free(PyObject *capsule) {
-    trees *t = PyCapsule_GetPointer(capsule, TREES);
-    dlclose(t->handle), free(t);
+    trees *t = PyCapsule_GetPointer(capsule, TREES); dlclose(t->handle), free(t);
 }
-
 static PyObject *load_trees(PyObject *Py_UNUSED(self), PyObject *args) {
     const char *path;
     if (!PyArg_ParseTuple(args, "s:load_trees", &path)) return NULL;
@@ -286,7 +247,6 @@ static PyObject *load_trees(PyObject *Py_UNUSED(self), PyObject *args) {
     if (capsule == NULL) dlclose(handle), free(t);
     return capsule;
 }
-
 /* out[r, f] = raw output of library f on row r of x, as TL2cgen's PredictBatch gives it
  * (NaN is "missing", each result starts at zero, no margin transform). */
 static PyObject *predict_trees(PyObject *Py_UNUSED(self), PyObject *args) {
@@ -294,8 +254,9 @@ static PyObject *predict_trees(PyObject *Py_UNUSED(self), PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!OO:predict_trees", &PyTuple_Type, &libs, &xo, &oo))
         return NULL;
     Py_buffer a[2] = {{0}};
-    if (get_array(xo, &a[0], "x", 'f', 2, 0) < 0 || get_array(oo, &a[1], "out", 'f', 2, 1) < 0)
-        return release(a, 2), NULL;
+    if (get_arrays((PyObject *[]){xo, oo}, a, 2, (const char *[]){"x", "out"}, "ff",
+                   (const int[]){2, 2}, 1) < 0)
+        return NULL;
     int64_t rows = a[0].shape[0], width = a[0].shape[1], n_fn = PyTuple_GET_SIZE(libs);
     const char *error = NULL;
     if (a[1].shape[0] != rows || a[1].shape[1] != n_fn)
@@ -312,26 +273,20 @@ static PyObject *predict_trees(PyObject *Py_UNUSED(self), PyObject *args) {
     for (int64_t r = 0; row != NULL && error == NULL && r < rows; r++) {
         const float *x = (const float *)a[0].buf + r * width;
         float *out = (float *)a[1].buf + r * n_fn;
-        for (int64_t j = 0; j < width; j++) {
-            if (isnan(x[j])) row[j].missing = -1;
-            else row[j].fvalue = x[j];
-        }
+        for (int64_t j = 0; j < width; j++)
+            if (isnan(x[j])) row[j].missing = -1; else row[j].fvalue = x[j];
         for (int64_t f = 0; f < n_fn; f++) out[f] = 0.0f, fns[f](row, 0, &out[f]);
     }
-    free(fns);
-    release(a, 2);
+    free(fns), release(a, 2);
     if (error != NULL) return PyErr_Clear(), PyErr_SetString(kind, error), NULL;
     return fns == NULL ? PyErr_NoMemory() : Py_NewRef(Py_None);
 }
-
 PyMethodDef slocast_lte_methods[] = {
     {"lte_features", lte_features, METH_VARARGS, "lte_features(values, ends, times, caps, "
      "blocks, columns, params, window, step_ns, out, phases): features and calendar phases."},
     {"lte_bounds", lte_bounds, METH_VARARGS, "lte_bounds(point, values, ends, targets, caps, "
-     "floor, edges, table, which, window, normalised, out): calibrated upper bounds; -1 or "
-     "the first window with a scale that is not finite and positive."},
+     "floor, edges, table, which, window, normalised, out): upper bounds; -1 or a bad window."},
     {"load_trees", load_trees, METH_VARARGS, "load_trees(path): a TL2cgen library's trees."},
-    {"predict_trees", predict_trees, METH_VARARGS, "predict_trees(libraries, x, out): raw "
-     "outputs (rows, libraries) of every library on every row of x."},
+    {"predict_trees", predict_trees, METH_VARARGS, "predict_trees(libraries, x, out)."},
     {NULL, NULL, 0, NULL},
 };
