@@ -101,8 +101,10 @@ class XGBoostForecaster(Forecaster):
 
     def finish(self, raw: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Raw booster outputs (N, horizon, K) -> forecasts in original units."""
-        last = self._last(values, ends)[:, None, :]
-        return np.asarray(raw, np.float64) * self.target_mean + self.persistence_share * last
+        # float32 * float64 computes in float64, as converting first would; in place after.
+        out = np.asarray(raw) * self.target_mean
+        out += self.persistence_share * self._last(values, ends)[:, None, :]
+        return out
 
     def _scaled_target(self, y: np.ndarray, last: np.ndarray, k: int) -> np.ndarray:
         return (y - self.persistence_share * last) / self.target_mean[k]

@@ -51,7 +51,7 @@ def compute(model: ServedModel, request: ParsedRequest) -> tuple[list, int]:
             bounds = model.bounds.upper(point, request.values, ends, which)
         except ScaleError as exc:  # the conformal scale overflowed: only absurd inputs
             raise _out_of_range(request, exc.window, "bound") from None
-        uppers = [_target_dicts(targets, level[:, :h]) for level in bounds]
+        uppers = _target_dicts(targets, bounds[:, :, :h], len(keys))
     levels = [dict(zip(keys, per_step, strict=True)) for per_step in zip(*uppers, strict=True)]
     steps = [
         {"time": t, "point": p, "quantiles": q}
@@ -74,18 +74,23 @@ def _time_strings(
         grid = target_times(times, ends, horizon, step_seconds)
         return np.datetime_as_string(grid, unit="s").ravel().tolist()
     # A handful of stamps: datetime arithmetic beats numpy's per-call overhead ~10x.
-    # Same grid as target_times: the last history time plus k steps.
+    # Same grid as target_times: the last history time plus k steps. Histories are
+    # stacked end to end, so their last times are a strided view, not a gather.
     step = timedelta(seconds=step_seconds)
+    rows = int(ends[0])
     return [
         (_EPOCH + timedelta(microseconds=last_ns // 1000) + step * k).isoformat(timespec="seconds")
-        for last_ns in times.view(np.int64)[ends - 1].tolist()
+        for last_ns in times.view(np.int64)[rows - 1 :: rows].tolist()
         for k in range(1, horizon + 1)
     ]
 
 
-def _target_dicts(targets: tuple[str, ...], values: np.ndarray) -> list[dict]:
-    """``{target: value}`` for every row of ``values`` (..., K), flattened."""
-    return list(map(dict, map(zip, repeat(targets), values.reshape(-1, len(targets)).tolist())))
+def _target_dicts(targets: tuple[str, ...], values: np.ndarray, parts: int = 0) -> list:
+    """``{target: value}`` for every row of ``values`` (..., K), flattened; with ``parts``,
+    one such list for each of the first axis' ``parts`` slices (one ``tolist`` for all)."""
+    rows = values.reshape(parts or 1, -1, len(targets)).tolist()
+    lists = [list(map(dict, map(zip, repeat(targets), part))) for part in rows]
+    return lists if parts else lists[0]
 
 
 def forecast_body(model: ServedModel, request: ParsedRequest) -> tuple[bytes, int]:

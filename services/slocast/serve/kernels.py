@@ -68,6 +68,9 @@ class CompiledTrees:
         return out
 
 
+_KEPT_LEVEL_SETS = 64
+
+
 class ScaleError(ValueError):
     """A window's conformal scale is not finite and positive (only absurd inputs)."""
 
@@ -85,10 +88,18 @@ class NativeBounds:
         self._tables = (a["targets"], a["caps"], a["floor"], a["edges"], a["table"])
         self._window, self._normalised = a["window"], a["normalised"]
         self._shape = a["table"].shape[1:3]
+        self._which: dict[tuple[float, ...], np.ndarray] = {}
 
     def which(self, levels: tuple[float, ...]) -> np.ndarray:
-        """The kernel's ``which`` argument for calibrated ``levels``."""
-        return np.array([self.levels.index(q) for q in levels], np.int64)
+        """The kernel's ``which`` argument for calibrated ``levels`` (kept for the first
+        few distinct requests: clients mostly ask for the same levels)."""
+        which = self._which.get(levels)
+        if which is None:
+            which = np.array([self.levels.index(q) for q in levels], np.int64)
+            which.flags.writeable = False  # shared by concurrent requests
+            if len(self._which) < _KEPT_LEVEL_SETS:
+                self._which[levels] = which
+        return which
 
     def upper(
         self, point: np.ndarray, values: np.ndarray, ends: np.ndarray, which: np.ndarray

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter, sub
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -56,9 +57,9 @@ class RequestRules:
         return ", ".join(self.levels.values()) or "none"
 
 
-@dataclass(frozen=True)
-class ParsedRequest:
-    """Series stacked end to end, each trimmed to its last ``history_rows`` rows."""
+class ParsedRequest(NamedTuple):
+    """Series stacked end to end, each trimmed to its last ``history_rows`` rows (a tuple:
+    built on every request, cheaper than a frozen dataclass)."""
 
     times: np.ndarray  # datetime64[ns], (S * rows,)
     values: np.ndarray  # float64, (S * rows, C) in FEATURE_COLUMNS order
@@ -72,7 +73,8 @@ def parse_forecast(body: bytes, rules: RequestRules) -> ParsedRequest:
     horizon = _horizon(doc.horizon, rules)
     quantiles = _quantiles(doc.quantiles, rules)
     times, values = _history(doc.history, "history", rules)
-    _check_forecast_times(times, horizon, rules, "history")
+    # On the grid, so sorted: the last time is the latest.
+    _check_forecast_times(int(times.view(np.int64)[-1]), horizon, rules, "history")
     return ParsedRequest(times, values, None, horizon, quantiles)
 
 
@@ -106,7 +108,7 @@ def parse_batch(body: bytes, rules: RequestRules) -> ParsedRequest:
         ]
         fast = np.concatenate([t for t, _ in parts]), np.concatenate([v for _, v in parts])
     times, values = fast
-    _check_forecast_times(times, horizon, rules, "series")
+    _check_forecast_times(int(times.view(np.int64).max()), horizon, rules, "series")
     return ParsedRequest(times, values, ids, horizon, quantiles)
 
 
@@ -134,13 +136,13 @@ def _invalid(error: str) -> InputError:
 _LATEST_NS = int(np.iinfo(np.int64).max)
 
 
-def _check_forecast_times(times: np.ndarray, horizon: int, rules: RequestRules, field: str) -> None:
-    """Forecast times must fit datetime64[ns] (up to 2262-04-11), or they would wrap around."""
-    last = int(times.view(np.int64).max())
+def _check_forecast_times(last: int, horizon: int, rules: RequestRules, field: str) -> None:
+    """Forecast times must fit datetime64[ns] (up to 2262-04-11), or they would wrap around;
+    ``last`` is the latest history time in ns."""
     if last > _LATEST_NS - horizon * rules.step_ns:
         raise InputError(
             field,
-            f"history ends at {_fmt(times.max())}: forecasts {horizon} step(s) later would fall "
+            f"history ends at {_fmt(np.datetime64(last, 'ns'))}: forecasts {horizon} step(s) later would fall "
             f"after {_fmt(np.datetime64(_LATEST_NS, 'ns'))}, the latest time slocast represents",
         )
 
@@ -214,13 +216,12 @@ def _history(rows: list, field: str, rules: RequestRules) -> tuple[np.ndarray, n
             f"only the last {rules.history_rows} are used",
             status=413,
         )
-    # Every cell is a finite double: msgspec refuses null, strings, booleans, NaN and
-    # Infinity literals and numbers beyond a double's range.
-    values = _cells(rows)
     times = _times(list(map(_TIME, rows)), field)
     _check_grid(times, field, rules)
+    # Every cell is a finite double: msgspec refuses null, strings, booleans, NaN and
+    # Infinity literals and numbers beyond a double's range. Older rows are not used.
     keep = rules.history_rows
-    return times[-keep:], values[-keep:]
+    return times[-keep:], _cells(rows[-keep:])
 
 
 def _cells(rows: list) -> np.ndarray:
