@@ -7,7 +7,7 @@ conformal correction that makes its bound a real P90 on fresh data:
     point = max(trees' point, floor)
     upper = point + scale * offset[regime],   scale = max(point, SCALE_FLOOR_MS)
 
-``floor`` is the lowest training target (:func:`point_floor`): a mean model's
+``floor`` is a low quantile of the training targets (:func:`point_floor`): a mean model's
 leaves can push a light row's point below zero (on ShareGPT the TTFT default
 predicted down to -154 ms, a bound of 0 ms), and no point below anything ever
 observed is a plausible latency. The offsets are calibrated on the clipped points,
@@ -255,15 +255,21 @@ def predict_booster(booster: xgb.Booster, x: np.ndarray, objective: str) -> np.n
     return point_from_raw(raw, objective)
 
 
+# The floor's level among the training targets (docs/latency.md, "Point floor").
+POINT_FLOOR_QUANTILE = 0.05
+
+
 def point_floor(y: np.ndarray) -> float:
     """The floor of the points of a model fitted on targets ``y`` (training rows only).
 
-    Their minimum, not a low quantile: it has no level to tune, and clipping a
-    point up to it never moves the point away from any target at or above it (the
-    training rows, and nearly every fresh one), so it only removes impossible
-    predictions; a low quantile would also raise points of rows that are truly fast.
+    A low quantile rather than the minimum: the rows whose trees' point falls
+    below the training targets are rows the trees got wrong (their leaves were
+    pulled down by other rows), not the fastest ones, and their actual latency is
+    typical; a floor at the minimum leaves their bound below most of them. Lifting
+    a truly fast row's point to the floor costs little at an upper quantile (the
+    pinball loss weighs a bound too high by 1 - q, one too low by q).
     """
-    return float(np.min(y))
+    return float(np.quantile(y, POINT_FLOOR_QUANTILE))
 
 
 # Calibration files written before the floor existed have no floor key: their
@@ -499,7 +505,7 @@ def _out_of_fold_points(
     seed: int,
 ) -> np.ndarray:
     """Every row's point from the model fitted on the other folds, clipped at that
-    model's own floor (its training rows' minimum, as a served model's)."""
+    model's own floor (of its training rows, as a served model's)."""
     out_of_fold = np.empty(y.shape[0], dtype=np.float64)
     for k in range(folds):
         held = fold == k
