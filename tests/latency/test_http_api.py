@@ -349,7 +349,10 @@ def test_monotone_in_load(servers: dict[str, str], learned: dict) -> None:
             "predictions"
         ]
     ]
-    assert ttft[1] > ttft[0] * 1.5  # and it actually grows with the law
+    # It grows with the law, from a bound that is not 0: at 0 tokens the mean model's
+    # point is negative and clipped at the point floor (before the floor this bound
+    # was 0 ms, which alone let a 1.5x growth check pass).
+    assert 0 < ttft[0] < ttft[1]
 
 
 def test_all_endpoints_agree_and_use_every_feature(servers: dict[str, str], learned: dict) -> None:

@@ -77,7 +77,8 @@ def test_served_bounds_equal_the_offline_models(published, engine: str) -> None:
         served = model.targets[target]
         point = point_from_raw(served.forest.predict(x).astype(np.float64), served.objective)
         np.testing.assert_array_equal(
-            bounds[target], upper_bound(point, served.calibration, regime_ids)
+            bounds[target],
+            upper_bound(point, served.calibration, regime_ids, served.point_floor_ms),
         )
 
 

@@ -138,7 +138,7 @@ def test_two_sided_offset_shrinks_an_over_covering_quantile_model() -> None:
     groups = np.zeros(y.shape[0], np.int64)
     calib = m.calibrate(point, y, groups, 0.9, "two_sided")
     assert calib.pooled < 0 and not calib.per_group
-    assert abs(coverage(y, m.upper_bound(point, calib, groups)) - 0.9) < 0.01
+    assert abs(coverage(y, m.upper_bound(point, calib, groups, 0.0)) - 0.9) < 0.01
     assert m.calibrate(point, y, groups, 0.9, "none").pooled == 0.0
 
 
@@ -159,7 +159,7 @@ def test_mondrian_offsets_rare_regimes_never_raise_a_calibrated_one() -> None:
     grid = calib.offsets_for(np.arange(NUM_REGIMES)).reshape(-1, buckets)
     assert (np.diff(grid, axis=0) >= 0).all()
     assert grid[-1, -1] == pytest.approx(np.quantile(y[groups == deep] / 100 - 1, 0.9), abs=0.005)
-    upper = m.upper_bound(point, calib, groups)
+    upper = m.upper_bound(point, calib, groups, 0.0)
     assert abs(coverage(y[groups == deep], upper[groups == deep]) - 0.9) < 0.02
     # KV bucket 1 has no calibrated regime: its rare regimes get the rare rows' offset
     rows = np.isin(groups, [1, 5, 9])

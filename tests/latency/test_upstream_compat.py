@@ -210,7 +210,8 @@ def test_model_files_describe_what_is_served(fresh: dict, trained: dict) -> None
         booster.load_model(bytearray(json.dumps(doc["xgboost_model"]).encode()))
         raw = booster.inplace_predict(build_features(cols)).astype(np.float64)
         point = point_from_raw(raw, doc["objective"])
-        bound = upper_bound(point, MondrianCalibration.from_dict(doc["calibration"]), regimes(cols))
+        calibration = MondrianCalibration.from_dict(doc["calibration"])
+        bound = upper_bound(point, calibration, regimes(cols), doc["point_floor_ms"])
         got = np.array([p[f"{target}_ms"] for p in served])
         np.testing.assert_allclose(bound, got, rtol=1e-5)
 

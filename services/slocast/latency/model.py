@@ -4,7 +4,14 @@ A model is an XGBoost booster monotone in the load features (per target: a mean
 model, or a pinball-loss model on log latency, see :data:`TARGET_PARAMS`) plus a
 conformal correction that makes its bound a real P90 on fresh data:
 
+    point = max(trees' point, floor)
     upper = point + scale * offset[regime],   scale = max(point, SCALE_FLOOR_MS)
+
+``floor`` is a low quantile of the training targets (:func:`point_floor`): a mean model's
+leaves can push a light row's point below zero (on ShareGPT the TTFT default
+predicted down to -154 ms, a bound of 0 ms), and no point below anything ever
+observed is a plausible latency. The offsets are calibrated on the clipped points,
+so the bound of a clipped row is its floor plus its offset, as served.
 
 Residuals are normalised by the predicted level because latency noise grows with
 latency (a 5 s TTFT under contention is not off by the same milliseconds as a 50 ms
@@ -248,6 +255,38 @@ def predict_booster(booster: xgb.Booster, x: np.ndarray, objective: str) -> np.n
     return point_from_raw(raw, objective)
 
 
+# The floor's level among the training targets (docs/latency.md, "Point floor").
+POINT_FLOOR_QUANTILE = 0.05
+
+
+def point_floor(y: np.ndarray) -> float:
+    """The floor of the points of a model fitted on targets ``y`` (training rows only).
+
+    A low quantile rather than the minimum: the rows whose trees' point falls
+    below the training targets are rows the trees got wrong (their leaves were
+    pulled down by other rows), not the fastest ones, and their actual latency is
+    typical; a floor at the minimum leaves their bound below most of them. Lifting
+    a truly fast row's point to the floor costs little at an upper quantile (the
+    pinball loss weighs a bound too high by 1 - q, one too low by q).
+    """
+    return float(np.quantile(y, POINT_FLOOR_QUANTILE))
+
+
+# Calibration files written before the floor existed have no floor key: their
+# models served unclipped points, which a floor of 0 reproduces up to a bound of
+# offset x SCALE_FLOOR_MS instead of 0 for a negative point.
+LEGACY_POINT_FLOOR_MS = 0.0
+
+
+def stored_point_floor(calibration_file: dict) -> float:
+    """The floor of a saved ``<target>.calibration.json`` (see :meth:`TargetModel.save`)."""
+    return float(calibration_file.get("point_floor_ms", LEGACY_POINT_FLOOR_MS))
+
+
+def clip_point(point: np.ndarray, floor: float) -> np.ndarray:
+    return np.maximum(np.asarray(point, np.float64), floor)
+
+
 def scale_of(point: np.ndarray) -> np.ndarray:
     return np.maximum(np.asarray(point, np.float64), SCALE_FLOOR_MS)
 
@@ -260,6 +299,9 @@ def calibrate(
     mode: str = "mondrian",
 ) -> MondrianCalibration:
     """Offsets on normalised signed residuals ``(y - point) / scale``.
+
+    ``point``: the points as served, already clipped at their model's floor
+    (:func:`clip_point`), so the offsets are those of the served bound.
 
     "mondrian": per regime, then made non-decreasing in queue depth (per KV
     bucket): a deeper queue must never get a smaller relative margin, or the bound
@@ -341,9 +383,11 @@ def monotone_in_depth(own: dict[int, float], fallback: float) -> np.ndarray:
 
 
 def upper_bound(
-    point: np.ndarray, calibration: MondrianCalibration, regime_ids: np.ndarray
+    point: np.ndarray, calibration: MondrianCalibration, regime_ids: np.ndarray, floor: float
 ) -> np.ndarray:
-    """Calibrated upper bound, clipped at 0 (latencies are never negative)."""
+    """Calibrated upper bound of the trees' ``point`` clipped at ``floor`` (the
+    model's :func:`point_floor`), then at 0 (a two-sided offset can be below -1)."""
+    point = clip_point(point, floor)
     upper = calibration.upper(point, regime_ids, scale=scale_of(point))
     return np.maximum(upper, 0.0)
 
@@ -357,10 +401,16 @@ class TargetModel:
     objective: str
     booster: xgb.Booster
     calibration: MondrianCalibration
+    # :func:`point_floor` of the rows the trees were fitted on.
+    point_floor_ms: float
+
+    def point(self, x: np.ndarray) -> np.ndarray:
+        """The served point (ms): the trees' point clipped at the floor."""
+        return clip_point(predict_booster(self.booster, x, self.objective), self.point_floor_ms)
 
     def predict(self, x: np.ndarray, regime_ids: np.ndarray) -> np.ndarray:
         point = predict_booster(self.booster, x, self.objective)
-        return upper_bound(point, self.calibration, regime_ids)
+        return upper_bound(point, self.calibration, regime_ids, self.point_floor_ms)
 
     def save(self, directory: Path) -> dict[str, str]:
         """Write ``<target>.ubj`` and ``<target>.calibration.json``; returns file names."""
@@ -372,6 +422,7 @@ class TargetModel:
                 {
                     "quantile": self.quantile,
                     "objective": self.objective,
+                    "point_floor_ms": self.point_floor_ms,
                     "mondrian": self.calibration.to_dict(),
                 }
             )
@@ -389,6 +440,7 @@ def load_target_model(directory: Path, target: str, files: dict[str, str]) -> Ta
         calib["objective"],
         booster,
         MondrianCalibration.from_dict(calib["mondrian"]),
+        stored_point_floor(calib),
     )
 
 
@@ -411,9 +463,10 @@ def fit_target_model(
     """
     if booster is None:
         booster = fit_booster(train_x, train_y, quantile, params, seed)
-    point = predict_booster(booster, calib_x, params.objective)
+    floor = point_floor(train_y)
+    point = clip_point(predict_booster(booster, calib_x, params.objective), floor)
     calibration = calibrate(point, calib_y, calib_regimes, quantile, params.calibration)
-    return TargetModel(target, quantile, params.objective, booster, calibration)
+    return TargetModel(target, quantile, params.objective, booster, calibration, floor)
 
 
 def fit_cross_conformal(
@@ -436,14 +489,30 @@ def fit_cross_conformal(
     weaker than the refit, so the bound errs on the side of coverage.
     """
     fold = np.random.default_rng(seed).permutation(y.shape[0]) % folds
+    out_of_fold = _out_of_fold_points(x, y, fold, folds, quantile, params, seed)
+    booster = fit_booster(x, y, quantile, params, seed)
+    calibration = calibrate(out_of_fold, y, regime_ids, quantile, params.calibration)
+    return TargetModel(target, quantile, params.objective, booster, calibration, point_floor(y))
+
+
+def _out_of_fold_points(
+    x: np.ndarray,
+    y: np.ndarray,
+    fold: np.ndarray,
+    folds: int,
+    quantile: float,
+    params: TreeParams,
+    seed: int,
+) -> np.ndarray:
+    """Every row's point from the model fitted on the other folds, clipped at that
+    model's own floor (of its training rows, as a served model's)."""
     out_of_fold = np.empty(y.shape[0], dtype=np.float64)
     for k in range(folds):
         held = fold == k
         booster = fit_booster(x[~held], y[~held], quantile, params, seed + 1 + k)
-        out_of_fold[held] = predict_booster(booster, x[held], params.objective)
-    booster = fit_booster(x, y, quantile, params, seed)
-    calibration = calibrate(out_of_fold, y, regime_ids, quantile, params.calibration)
-    return TargetModel(target, quantile, params.objective, booster, calibration)
+        point = predict_booster(booster, x[held], params.objective)
+        out_of_fold[held] = clip_point(point, point_floor(y[~held]))
+    return out_of_fold
 
 
 def one_se_choice(losses: list[np.ndarray]) -> int:
@@ -498,26 +567,24 @@ def fit_selected(
     """
     n = y.shape[0]
     fold = np.random.default_rng(seed).permutation(n) % folds
-    fits: dict[TreeParams, tuple[np.ndarray, xgb.Booster]] = {}
+    fits: dict[TreeParams, np.ndarray] = {}
     scores, covers, losses = [], [], []
     y64 = np.asarray(y, np.float64)
     for params in candidates:
         key = params.trees()
         if key not in fits:
-            out_of_fold = np.empty(n, dtype=np.float64)
-            for k in range(folds):
-                held = fold == k
-                booster = fit_booster(x[~held], y[~held], quantile, params, seed + 1 + k)
-                out_of_fold[held] = predict_booster(booster, x[held], params.objective)
-            fits[key] = (out_of_fold, None)
-        out_of_fold = fits[key][0]
+            fits[key] = _out_of_fold_points(x, y, fold, folds, quantile, params, seed)
+        out_of_fold = fits[key]
         bound = np.empty(n, dtype=np.float64)
         for k in range(folds):
             held = fold == k
             calib = calibrate(
                 out_of_fold[~held], y64[~held], regime_ids[~held], quantile, params.calibration
             )
-            bound[held] = upper_bound(out_of_fold[held], calib, regime_ids[held])
+            # Already clipped at the fold model's floor (a no-op here).
+            bound[held] = upper_bound(
+                out_of_fold[held], calib, regime_ids[held], point_floor(y64[~held])
+            )
         residual = y64 - bound
         losses.append(np.maximum(quantile * residual, (quantile - 1) * residual))
         scores.append(float(np.mean(losses[-1])))
@@ -525,7 +592,7 @@ def fit_selected(
     chosen = one_se_choice(losses)
     params = candidates[chosen]
     booster = fit_booster(x, y, quantile, params, seed)
-    out_of_fold = fits[params.trees()][0]
+    out_of_fold = fits[params.trees()]
     calibration = calibrate(out_of_fold, y64, regime_ids, quantile, params.calibration)
-    model = TargetModel(target, quantile, params.objective, booster, calibration)
+    model = TargetModel(target, quantile, params.objective, booster, calibration, point_floor(y64))
     return model, Selection(tuple(scores), tuple(covers), chosen)

@@ -5,7 +5,8 @@ For each target, rows where that target is observed (> 0); for each seed a rando
 upstream one included) by cross-validated pinball loss inside the 90%, fits its
 trees on the 90% and its conformal offsets on out-of-fold residuals within the 90%
 (cross-conformal; never on the test rows, see
-:func:`slocast.latency.model.fit_selected`); the reference is XGBoost
+:func:`slocast.latency.model.fit_selected`), its points clipped at a low
+quantile of the 90%'s target (:func:`slocast.latency.model.point_floor`); the reference is XGBoost
 ``reg:quantileerror`` configured like the upstream production predictor on the
 whole 90% with the same features. Both predict the P90 of the same 10%.
 

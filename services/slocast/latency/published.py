@@ -58,8 +58,9 @@ class PublishedModel:
                 "objective": model.objective,
                 "features": list(FEATURE_NAMES),
                 "raw_output": "log_ms" if model.objective in LOG_OBJECTIVES else "ms",
-                "bound": "point = exp(raw) if raw_output == 'log_ms' else raw; "
-                "upper = max(point + max(point, 1e-3) * offset[regime], 0)",
+                "bound": "point = max(exp(raw) if raw_output == 'log_ms' else raw, "
+                "point_floor_ms); upper = max(point + max(point, 1e-3) * offset[regime], 0)",
+                "point_floor_ms": model.point_floor_ms,
                 "calibration": model.calibration.to_dict(),
                 "xgboost_model": json.loads(bytes(model.booster.save_raw("json"))),
             }

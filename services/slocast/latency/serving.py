@@ -39,7 +39,13 @@ from slocast.latency.bundle import (
     read_pointer,
 )
 from slocast.latency.features import NUM_REGIMES, build_features, regimes
-from slocast.latency.model import TARGETS, point_from_raw, scale_of
+from slocast.latency.model import (
+    TARGETS,
+    clip_point,
+    point_from_raw,
+    scale_of,
+    stored_point_floor,
+)
 from slocast.latency.native import ENGINE_NATIVE, Engine, make_engine
 from slocast.latency.prior import PRIOR_VERSION, PriorTarget, prior_targets
 from slocast.latency.schema import Columns
@@ -55,6 +61,8 @@ class ServedTarget:
     calibration: MondrianCalibration
     # calibration.offsets_for(regime) for every regime (see served_target).
     offsets: np.ndarray
+    # The model's point floor (model.point_floor; 0 for bundles written before it).
+    point_floor_ms: float
 
     @property
     def engine(self) -> str:
@@ -62,17 +70,19 @@ class ServedTarget:
 
     def predict(self, x: np.ndarray, regime_ids: np.ndarray) -> np.ndarray:
         raw = self.forest.predict(x).astype(np.float64)
-        point = point_from_raw(raw, self.objective)
+        point = clip_point(point_from_raw(raw, self.objective), self.point_floor_ms)
         # model.upper_bound with the regime offsets looked up in one gather instead
         # of a mask per regime: the same operations in the same order (tested equal).
         offsets = self.offsets[regime_ids] * scale_of(point)
         return np.maximum(point + offsets, 0.0)
 
 
-def served_target(forest: Engine, objective: str, calibration: MondrianCalibration) -> ServedTarget:
+def served_target(
+    forest: Engine, objective: str, calibration: MondrianCalibration, point_floor_ms: float
+) -> ServedTarget:
     table = calibration.offsets_for(np.arange(NUM_REGIMES))
     table.setflags(write=False)
-    return ServedTarget(forest, objective, calibration, table)
+    return ServedTarget(forest, objective, calibration, table, point_floor_ms)
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,10 @@ def load_served_model(model_dir: Path, pointer: Pointer, engine: str) -> ServedM
         booster = xgb.Booster(model_file=str(bundle / files["trees"]))
         forest = make_engine(booster, engine, f"{pointer.version}/{files['trees']}")
         targets[name] = served_target(
-            forest, calib["objective"], MondrianCalibration.from_dict(calib["mondrian"])
+            forest,
+            calib["objective"],
+            MondrianCalibration.from_dict(calib["mondrian"]),
+            stored_point_floor(calib),
         )
     return ServedModel(
         version=pointer.version,

@@ -53,7 +53,6 @@ from slocast.latency.model import (
     fit_target_model,
     load_target_model,
     one_se_choice,
-    predict_booster,
     scale_of,
 )
 from slocast.latency.schema import SAMPLE_FIELDS, Columns, valid_sample_rows
@@ -239,7 +238,7 @@ class StreamingTrainer:
             observed = y > 0
             if not observed.any():
                 continue
-            point = predict_booster(model.booster, features[observed], model.objective)
+            point = model.point(features[observed])
             excess = (y[observed] - point) / scale_of(point) - model.calibration.offsets_for(
                 regime_ids[observed]
             )
