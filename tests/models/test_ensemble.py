@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from slocast.core.config import PipelineConfig
+from slocast.core.features import fill_missing
 from slocast.core.synthetic import generate_lte
 from slocast.evaluate.scoring import score
 from slocast.models.bundle import load_bundle, save_bundle
@@ -94,7 +95,7 @@ def test_blend_is_fitted_on_validation_only(blend_case):
     raw = data.raw.copy()
     test_rows = data.rows("test")
     raw[test_rows] = np.random.default_rng(0).permutation(raw[test_rows]) * 3.0
-    scrambled = replace(data, raw=raw)
+    scrambled = replace(data, raw=raw, values=fill_missing(raw))
     again = BlendForecaster.from_members(
         scrambled, {f: m.bundle.forecaster for f, m in members.items()}
     )[0]
@@ -106,7 +107,8 @@ def test_blend_is_fitted_on_validation_only(blend_case):
     val_rows = data.rows("val")
     raw[val_rows] = raw[val_rows][::-1]
     moved = BlendForecaster.from_members(
-        replace(data, raw=raw), {f: m.bundle.forecaster for f, m in members.items()}
+        replace(data, raw=raw, values=fill_missing(raw)),
+        {f: m.bundle.forecaster for f, m in members.items()},
     )[0]
     assert any(
         not np.allclose(moved.weights.get(n, 0.0), w)
@@ -126,7 +128,9 @@ def test_blend_bundle_round_trips_and_is_served_as_evaluated(blend_case, tmp_pat
     assert loaded.family == "blend"
     ends = data.ends("test")
     expected = blend.bundle.forecaster.predict(data.times, data.values, ends)
-    predictor = make_predictor(loaded, tmp_path / "b", tmp_path / "compiled")
+    predictor = make_predictor(
+        loaded, tmp_path / "b", tmp_path / "compiled", tree_engine="compiled"
+    )
     np.testing.assert_allclose(predictor.predict(data.times, data.values, ends), expected)
     for name, w in loaded.forecaster.weights.items():
         np.testing.assert_array_equal(w, blend.bundle.forecaster.weights[name])
