@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -23,28 +21,19 @@ from slocast.latency import schema
 from slocast.latency.bundle import read_pointer
 from slocast.latency.features import build_features, regimes
 from slocast.latency.http_common import encode_json
-from slocast.latency.native import ENGINES
 from slocast.latency.prediction_app import BulkStrictResponse, predictions
 from slocast.latency.serving import load_served_model
 from slocast.latency.synthetic import generate, to_records
+from slocast.settings import LATENCY_ENGINES
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cpu_timing import best_cpu_seconds  # noqa: E402
 from latency_serve import build_bundle  # noqa: E402
-
-
-def best_ms(fn: Callable[[], object], calls: int) -> float:
-    best = float("inf")
-    for _ in range(5):
-        started = time.thread_time()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.thread_time() - started) / calls)
-    return 1000 * best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", choices=ENGINES, default="native")
+    parser.add_argument("--engine", choices=LATENCY_ENGINES, default="native")
     parser.add_argument("--rows", type=int, default=1000)
     args = parser.parse_args()
     model_dir = Path(tempfile.mkdtemp(prefix="latency-stages-"))
@@ -81,8 +70,8 @@ def main() -> None:
     }
     print(f"{args.rows} rows, engine {args.engine}: ms of thread CPU per call (best of 5)")
     for label, fn in stages.items():
-        print(f"  {label:40s} {best_ms(fn, calls):7.3f}")
-    single = best_ms(
+        print(f"  {label:40s} {1000 * best_cpu_seconds(fn, calls):7.3f}")
+    single = 1000 * best_cpu_seconds(
         lambda: encode_json(predictions(model, model.predict(schema.decode_request(one)))[0]),
         1000,
     )

@@ -16,24 +16,13 @@ import argparse
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cpu_timing import best_cpu_seconds  # noqa: E402
 from serve_bench import TASK, request_bodies  # noqa: E402
-
-
-def best_us(fn: Callable[[], object], calls: int) -> float:
-    best = float("inf")
-    for _ in range(5):
-        started = time.thread_time()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.thread_time() - started) / calls)
-    return 1e6 * best
 
 
 def main() -> None:
@@ -77,7 +66,7 @@ def main() -> None:
             "whole": lambda b=body, p=parse, f=render: f(model, p(b, model.rules)),
         }
         for stage, fn in stages.items():
-            print(f"{name:10s} {stage:15s} {best_us(fn, calls):10.1f} us")
+            print(f"{name:10s} {stage:15s} {1e6 * best_cpu_seconds(fn, calls):10.1f} us")
 
 
 if __name__ == "__main__":

@@ -188,31 +188,40 @@ def create_app(settings: ServeSettings | None = None) -> ASGIApp:
 
     # The routes below document the API; HotRoutes answers the hot ones first with
     # the very same handlers.
-    @app.post(
-        "/v1/forecast",
-        summary="Forecast one series",
-        response_model=schemas.ForecastResponse,
-        responses=_ERRORS,
-        openapi_extra=_body_doc(schemas.ForecastRequest),
-    )
-    async def forecast(request: Request) -> Response:
-        try:
-            return _respond(forecast_one(await _body(request, settings.max_body_bytes)))
-        except InputError as exc:
-            return _respond(error_body(exc))
+    def _documented_forecast(
+        name: str, path: str, handler: Handler, summary: str, body, answer
+    ) -> None:
+        async def route(request: Request) -> Response:
+            try:
+                return _respond(handler(await _body(request, settings.max_body_bytes)))
+            except InputError as exc:
+                return _respond(error_body(exc))
 
-    @app.post(
-        "/v1/forecast/batch",
-        summary="Forecast many series in one vectorised call",
-        response_model=schemas.BatchForecastResponse,
-        responses=_ERRORS,
-        openapi_extra=_body_doc(schemas.BatchForecastRequest),
+        app.post(
+            path,
+            name=name,  # the operationId's stem
+            summary=summary,
+            response_model=answer,
+            responses=_ERRORS,
+            openapi_extra=_body_doc(body),
+        )(route)
+
+    _documented_forecast(
+        "forecast",
+        "/v1/forecast",
+        forecast_one,
+        "Forecast one series",
+        schemas.ForecastRequest,
+        schemas.ForecastResponse,
     )
-    async def forecast_batch(request: Request) -> Response:
-        try:
-            return _respond(forecast_many(await _body(request, settings.max_body_bytes)))
-        except InputError as exc:
-            return _respond(error_body(exc))
+    _documented_forecast(
+        "forecast_batch",
+        "/v1/forecast/batch",
+        forecast_many,
+        "Forecast many series in one vectorised call",
+        schemas.BatchForecastRequest,
+        schemas.BatchForecastResponse,
+    )
 
     @app.get(
         "/v1/model",
