@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 ADMIN_TOKEN = "test-admin-token"
+PREDICTION_WORKERS = 2
 
 
 def free_port() -> int:
@@ -62,7 +63,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     training = os.environ.get("SLOCAST_LATENCY_TRAINING_URL")
     prediction = os.environ.get("SLOCAST_LATENCY_PREDICTION_URL")
     if training and prediction:
@@ -70,6 +71,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             "training": training.rstrip("/"),
             "prediction": prediction.rstrip("/"),
             "token": os.environ.get("SLOCAST_ADMIN_TOKEN", ""),
+            # unknown behind a Service: waits for a model poll a fixed number of times
+            "workers": None,
         }
         return
     root = tmp_path_factory.mktemp("latency-servers")
@@ -90,7 +93,7 @@ def server_pair(root: Path, extra_env: dict[str, str]) -> Iterator[dict[str, str
         "SLOCAST_LATENCY_MIN_NEW_SAMPLES": "200",
         "SLOCAST_LATENCY_TRAINING_PORT": str(free_port()),
         "SLOCAST_LATENCY_PREDICTION_PORT": str(free_port()),
-        "SLOCAST_LATENCY_WORKERS": "2",
+        "SLOCAST_LATENCY_WORKERS": str(PREDICTION_WORKERS),
         **extra_env,
     }
     urls = {
@@ -104,7 +107,7 @@ def server_pair(root: Path, extra_env: dict[str, str]) -> Iterator[dict[str, str
     try:
         wait_healthy(urls["training"], procs[0])
         wait_healthy(urls["prediction"], procs[1])
-        yield urls
+        yield {**urls, "workers": PREDICTION_WORKERS}
     finally:
         for proc in procs:
             stop(proc)
@@ -133,3 +136,19 @@ def empty_predictor(tmp_path_factory: pytest.TempPathFactory):
         yield url
     finally:
         stop(proc)
+
+
+def served_versions(servers: dict) -> dict[int, str | None]:
+    """The trained model version each prediction worker serves (None while it serves
+    the prior), by worker pid. Each status call opens a new connection, which the
+    kernel hands to either worker: polling until every worker has answered is
+    deterministic, where "n answers in a row agree" is not (a busy worker, e.g. one
+    loading a model, accepts fewer connections and can be missed every time).
+    Behind a Service (``workers`` None) the count is unknown: 16 polls, best effort."""
+    versions: dict[int, str | None] = {}
+    for _ in range(100 if servers["workers"] else 16):
+        status = httpx.get(f"{servers['prediction']}/status").json()
+        versions[status["worker_pid"]] = None if status["cold"] else status["model_version"]
+        if len(versions) == servers["workers"]:
+            break
+    return versions

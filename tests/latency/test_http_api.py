@@ -12,6 +12,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from tests.latency.conftest import served_versions
 
 from slocast.latency.synthetic import generate, to_records, tpot_mean_ms, ttft_mean_ms
 
@@ -67,25 +68,20 @@ def post_samples(servers: dict[str, str], records: list[dict]) -> None:
         assert r.status_code == 202, r.text
 
 
-def served_version(servers: dict[str, str]) -> str | None:
-    """The trained model version a worker serves (None while it serves the prior)."""
-    status = httpx.get(f"{servers['prediction']}/status").json()
-    return None if status.get("cold", True) else status.get("model_version")
-
-
 def wait_for_new_model(servers: dict[str, str], flushed_at: str, timeout: float = 90) -> str:
     """Wait until the trainer publishes a model fitted on data posted after the
     flush at ``flushed_at`` and every prediction worker serves it (versions sort by
-    time). Each status call opens a new connection, so consecutive calls land on
-    either worker: eight in a row agreeing means both have loaded it."""
+    time)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = httpx.get(f"{servers['training']}/data/status").json()
         trained = status["model_version"]
         if status["model_data_since"] == flushed_at:
-            served = [served_version(servers) for _ in range(8)]
-            if all(v is not None and v >= trained for v in served):
-                return min(served)
+            served = served_versions(servers)
+            if len(served) == (servers["workers"] or len(served)) and all(
+                v is not None and v >= trained for v in served.values()
+            ):
+                return min(served.values())
         time.sleep(0.2)
     raise AssertionError(f"no model trained after the flush at {flushed_at} served in {timeout}s")
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from prometheus_client.parser import text_string_to_metric_families
-from tests.latency.conftest import server_pair
+from tests.latency.conftest import served_versions, server_pair
 
 from slocast.core.conformal import MondrianCalibration
 from slocast.latency.features import FEATURE_NAMES, build_features, regimes
@@ -166,8 +166,8 @@ def trained(fresh: dict) -> dict:
     assert r.status_code == 202, r.text
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        # new connections land on either worker: eight warm answers in a row
-        if all(not httpx.get(f"{fresh['prediction']}/status").json()["cold"] for _ in range(8)):
+        served = served_versions(fresh)
+        if len(served) == fresh["workers"] and None not in served.values():
             return httpx.get(f"{fresh['prediction']}/status").json()
         time.sleep(0.2)
     raise AssertionError("the prior was not replaced by a trained model within 90 s")
