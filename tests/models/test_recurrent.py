@@ -284,18 +284,34 @@ def test_a_seed_ensemble_refits_every_member_with_its_own_epochs(seed_ensemble):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_per_window_normalisation_is_chosen_on_validation(family):
-    """A level drop from validation on: validation prefers per-window normalisation."""
+@pytest.mark.parametrize("drop", [True, False])
+def test_per_window_normalisation_is_chosen_on_validation_and_its_shifts(family, drop):
+    """Each option is scored by its worst case over validation and level-shifted copies
+    of it. With a level drop from validation on, or with none at all (a shift that may
+    come after the data, which validation cannot show), per-window normalisation wins:
+    it reads levels relative to the window, so its score barely moves under a shift,
+    while the globally scaled network predicts the old level."""
     frame = generate_lte(3000, seed=6)
-    frame.loc[int(0.6 * len(frame)) :, "up"] *= 0.1
+    if drop:
+        frame.loc[int(0.6 * len(frame)) :, "up"] *= 0.1
     data = preprocess(frame, None, PipelineConfig(recurrent_seeds=1))
     model = FAMILIES[family](data.spec, TINY)
     report = model.fit(data, seed=0)
-    on, off = (report.metrics[f"val_nrmse_instance_norm_{s}"] for s in ("on", "off"))
-    # The choice follows the validation scores, and it is what the model stores.
-    assert model.params.instance_norm is (on < (1 - NORM_MARGIN) * off)
-    assert model.params.instance_norm, (on, off)
-    assert report.metrics["members"] == 1.0
+    m = report.metrics
+    on, worst_on, worst_off = (
+        m[f"val_nrmse_{name}"]
+        for name in (
+            "instance_norm_on",
+            "shifted_worst_instance_norm_on",
+            "shifted_worst_instance_norm_off",
+        )
+    )
+    # The choice follows the worst-case scores, and it is what the model stores.
+    assert model.params.instance_norm is not (worst_off < (1 - NORM_MARGIN) * worst_on)
+    assert model.params.instance_norm, m
+    assert worst_on <= 1.05 * on, m  # (nearly) scale-free
+    assert worst_off > 1.5 * worst_on, m
+    assert m["members"] == 1.0
 
 
 def test_the_server_applies_the_same_per_window_transform(tmp_path):

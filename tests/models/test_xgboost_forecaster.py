@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +11,15 @@ import pytest
 
 from slocast.core.config import PipelineConfig
 from slocast.core.metrics import nrmse
+from slocast.core.schema import FEATURE_COLUMNS, TARGET_INDEX
 from slocast.core.synthetic import generate_lte
 from slocast.models.baselines import Persistence
-from slocast.models.xgboost_forecaster import XGBoostForecaster
+from slocast.models.xgboost_forecaster import (
+    STATE_FILE,
+    TRAINING_MEAN,
+    WINDOW_LEVEL,
+    XGBoostForecaster,
+)
 from slocast.preprocess.dataset import ProcessedDataset
 from slocast.preprocess.stage import preprocess
 
@@ -88,3 +96,45 @@ def test_horizon_above_one_shapes() -> None:
     assert {(b.step, b.target) for b in model.boosters()} == {
         (s, t) for s in (1, 2, 3) for t in data.spec.targets
     }
+
+
+def test_a_level_shift_after_the_fit_is_forecast_in_relative_terms(fitted: tuple) -> None:
+    """`up` x0.1 from the first test row on, a level the fit never saw: the boosters
+    predict changes relative to each window's level, so the forecasts follow the new
+    level and still beat persistence. (Scaled by the training mean instead, as models
+    saved before window levels are, they are ~2.4x persistence here.)"""
+    data, model = fitted
+    j = FEATURE_COLUMNS.index("up")
+    start = data.rows("test")[0]
+    raw, values = data.raw.copy(), data.values.copy()
+    raw[start:, j] *= 0.1
+    values[start:, j] *= 0.1
+    shifted = replace(data, raw=raw, values=values)
+    ends = shifted.ends("test")
+    truth = shifted.truth(ends)[:, 0]
+    ours = nrmse(truth, model.predict(shifted.times, shifted.values, ends)[:, 0])
+    naive = nrmse(truth, Persistence(data.spec).predict(shifted.times, shifted.values, ends)[:, 0])
+    assert ours[3:].mean() < 0.95 * naive[3:].mean()
+
+
+def test_models_saved_before_window_levels_keep_their_scale(fitted: tuple, tmp_path: Path) -> None:
+    data, model = fitted
+    model.save(tmp_path)
+    state_file = tmp_path / STATE_FILE
+    state = json.loads(state_file.read_text())
+    assert state["target_scale"] == WINDOW_LEVEL
+    del state["target_scale"]  # as written before the field existed
+    state_file.write_text(json.dumps(state))
+    old = XGBoostForecaster.load(tmp_path, data.spec)
+    assert old.target_scale == TRAINING_MEAN
+    ends = data.ends("test")[:20]
+    x = old.features(data.times, data.values, ends)
+    raw = np.stack([b.inplace_predict(x) for b in old._models[0]], axis=-1)[:, None, :]
+    last = data.values[ends - 1][:, list(TARGET_INDEX)]
+    np.testing.assert_allclose(
+        old.predict(data.times, data.values, ends)[:, 0], raw[:, 0] * old.target_mean + last
+    )
+    state["target_scale"] = "per-site"
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="target_scale"):
+        XGBoostForecaster.load(tmp_path, data.spec)

@@ -79,3 +79,19 @@ def test_generation_is_deterministic(files, tmp_path):
     assert again["bursty-up"][0].read_bytes() == written["bursty-up"][0].read_bytes()
     with pytest.raises(KeyError, match="unknown variant"):
         generate_variants(root / "Site.csv", root / "Site_test.csv", tmp_path, ["nope"])
+
+
+def test_test_only_shift_and_small_site(files):
+    root, written = files
+    train, test = _read(root / "Site.csv"), _read(root / "Site_test.csv")
+    shifted, shifted_test = (_read(p) for p in written["test-shift-up-x0.1"])
+    pd.testing.assert_frame_equal(shifted, train)  # validation cannot see it
+    np.testing.assert_allclose(shifted_test["up"], test["up"] * 0.1)
+    others = [c for c in FEATURE_COLUMNS if c != "up"]
+    pd.testing.assert_frame_equal(shifted_test[others], test[others])
+    small, small_test = (_read(p) for p in written["small-x0.001"])
+    for new, old in ((small, train), (small_test, test)):
+        for column in ("down", "up"):
+            np.testing.assert_allclose(new[column], old[column] * 0.001)
+        rest = [c for c in FEATURE_COLUMNS if c not in ("down", "up")]
+        pd.testing.assert_frame_equal(new[rest], old[rest])

@@ -75,6 +75,18 @@ def gather_windows(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndar
     return values[ends[:, None] - window + np.arange(window)[None, :]]
 
 
+# Floor of the per-window level, relative to the target's training mean: an idle
+# window (level ~0) is normalised by this instead of dividing by zero.
+LEVEL_FLOOR = 1e-3
+
+
+def window_level(spec: FeatureSpec, rows: np.ndarray) -> np.ndarray:
+    """Per-window level of each target, (N, K): the window mean plus a small floor."""
+    targets = np.maximum(np.asarray(rows, np.float64)[..., list(TARGET_INDEX)], 0.0)
+    floor = LEVEL_FLOOR * np.maximum(np.abs(np.asarray(spec.target_center)), 1e-9)
+    return targets.mean(axis=1) + floor
+
+
 def gather_targets(values: np.ndarray, ends: np.ndarray, horizon: int) -> np.ndarray:
     """Truth for the target columns, shape (N, horizon, K)."""
     rows = np.asarray(ends, dtype=np.int64)[:, None] + np.arange(horizon)[None, :]

@@ -9,7 +9,13 @@ deterministic rewrite of a (training file, test file) pair with the same schema:
   of the training file onward (validation and test): a site whose uplink level
   falls after the training period (issue 12: ~1.2e7 -> ~1e6).
 - ``shift-down-x10``: ``down`` multiplied by 10 from the same row onward.
+- ``test-shift-up-x0.1``: ``up`` multiplied by 0.1 in the test file only: a level
+  change after everything the pipeline may look at (validation does not show it,
+  so no choice made on validation can anticipate it).
 - ``short-25``: only the last 25% of the training file (a small, young site).
+- ``small-x0.001``: ``down`` and ``up`` multiplied by 0.001 in both files: a
+  low-traffic site (NRMSE is scale-free, so any difference from ``original``
+  comes from a fixed floor or epsilon somewhere that assumed PobleSec's volumes).
 - ``bursty-up``: ``up`` multiplied by bursts (episodes of 1-15 rows starting at
   random, 2% of rows, multiplier log-normal around 6x) over both files.
 
@@ -64,6 +70,26 @@ def _shift(column: str, factor: float):
     return apply
 
 
+def _test_shift(column: str, factor: float):
+    def apply(train: pd.DataFrame, test: pd.DataFrame):
+        test = test.copy()
+        test[column] = test[column].to_numpy(dtype=float) * factor
+        return train.copy(), test
+
+    return apply
+
+
+def _scaled(columns: tuple[str, ...], factor: float):
+    def apply(train: pd.DataFrame, test: pd.DataFrame):
+        train, test = train.copy(), test.copy()
+        for frame in (train, test):
+            for column in columns:
+                frame[column] = frame[column].to_numpy(dtype=float) * factor
+        return train, test
+
+    return apply
+
+
 def _short(train: pd.DataFrame, test: pd.DataFrame):
     keep = int(np.ceil(SHORT_FRACTION * len(train)))
     return train.iloc[len(train) - keep :].reset_index(drop=True), test.copy()
@@ -106,7 +132,17 @@ VARIANTS: dict[str, Variant] = {
             "down x10 from the last 20% of the training file on",
             _shift("down", 10.0),
         ),
+        Variant(
+            "test-shift-up-x0.1",
+            "up x0.1 in the test file only (unseen in validation)",
+            _test_shift("up", 0.1),
+        ),
         Variant("short-25", "only the last 25% of the training file", _short),
+        Variant(
+            "small-x0.001",
+            "down and up x0.001 in both files (a low-traffic site)",
+            _scaled(("down", "up"), 0.001),
+        ),
         Variant("bursty-up", "multiplicative bursts on up (2% of rows start one)", _bursty("up")),
     )
 }
