@@ -91,7 +91,8 @@ bench-latency-stream:
 	$(BIN)/python benchmarks/latency_stream.py --duration 600 --json bench-out/latency-stream.json
 
 # Protocol A on PobleSec and variants generated from it (level shifts, a short site,
-# bursty uplink; slocast.core.variants). A benchmark, not a gate: every family, ~15 min.
+# bursty uplink, a shift in the test file only, a small site; slocast.core.variants).
+# A benchmark, not a gate: every family, ~8 min on a quiet 2-core machine.
 bench-sites:
 	mkdir -p bench-out
 	$(BIN)/slocast bench sites --data $(LTE)/PobleSec.csv --test-data $(LTE)/PobleSec_test.csv --json bench-out/sites.json
