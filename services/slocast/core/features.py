@@ -13,6 +13,7 @@ per-row Python loop.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -80,11 +81,19 @@ def gather_windows(values: np.ndarray, ends: np.ndarray, window: int) -> np.ndar
 LEVEL_FLOOR = 1e-3
 
 
-def window_level(spec: FeatureSpec, rows: np.ndarray) -> np.ndarray:
-    """Per-window level of each target, (N, K): the window mean plus a small floor."""
-    targets = np.maximum(np.asarray(rows, np.float64)[..., list(TARGET_INDEX)], 0.0)
-    floor = LEVEL_FLOOR * np.maximum(np.abs(np.asarray(spec.target_center)), 1e-9)
-    return targets.mean(axis=1) + floor
+def window_level(spec: FeatureSpec, target_rows: np.ndarray) -> np.ndarray:
+    """Per-window level of each target, (N, K), from the windows' target columns
+    (N, window, K): the window mean (negatives as 0) plus a small floor."""
+    targets = np.maximum(np.asarray(target_rows, np.float64), 0.0)
+    return targets.mean(axis=-2) + _level_floor(spec.target_center)
+
+
+@functools.lru_cache(maxsize=64)
+def _level_floor(target_center: tuple[float, ...]) -> np.ndarray:
+    # Cached: the serving path asks for it on every request.
+    floor = LEVEL_FLOOR * np.maximum(np.abs(np.asarray(target_center, np.float64)), 1e-9)
+    floor.flags.writeable = False
+    return floor
 
 
 def gather_targets(values: np.ndarray, ends: np.ndarray, horizon: int) -> np.ndarray:

@@ -177,7 +177,7 @@ def model_inputs(
     future = calendar_features(target_times(times, ends, horizon, spec.step_seconds))
     level = None
     if instance_norm:
-        level = window_level(spec, rows)
+        level = window_level(spec, rows[..., list(TARGET_INDEX)])
         floor = level - np.maximum(rows[..., list(TARGET_INDEX)], 0.0).mean(axis=1)
         own = np.maximum(rows[..., list(TARGET_INDEX)], 0.0)
         scaled[..., list(TARGET_INDEX)] = np.log((own + floor[:, None]) / level[:, None])

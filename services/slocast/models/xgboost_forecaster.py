@@ -112,26 +112,29 @@ class XGBoostForecaster(Forecaster):
     def feature_names(self) -> list[str]:
         return feature_names(self.spec)
 
-    def _last(self, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        """The last observed row's targets, (N, K): the persistence part of the forecast."""
+    def _targets(self, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """The target columns of each input window, (N, window, K)."""
         ends = np.asarray(ends, np.int64)
-        if ends.size == 1 and 1 <= ends[0] <= values.shape[0]:  # one row: no fancy gather
-            return values[int(ends[0]) - 1, _TARGET_INDEX][None]
-        window = gather_windows(values, ends, 1)
-        return window[:, 0, _TARGET_INDEX]
+        w = self.spec.window
+        if ends.size == 1 and w <= ends[0] <= values.shape[0]:  # one series: a slice
+            end = int(ends[0])
+            return values[end - w : end, _TARGET_INDEX][None]
+        return gather_windows(values, ends, w)[..., _TARGET_INDEX]
 
-    def _scale(self, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        """What a raw output of each target is in original units per window, (N, K)."""
-        ends = np.asarray(ends, np.int64)
+    def _last_and_scale(self, values: np.ndarray, ends: np.ndarray) -> tuple:
+        """The last observed targets (N, K): the persistence part of the forecast; and
+        what a raw output is in original units, per window (N, K) or for all (K,)."""
+        rows = self._targets(values, ends)
         if self.target_scale == TRAINING_MEAN:
-            return np.broadcast_to(self.target_mean, (ends.size, self.target_mean.size))
-        return window_level(self.spec, gather_windows(values, ends, self.spec.window))
+            return rows[:, -1], self.target_mean
+        return rows[:, -1], window_level(self.spec, rows)
 
     def finish(self, raw: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
         """Raw booster outputs (N, horizon, K) -> forecasts in original units."""
+        last, scale = self._last_and_scale(values, ends)
         # float32 * float64 computes in float64, as converting first would; in place after.
-        out = np.asarray(raw) * self._scale(values, ends)[:, None, :]
-        out += self.persistence_share * self._last(values, ends)[:, None, :]
+        out = np.asarray(raw) * (scale if scale.ndim == 1 else scale[:, None, :])
+        out += self.persistence_share * last[:, None, :]
         return out
 
     # -- Forecaster --
@@ -170,14 +173,15 @@ class XGBoostForecaster(Forecaster):
         horizon, targets = self.spec.horizon, self.spec.targets
         ends = {"train": train_ends} if val_ends is None else {"train": train_ends, "val": val_ends}
         truth = {name: data.truth(e) for name, e in ends.items()}
-        last = {name: self._last(data.values, e) for name, e in ends.items()}
         # The training mean sets the weights' unit (and is the scale of models saved
         # before window levels); every booster sees targets of order 1.
         self.target_mean = np.array(
             [_safe_mean(truth["train"][:, 0, k]) for k in range(len(targets))]
         )
         x = {name: self.features(data.times, data.values, e) for name, e in ends.items()}
-        scale = {name: self._scale(data.values, e) for name, e in ends.items()}
+        last_scale = {name: self._last_and_scale(data.values, e) for name, e in ends.items()}
+        last = {name: ls[0] for name, ls in last_scale.items()}
+        scale = {name: np.broadcast_to(ls[1], last[name].shape) for name, ls in last_scale.items()}
         bins = int(params["max_bin"])
         curves: dict[str, list[float]] = {}
         metrics: dict[str, float] = {}
