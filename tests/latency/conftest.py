@@ -71,7 +71,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             "training": training.rstrip("/"),
             "prediction": prediction.rstrip("/"),
             "token": os.environ.get("SLOCAST_ADMIN_TOKEN", ""),
-            # unknown behind a Service: waits for a model poll a fixed number of times
+            # unknown behind a Service: served_versions polls a fixed number of times
             "workers": None,
         }
         return
@@ -84,7 +84,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 
 @contextmanager
-def server_pair(root: Path, extra_env: dict[str, str]) -> Iterator[dict[str, str]]:
+def server_pair(root: Path, extra_env: dict[str, str]) -> Iterator[dict]:
     """A training server and a 2-worker prediction server sharing ``root/models``."""
     env = {
         "SLOCAST_LATENCY_HOST": "127.0.0.1",

@@ -177,9 +177,9 @@ def model_inputs(
     future = calendar_features(target_times(times, ends, horizon, spec.step_seconds))
     level = None
     if instance_norm:
-        level = window_level(spec, rows[..., list(TARGET_INDEX)])
-        floor = level - np.maximum(rows[..., list(TARGET_INDEX)], 0.0).mean(axis=1)
         own = np.maximum(rows[..., list(TARGET_INDEX)], 0.0)
+        level = window_level(spec, own)
+        floor = level - own.mean(axis=1)
         scaled[..., list(TARGET_INDEX)] = np.log((own + floor[:, None]) / level[:, None])
         last = own[:, -1] / level - 1.0
     else:
