@@ -118,8 +118,8 @@ def wait_ready(
 ) -> None:
     """Until ``workers`` distinct worker processes answer /v1/model with 200.
 
-    Each probe is a new connection: uvicorn's workers share the listening socket,
-    and one ready worker says nothing about the others.
+    Each probe is a new connection, which the kernel hands to any worker's socket:
+    one ready worker says nothing about the others.
     """
     deadline = time.monotonic() + timeout
     ready: set[int] = set()

@@ -124,13 +124,12 @@ def run_training_server(settings: LatencyTrainingSettings) -> int:
 
 
 def run_prediction_server(settings: LatencyPredictionSettings) -> int:
-    import uvicorn
+    from slocast import workers
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Workers re-read the same settings from the environment in the app factory.
-    uvicorn.run(
+    return workers.run(
         "slocast.latency.prediction_app:create_prediction_app",
-        factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
@@ -139,4 +138,3 @@ def run_prediction_server(settings: LatencyPredictionSettings) -> int:
         http="httptools",
         loop="uvloop",
     )
-    return 0

@@ -38,8 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
-
+    from slocast import workers
     from slocast.core.errors import ConfigError
     from slocast.serve.metrics import MULTIPROCESS_ENV, multiprocess_dir
     from slocast.settings import ServeSettings
@@ -63,9 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_dir.mkdir(parents=True)
         os.environ[MULTIPROCESS_ENV] = str(metrics_dir)
     try:
-        uvicorn.run(
+        return workers.run(
             "slocast.serve.app:create_app",
-            factory=True,
             host=args.host,
             port=args.port,
             workers=args.workers,
@@ -79,4 +77,3 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0

@@ -1,0 +1,133 @@
+"""The worker supervisor (slocast.workers) behind both prediction servers' --workers.
+
+Driven through a real 2-worker latency prediction server (it is ready in seconds:
+it serves the cold-start prior without a model).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from worker_connections import pids_of_connections
+
+STARTUP_FAILURE = 3  # uvicorn's exit code for "cannot start": the supervisor keeps it
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(root: Path, port: int, log_name: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "SLOCAST_LATENCY_HOST": "127.0.0.1",
+        "SLOCAST_LATENCY_PREDICTION_PORT": str(port),
+        "SLOCAST_LATENCY_MODEL_DIR": str(root / "models"),
+        "SLOCAST_LATENCY_WORKERS": "2",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "slocast.cli", "latency-predictor"],
+        env=env,
+        stdout=open(root / log_name, "wb"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _worker_pids(url: str, want: int, process: subprocess.Popen, timeout: float = 60.0) -> set[int]:
+    """Poll /status (a new connection each time) until ``want`` distinct workers answered."""
+    deadline = time.monotonic() + timeout
+    seen: set[int] = set()
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"server exited with {process.returncode}"
+        try:
+            response = httpx.get(f"{url}/status", timeout=2.0)
+            if response.status_code == 200:
+                seen.add(response.json()["worker_pid"])
+                if len(seen) >= want:
+                    return seen
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{len(seen)} of {want} workers answered in {timeout}s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead too: its parent has not reaped it yet.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def predictor(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = _free_port()
+    process = _start(tmp_path, port, "predictor.log")
+    try:
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+def test_connections_opened_together_reach_every_worker(predictor) -> None:
+    url, process = predictor
+    workers = _worker_pids(url, 2, process)
+    pids = pids_of_connections(url, "/status", "worker_pid", busy_worker=min(workers))
+    # Each worker owns a SO_REUSEPORT socket and the kernel hashes connections over
+    # them: all 32 on one worker has probability 2**-31. With one shared socket the
+    # worker that is free takes every connection made while the other is busy.
+    assert set(pids) == workers, pids
+
+
+def test_a_dead_worker_is_replaced_and_sigterm_stops_them_all(predictor) -> None:
+    url, process = predictor
+    first, second = sorted(_worker_pids(url, 2, process))
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    pids: set[int] = set()
+    while time.monotonic() < deadline:
+        pids = _worker_pids(url, 1, process)
+        if pids - {first, second}:
+            break
+    replacement = (pids - {first, second}).pop()
+    assert _worker_pids(url, 2, process) <= {second, replacement}
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    for pid in (second, replacement):
+        assert not _alive(pid), f"worker {pid} outlived its supervisor"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/status", timeout=2.0)
+
+
+def test_a_taken_port_fails_fast_even_for_another_slocast_server(predictor, tmp_path) -> None:
+    url, process = predictor
+    _worker_pids(url, 2, process)
+    port = int(url.rsplit(":", 1)[1])
+    # Same user, same SO_REUSEPORT option: without the probe bind, the kernel would
+    # let this server join the first one's port and split its traffic silently.
+    second = _start(tmp_path, port, "second.log")
+    assert second.wait(60) == STARTUP_FAILURE
+    assert "Address already in use" in (tmp_path / "second.log").read_text()
+
+    with socket.socket() as other:  # any program holding the port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        third = _start(tmp_path, other.getsockname()[1], "third.log")
+        assert third.wait(60) == STARTUP_FAILURE
