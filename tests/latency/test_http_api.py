@@ -352,8 +352,17 @@ def test_monotone_in_load(servers: dict[str, str], learned: dict) -> None:
 
 
 def test_all_endpoints_agree_and_use_every_feature(servers: dict[str, str], learned: dict) -> None:
+    # Inside the training data's range (the medians of extreme-contention): outside it,
+    # whether a tree splits on tokens in flight depends on the fit, not on the server.
+    typical = {
+        **FEATURES,
+        "kv_cache_percentage": 0.8,
+        "input_token_length": 415,
+        "num_request_waiting": 100,
+        "num_request_running": 140,
+    }
     items = [
-        {**FEATURES, "prefill_tokens_in_flight": 9000, "decode_tokens_in_flight": 90000},
+        {**typical, "prefill_tokens_in_flight": 11000, "decode_tokens_in_flight": 90000},
         {**FEATURES, "pod_type": "decode", "encoder_input_size": 5},
     ]
     bulk_strict = strict(servers, items).json()
@@ -365,9 +374,11 @@ def test_all_endpoints_agree_and_use_every_feature(servers: dict[str, str], lear
         assert set(a) >= PREDICTION_FIELDS and a["ttft_ms"] >= 0 and a["tpot_ms"] >= 0
         assert a["ttft_ms"] == b["ttft_ms"] == c["ttft_ms"]
         assert a["tpot_ms"] == b["tpot_ms"] == c["tpot_ms"]
-    # tokens in flight change the prediction on every endpoint
-    plain = strict(servers, [FEATURES]).json()["predictions"][0]
-    assert plain["ttft_ms"] != bulk_strict["predictions"][0]["ttft_ms"]
+    # Tokens in flight reach the model (the endpoints agree, so on every endpoint):
+    # decode tokens in flight from the 1st to the 95th percentile add ~90 ms to the
+    # TPOT law, far more than its noise: a model that sees them predicts higher.
+    plain = strict(servers, [typical]).json()["predictions"][0]
+    assert plain["tpot_ms"] < bulk_strict["predictions"][0]["tpot_ms"]
 
 
 def test_bulk_rejects_the_whole_body_on_a_schema_error(
