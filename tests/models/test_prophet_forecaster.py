@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from headlines import headlines
 
 from slocast.core.config import PipelineConfig
-from slocast.core.metrics import nrmse
+from slocast.core.schema import FEATURE_COLUMNS
 from slocast.core.synthetic import generate_lte
-from slocast.models.baselines import Persistence
-from slocast.models.prophet_forecaster import ProphetForecaster
+from slocast.models.prophet_forecaster import ABSOLUTE, CHANGE, STATE_FILE, ProphetForecaster
 from slocast.preprocess.dataset import ProcessedDataset
 from slocast.preprocess.stage import preprocess
 
@@ -29,12 +31,49 @@ def fitted() -> tuple[ProcessedDataset, ProphetForecaster]:
 
 
 def test_beats_persistence_on_held_out_windows(fitted: tuple) -> None:
+    ours, naive = headlines(fitted[1], fitted[0])
+    assert ours < 0.95 * naive
+
+
+def _up_shifted_from_test(data: ProcessedDataset, factor: float) -> ProcessedDataset:
+    j = FEATURE_COLUMNS.index("up")
+    start = data.rows("test")[0]
+    raw, values = data.raw.copy(), data.values.copy()
+    raw[start:, j] *= factor
+    values[start:, j] *= factor
+    return replace(data, raw=raw, values=values)
+
+
+def test_a_level_shift_after_the_fit_is_forecast_from_the_new_level(fitted: tuple) -> None:
+    """`up` x0.1 from the first test row on, a level the fit never saw: forecasts of
+    the change from the last value follow it and still beat persistence; a model of
+    absolute values (as saved before) keeps forecasting the old level."""
     data, model = fitted
-    ends = data.ends("test")
-    truth = data.truth(ends)[:, 0]
-    ours = nrmse(truth, model.predict(data.times, data.values, ends)[:, 0])
-    naive = nrmse(truth, Persistence(data.spec).predict(data.times, data.values, ends)[:, 0])
-    assert ours[3:].mean() < 0.95 * naive[3:].mean()
+    shifted = _up_shifted_from_test(data, 0.1)
+    ours, naive = headlines(model, shifted)
+    assert ours < 0.95 * naive
+    absolute = ProphetForecaster(data.spec, target=ABSOLUTE)
+    absolute.fit(data, seed=0)
+    assert headlines(absolute, data)[0] < 0.95 * naive  # a fair model without the shift
+    assert headlines(absolute, shifted)[0] > 1.5 * naive
+
+
+def test_models_saved_before_relative_changes_load_as_fitted(tmp_path: Path) -> None:
+    data = _dataset(1500, horizon=1)
+    model = ProphetForecaster(data.spec, target=ABSOLUTE)
+    model.fit(data, seed=0)
+    model.save(tmp_path)
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    assert state["regressors"] == ["last", "window_mean"]
+    del state["target"]  # as written before the field existed
+    (tmp_path / STATE_FILE).write_text(json.dumps(state))
+    loaded = ProphetForecaster.load(tmp_path, data.spec)
+    assert loaded.target == ABSOLUTE
+    ends = data.ends("val")
+    np.testing.assert_array_equal(
+        loaded.predict(data.times, data.values, ends), model.predict(data.times, data.values, ends)
+    )
+    assert ProphetForecaster(data.spec).target == CHANGE  # what new fits use
 
 
 def test_save_load_round_trip_is_identical_and_pickle_free(fitted: tuple, tmp_path: Path) -> None:

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from headlines import headlines
 
 from slocast.core.config import PipelineConfig
-from slocast.core.metrics import nrmse
 from slocast.core.schema import FEATURE_COLUMNS, TARGET_INDEX
 from slocast.core.synthetic import generate_lte
-from slocast.models.baselines import Persistence
 from slocast.models.xgboost_forecaster import (
     STATE_FILE,
     TRAINING_MEAN,
@@ -40,18 +39,9 @@ def fitted() -> tuple[ProcessedDataset, XGBoostForecaster]:
     return data, model
 
 
-def _headlines(model: XGBoostForecaster, data: ProcessedDataset) -> tuple[float, float]:
-    """Test headline NRMSE (down and up) of ``model`` and of persistence."""
-    ends = data.ends("test")
-    truth = data.truth(ends)[:, 0]
-    ours = nrmse(truth, model.predict(data.times, data.values, ends)[:, 0])
-    naive = nrmse(truth, Persistence(data.spec).predict(data.times, data.values, ends)[:, 0])
-    return float(ours[3:].mean()), float(naive[3:].mean())
-
-
 def test_beats_persistence_on_held_out_windows(fitted: tuple) -> None:
     data, model = fitted
-    ours, naive = _headlines(model, data)
+    ours, naive = headlines(model, data)
     assert ours < 0.95 * naive
 
 
@@ -114,7 +104,7 @@ def test_a_level_shift_after_the_fit_is_forecast_in_relative_terms(fitted: tuple
     raw, values = data.raw.copy(), data.values.copy()
     raw[start:, j] *= 0.1
     values[start:, j] *= 0.1
-    ours, naive = _headlines(model, replace(data, raw=raw, values=values))
+    ours, naive = headlines(model, replace(data, raw=raw, values=values))
     assert ours < 0.95 * naive
 
 

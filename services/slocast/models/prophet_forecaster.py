@@ -1,14 +1,23 @@
-"""Prophet: one model per target, with the recent past as extra regressors.
+"""Prophet: one model per target, forecasting the change from the last observed value.
 
 A plain Prophet only sees the calendar, so it cannot know that the cell is busy
 right now; at a 2-minute horizon that loses badly to persistence. Each model
-therefore also regresses on the target's last observed value and its window mean,
-both taken at the window end. For every horizon step the same window-end values
-are used, so a forecast never reads a row after ``end - 1``; the coefficients are
-learned for step 1, which makes later steps lean towards persistence (honest, if
-not optimal, for ``horizon > 1``).
+therefore forecasts the change ``y - last`` from the target's last observed value,
+with the gap between the window mean and that value as a regressor (both in the
+target's units, so the fit's squared error is the forecast's), and the forecast is
+``last + change``. The level passes through ``last`` with weight 1: a site whose
+traffic level moves (x0.1, x10) keeps forecasting from its new level, where a
+model of absolute values keeps its intercept, the old level (README, "LTE sites":
+1.13x persistence instead of 0.92x). Scaling the change by the window's level
+(as XGBoost does) was worse here: Prophet has no sample weights, so the quiet
+windows, where relative changes are largest, dominated the fit (1.13x on PobleSec
+itself). Models saved before (state without ``"target"``: absolute values, the
+last value and the window mean as regressors) load and forecast as they were fitted.
 
-Saved with ``prophet.serialize.model_to_json`` (no pickle).
+For every horizon step the same window-end values are used, so a forecast never
+reads a row after ``end - 1``; the coefficients are learned for step 1, which
+makes later steps lean towards persistence (honest, if not optimal, for
+``horizon > 1``). Saved with ``prophet.serialize.model_to_json`` (no pickle).
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from slocast.models.base import FitReport, Forecaster, Progress
 from slocast.preprocess.dataset import ProcessedDataset
 
 STATE_FILE = "prophet.json"
-REGRESSORS: tuple[str, ...] = ("last", "window_mean")
+CHANGE, ABSOLUTE = "change", "absolute"  # what the models fit (ABSOLUTE: saved before)
+REGRESSORS: dict[str, tuple[str, ...]] = {CHANGE: ("gap",), ABSOLUTE: ("last", "window_mean")}
 
 # Prophet's defaults apart from the seasonalities; not tuned (no search was run).
 DEFAULT_PARAMS: dict = {
@@ -77,26 +87,27 @@ def _prophet_api() -> tuple:
 class ProphetForecaster(Forecaster):
     family = "prophet"
 
-    def __init__(self, spec: FeatureSpec, params: dict | None = None) -> None:
+    def __init__(self, spec: FeatureSpec, params: dict | None = None, target: str = CHANGE) -> None:
         super().__init__(spec)
         self.params = {**DEFAULT_PARAMS, **(params or {})}
+        self.target = target
         self.models: list = []
 
     def _frame(
         self, times: np.ndarray, values: np.ndarray, ends: np.ndarray, k: int
-    ) -> pd.DataFrame:
-        """One row per (end, step): the forecast time and the window-end regressors."""
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """One row per (end, step): the forecast time and the window-end regressors;
+        and what the model's output adds to (per end: the last value, or 0)."""
         ends = np.asarray(ends, np.int64)
         horizon = self.spec.horizon
         column = gather_windows(values, ends, self.spec.window)[:, :, TARGET_INDEX[k]]
-        when = target_times(times, ends, horizon, self.spec.step_seconds)
-        return pd.DataFrame(
-            {
-                "ds": when.reshape(-1),
-                "last": np.repeat(column[:, -1], horizon),
-                "window_mean": np.repeat(column.mean(axis=1), horizon),
-            }
-        )
+        last, mean = column[:, -1], column.mean(axis=1)
+        frame = {"ds": target_times(times, ends, horizon, self.spec.step_seconds).reshape(-1)}
+        if self.target == ABSOLUTE:
+            frame |= {"last": np.repeat(last, horizon), "window_mean": np.repeat(mean, horizon)}
+            return pd.DataFrame(frame), np.zeros_like(last)
+        frame["gap"] = np.repeat(mean - last, horizon)
+        return pd.DataFrame(frame), last
 
     def fit(
         self, data: ProcessedDataset, *, seed: int, progress: Progress | None = None
@@ -117,12 +128,19 @@ class ProphetForecaster(Forecaster):
                 np.sqrt(np.mean((y[ok] - p[ok]) ** 2)) / np.mean(y[ok])
             )
         metrics["fit_seconds"] = time.perf_counter() - started
-        return FitReport(params={**self.params, "regressors": list(REGRESSORS)}, metrics=metrics)
+        return FitReport(
+            params={**self.params, "target": self.target, "regressors": list(self._regressors)},
+            metrics=metrics,
+        )
+
+    @property
+    def _regressors(self) -> tuple[str, ...]:
+        return REGRESSORS[self.target]
 
     def refit(
         self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int
     ) -> ProphetForecaster:
-        clone = ProphetForecaster(self.spec, self.params)
+        clone = ProphetForecaster(self.spec, self.params, self.target)
         clone._fit(data, train_ends, None)
         return clone
 
@@ -133,10 +151,11 @@ class ProphetForecaster(Forecaster):
         n_targets = len(self.spec.targets)
         for k, target in enumerate(self.spec.targets):
             # Step-1 rows only: the regressors are then exactly one row old.
-            frame = self._frame(data.times, data.values, ends, k).iloc[:: self.spec.horizon]
-            frame = frame.assign(y=truth[:, k]).dropna(subset=["y"])
+            frame, base = self._frame(data.times, data.values, ends, k)
+            frame = frame.iloc[:: self.spec.horizon].assign(y=truth[:, k] - base)
+            frame = frame.dropna(subset=["y"])
             model = Prophet(**self.params, uncertainty_samples=0)
-            for name in REGRESSORS:
+            for name in self._regressors:
                 model.add_regressor(name)
             with _quiet_prophet():
                 model.fit(frame)
@@ -152,8 +171,9 @@ class ProphetForecaster(Forecaster):
         if ends.size == 0:
             return out
         for k, model in enumerate(self.models):
-            forecast = model.predict(self._frame(times, values, ends, k))
-            out[:, :, k] = forecast["yhat"].to_numpy().reshape(ends.size, self.spec.horizon)
+            frame, base = self._frame(times, values, ends, k)
+            yhat = model.predict(frame)["yhat"].to_numpy().reshape(ends.size, self.spec.horizon)
+            out[:, :, k] = base[:, None] + yhat
         return out
 
     def save(self, directory: Path) -> list[str]:
@@ -164,7 +184,12 @@ class ProphetForecaster(Forecaster):
             name = f"prophet_{target}.json"
             (directory / name).write_text(model_to_json(model))
             files.append(name)
-        state = {"params": self.params, "regressors": list(REGRESSORS), "files": files}
+        state = {
+            "params": self.params,
+            "target": self.target,
+            "regressors": list(self._regressors),
+            "files": files,
+        }
         (directory / STATE_FILE).write_text(json.dumps(state, indent=2))
         return [*files, STATE_FILE]
 
@@ -173,7 +198,8 @@ class ProphetForecaster(Forecaster):
         _, _, model_from_json = _prophet_api()
         directory = Path(directory)
         state = json.loads((directory / STATE_FILE).read_text())
-        forecaster = cls(spec, params=state["params"])
+        # States without "target" were saved before relative changes: absolute values.
+        forecaster = cls(spec, params=state["params"], target=state.get("target", ABSOLUTE))
         # Prophet's reader passes a pandas keyword that pandas 3 deprecates: not ours to fix.
         with _quiet_prophet(), warnings.catch_warnings():
             warnings.simplefilter("ignore", category=FutureWarning)
