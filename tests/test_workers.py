@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from slocast import workers
 from worker_connections import pids_of_connections
 
 STARTUP_FAILURE = 3  # uvicorn's exit code for "cannot start": the supervisor keeps it
@@ -131,3 +132,24 @@ def test_a_taken_port_fails_fast_even_for_another_slocast_server(predictor, tmp_
         other.listen()
         third = _start(tmp_path, other.getsockname()[1], "third.log")
         assert third.wait(60) == STARTUP_FAILURE
+
+
+NOT_A_FACTORY = 42  # uvicorn cannot call it: its "cannot start" exit code
+
+
+def broken_app_factory():
+    raise RuntimeError("a worker that crashes while it starts")
+
+
+def test_a_worker_that_cannot_start_stops_the_server() -> None:
+    started = time.monotonic()
+    status = workers.run("test_workers:NOT_A_FACTORY", host="127.0.0.1", port=0, workers=2)
+    assert status == STARTUP_FAILURE
+    assert time.monotonic() - started < 60
+
+
+def test_workers_that_keep_crashing_stop_the_server() -> None:
+    """A crash loop ends the supervisor (exit 1) instead of restarting forever, so a
+    container restarts visibly rather than staying up and never ready."""
+    status = workers.run("test_workers:broken_app_factory", host="127.0.0.1", port=0, workers=2)
+    assert status == 1

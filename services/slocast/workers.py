@@ -10,9 +10,11 @@ spreads new connections over the workers by a hash of each connection's addresse
 
 This process supervises: it binds the address first, without listening (a taken
 port or a bad host fails before any worker starts, and port 0 becomes one port
-for all), restarts a worker that dies after starting, stops everything when a
-worker fails to start (uvicorn's exit code 3: the next one would fail the same
-way), and on SIGTERM or SIGINT stops the workers gracefully and returns.
+for all), restarts a worker that dies, stops everything when a worker fails to
+start (uvicorn's exit code 3: the next one would fail the same way) or when
+workers keep dying right after their start (a crash loop: exit 1, so that the
+container restarts visibly instead of staying up unready), and on SIGTERM or
+SIGINT stops the workers gracefully and returns 0.
 Without ``SO_REUSEPORT`` (not Linux) it falls back to uvicorn's own workers.
 """
 
@@ -24,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -33,6 +36,8 @@ from uvicorn.config import STARTUP_FAILURE
 logger = logging.getLogger("slocast.workers")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _GRACE_SECONDS = 30.0  # per worker, after SIGTERM, before SIGKILL
+_EARLY_EXIT_SECONDS = 10.0  # a worker that dies sooner after its start never came up
+_EARLY_EXITS_TO_STOP = 3  # in a row, over all workers
 
 
 def run(app: str, *, host: str, port: int, workers: int, **options: Any) -> int:
@@ -98,13 +103,17 @@ class _Supervisor:
         self.count = workers
         self.context = multiprocessing.get_context("spawn")
         self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.started: list[float] = []
+        self.early_exits = 0
         self.stopping = False
 
     def run(self, reserved: socket.socket) -> int:
         previous = {sig: signal.signal(sig, self._stop) for sig in _STOP_SIGNALS}
         status = 0
         try:
-            self.processes = [self._start() for _ in range(self.count)]
+            for _ in range(self.count):
+                self.processes.append(self._start())
+                self.started.append(time.monotonic())
             logger.info(
                 "serving on %s:%s with %d workers (one SO_REUSEPORT socket each)",
                 self.config["host"],
@@ -135,11 +144,26 @@ class _Supervisor:
                 if process.exitcode == STARTUP_FAILURE:
                     logger.error("worker %d failed to start; stopping", process.pid)
                     return STARTUP_FAILURE
+                if time.monotonic() - self.started[i] < _EARLY_EXIT_SECONDS:
+                    self.early_exits += 1
+                    if self.early_exits >= _EARLY_EXITS_TO_STOP:
+                        logger.error(
+                            "%d workers in a row exited within %.0fs of starting (last: %d, "
+                            "code %s); stopping",
+                            self.early_exits,
+                            _EARLY_EXIT_SECONDS,
+                            process.pid,
+                            process.exitcode,
+                        )
+                        return 1
+                else:
+                    self.early_exits = 0
                 logger.warning(
                     "worker %d exited (code %s); starting another", process.pid, process.exitcode
                 )
                 _forget_metrics(process.pid)
                 self.processes[i] = self._start()
+                self.started[i] = time.monotonic()
         return 0
 
     def _stop(self, signum: int, frame: object) -> None:
