@@ -148,8 +148,11 @@ def test_a_worker_that_cannot_start_stops_the_server() -> None:
     assert time.monotonic() - started < 60
 
 
-def test_workers_that_keep_crashing_stop_the_server() -> None:
+def test_workers_that_keep_crashing_stop_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash loop ends the supervisor (exit 1) instead of restarting forever, so a
     container restarts visibly rather than staying up and never ready."""
+    # A wide "soon after its start": on a loaded machine the imports before the
+    # crash must not outlast it (the supervisor would then restart forever).
+    monkeypatch.setattr(workers, "_EARLY_EXIT_SECONDS", 300.0)
     status = workers.run("test_workers:broken_app_factory", host="127.0.0.1", port=0, workers=2)
     assert status == 1
