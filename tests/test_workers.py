@@ -117,6 +117,17 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_them_all(predictor) -> None
         httpx.get(f"{url}/status", timeout=2.0)
 
 
+def test_workers_stop_when_their_supervisor_is_killed(predictor) -> None:
+    url, process = predictor
+    pids = _worker_pids(url, 2, process)
+    process.kill()  # SIGKILL: no chance to stop its workers itself
+    process.wait(10)
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids), "workers outlived a killed supervisor"
+
+
 def test_a_taken_port_fails_fast_even_for_another_slocast_server(predictor, tmp_path) -> None:
     url, process = predictor
     _worker_pids(url, 2, process)

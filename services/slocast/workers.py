@@ -14,12 +14,13 @@ for all), restarts a worker that dies, stops everything when a worker fails to
 start (uvicorn's exit code 3: the next one would fail the same way) or when
 workers keep dying right after their start (a crash loop: exit 1, so that the
 container restarts visibly instead of staying up unready), and on SIGTERM or
-SIGINT stops the workers gracefully and returns 0.
-Without ``SO_REUSEPORT`` (not Linux) it falls back to uvicorn's own workers.
+SIGINT stops the workers gracefully and returns 0. A worker whose supervisor is
+killed outright (SIGKILL) gets SIGTERM from the kernel and stops too. Without ``SO_REUSEPORT`` (not Linux) it falls back to uvicorn's own workers.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _GRACE_SECONDS = 30.0  # per worker, after SIGTERM, before SIGKILL
 _EARLY_EXIT_SECONDS = 10.0  # a worker that dies sooner after its start never came up
 _EARLY_EXITS_TO_STOP = 3  # in a row, over all workers
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def run(app: str, *, host: str, port: int, workers: int, **options: Any) -> int:
@@ -84,9 +86,10 @@ def _socket(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
     return sock
 
 
-def _worker(config: dict[str, Any]) -> None:
+def _worker(config: dict[str, Any], supervisor: int) -> None:
     """One worker process: its own socket on the shared address, then uvicorn.
     uvicorn's ``create_server`` puts the socket into the listening state."""
+    _die_with(supervisor)
     try:
         sock = _socket(config["host"], config["port"])
     except OSError as exc:
@@ -95,6 +98,16 @@ def _worker(config: dict[str, Any]) -> None:
         )
         sys.exit(STARTUP_FAILURE)
     uvicorn.Server(uvicorn.Config(**config)).run(sockets=[sock])
+
+
+def _die_with(supervisor: int) -> None:
+    """SIGTERM this worker when the supervisor dies, even by SIGKILL: no orphan keeps
+    serving the port (Linux ``PR_SET_PDEATHSIG``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        logger.warning("worker %d: prctl(PR_SET_PDEATHSIG) failed", os.getpid())
+    if os.getppid() != supervisor:  # it died before the request took effect
+        sys.exit(0)
 
 
 class _Supervisor:
@@ -129,7 +142,9 @@ class _Supervisor:
         return status
 
     def _start(self) -> multiprocessing.process.BaseProcess:
-        process = self.context.Process(target=_worker, args=(self.config,), daemon=False)
+        process = self.context.Process(
+            target=_worker, args=(self.config, os.getpid()), daemon=False
+        )
         process.start()
         return process
 
