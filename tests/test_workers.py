@@ -10,13 +10,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.latency.conftest import free_port, start_server, stop
 
 from slocast import workers
 from worker_connections import pids_of_connections
@@ -24,27 +24,14 @@ from worker_connections import pids_of_connections
 STARTUP_FAILURE = 3  # uvicorn's exit code for "cannot start": the supervisor keeps it
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(root: Path, port: int, log_name: str) -> subprocess.Popen:
     env = {
-        **os.environ,
         "SLOCAST_LATENCY_HOST": "127.0.0.1",
         "SLOCAST_LATENCY_PREDICTION_PORT": str(port),
         "SLOCAST_LATENCY_MODEL_DIR": str(root / "models"),
         "SLOCAST_LATENCY_WORKERS": "2",
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "slocast.cli", "latency-predictor"],
-        env=env,
-        stdout=open(root / log_name, "wb"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    return start_server("latency-predictor", env, root / log_name)
 
 
 def _worker_pids(url: str, want: int, process: subprocess.Popen, timeout: float = 60.0) -> set[int]:
@@ -67,33 +54,31 @@ def _worker_pids(url: str, want: int, process: subprocess.Popen, timeout: float 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
         return False
-    # A zombie is dead too: its parent has not reaped it yet.
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return state != "Z"  # a zombie is dead too: its parent has not reaped it yet
 
 
 @pytest.fixture
 def predictor(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    port = _free_port()
+    port = free_port()
     process = _start(tmp_path, port, "predictor.log")
     try:
         yield f"http://127.0.0.1:{port}", process
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+            stop(process)
 
 
 def test_connections_opened_together_reach_every_worker(predictor) -> None:
     url, process = predictor
-    workers = _worker_pids(url, 2, process)
-    pids = pids_of_connections(url, "/status", "worker_pid", busy_worker=min(workers))
+    running = _worker_pids(url, 2, process)
+    pids = pids_of_connections(url, "/status", "worker_pid", busy_worker=min(running))
     # Each worker owns a SO_REUSEPORT socket and the kernel hashes connections over
     # them: all 32 on one worker has probability 2**-31. With one shared socket the
     # worker that is free takes every connection made while the other is busy.
-    assert set(pids) == workers, pids
+    assert set(pids) == running, pids
 
 
 def test_a_dead_worker_is_replaced_and_sigterm_stops_them_all(predictor) -> None:

@@ -15,7 +15,8 @@ start (uvicorn's exit code 3: the next one would fail the same way) or when
 workers keep dying right after their start (a crash loop: exit 1, so that the
 container restarts visibly instead of staying up unready), and on SIGTERM or
 SIGINT stops the workers gracefully and returns 0. A worker whose supervisor is
-killed outright (SIGKILL) gets SIGTERM from the kernel and stops too. Without ``SO_REUSEPORT`` (not Linux) it falls back to uvicorn's own workers.
+killed outright (SIGKILL) gets SIGTERM from the kernel and stops too. Without
+``SO_REUSEPORT`` (not Linux) it falls back to uvicorn's own workers.
 """
 
 from __future__ import annotations

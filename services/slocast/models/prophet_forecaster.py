@@ -198,7 +198,7 @@ class ProphetForecaster(Forecaster):
         _, _, model_from_json = _prophet_api()
         directory = Path(directory)
         state = json.loads((directory / STATE_FILE).read_text())
-        # States without "target" were saved before relative changes: absolute values.
+        # States without "target" were saved before Prophet forecast changes: absolute values.
         forecaster = cls(spec, params=state["params"], target=state.get("target", ABSOLUTE))
         # Prophet's reader passes a pandas keyword that pandas 3 deprecates: not ours to fix.
         with _quiet_prophet(), warnings.catch_warnings():
