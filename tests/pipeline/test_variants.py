@@ -7,9 +7,16 @@ import pandas as pd
 import pytest
 
 from slocast.adapters.datasets import load_lte
-from slocast.core.schema import FEATURE_COLUMNS
+from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
 from slocast.core.synthetic import generate_lte
-from slocast.core.variants import SHORT_FRACTION, VARIANTS, generate_variants, shift_start
+from slocast.core.variants import (
+    BUSY_LEVEL,
+    BUSY_ROWS,
+    SHORT_FRACTION,
+    VARIANTS,
+    generate_variants,
+    shift_start,
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +102,29 @@ def test_test_only_shift_and_small_site(files):
             np.testing.assert_allclose(new[column], old[column] * 0.001)
         rest = [c for c in FEATURE_COLUMNS if c not in ("down", "up")]
         pd.testing.assert_frame_equal(new[rest], old[rest])
+
+
+def test_busy_site_adds_a_trailing_level_to_the_targets_only(files):
+    root, written = files
+    busy, busy_test = (_read(p) for p in written["busy-smooth"])
+    for new, old in ((busy, _read(root / "Site.csv")), (busy_test, _read(root / "Site_test.csv"))):
+        for column in TARGET_COLUMNS:
+            values = old[column].to_numpy(dtype=float)
+            # Row i adds BUSY_LEVEL x the mean of rows max(0, i-59)..i of its own file:
+            # nothing after row i, nothing from the other file.
+            for i in (0, 3, BUSY_ROWS - 1, BUSY_ROWS + 7, len(old) - 1):
+                past = values[max(0, i - BUSY_ROWS + 1) : i + 1]
+                expected = values[i] + BUSY_LEVEL * np.nanmean(past)
+                assert new[column].iloc[i] == pytest.approx(expected, rel=1e-9), (column, i)
+        rest = [c for c in FEATURE_COLUMNS if c not in TARGET_COLUMNS]
+        pd.testing.assert_frame_equal(new[rest], old[rest])
+
+    # The level dwarfs the step-to-step changes: persistence is much harder to beat.
+    def persistence_nrmse(y):
+        return np.sqrt(np.nanmean(np.diff(y) ** 2)) / np.nanmean(y)
+
+    train = _read(root / "Site.csv")
+    for column in ("down", "up"):
+        assert persistence_nrmse(busy[column].to_numpy()) < 0.5 * persistence_nrmse(
+            train[column].to_numpy()
+        )
