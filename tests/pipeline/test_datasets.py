@@ -68,8 +68,13 @@ def _breakers():
         f.loc[5, "time"] = f.loc[4, "time"]
         return f
 
-    def irregular(f):
+    def gap(f):
         return f.drop(index=[10, 11, 12])
+
+    def off_grid(f):
+        f = f.copy()
+        f.loc[10:, "time"] += pd.Timedelta(seconds=60)  # 1.5 steps after row 9
+        return f
 
     def too_few(f):
         return f.iloc[:20]
@@ -82,6 +87,10 @@ def _breakers():
         f.loc[9, "rb_down"] = np.inf
         return f
 
+    def beyond_float32(f):
+        f.loc[11, "down"] = -1e308
+        return f
+
     return {
         "missing column(s) rb_up": missing_column,
         "row 7: column 'down' has non-numeric value 'lots'": non_numeric,
@@ -89,10 +98,12 @@ def _breakers():
         "row 3: cannot parse 'time'": bad_time,
         "timestamps not sorted": unsorted,
         "row 5: duplicate timestamp": duplicate,
-        "irregular spacing": irregular,
+        "row 10: 480s after the previous row where the step is 120s: a gap of 3 missing row(s)": gap,
+        "row 10: 180s after the previous row where the step is 120s: irregular spacing": off_grid,
         "20 rows, need at least 50": too_few,
         "column 'mcs_up' has no values": all_nan,
         "column 'rb_down' is infinite": infinite,
+        "row 11: column 'down' is -1e+308, beyond the single-precision range": beyond_float32,
     }
 
 
@@ -104,6 +115,44 @@ def test_each_bad_dataset_has_its_error(tmp_path, frame, expected):
     message = str(info.value)
     assert expected in message
     assert "\n" not in message and str(path) in message
+
+
+def test_gaps_up_to_max_gap_rows_become_empty_rows(tmp_path, frame):
+    # Two gaps (1 and 3 missing rows) and a jittered row that stays on the grid.
+    holed = frame.drop(index=[20, 40, 41, 42]).copy()
+    holed.loc[100, "time"] += pd.Timedelta(seconds=5)
+    path = _write(tmp_path, holed)
+    with pytest.raises(
+        DatasetError, match=r"row 20: .*a gap of 1 missing row.*--max-gap-rows N \(now 0\)"
+    ):
+        load_lte(path, min_rows=50)
+    with pytest.raises(DatasetError, match=r"row 39: .*a gap of 3 missing row.*\(now 2\)"):
+        load_lte(path, min_rows=50, max_gap_rows=2)
+
+    loaded = load_lte(path, min_rows=50, max_gap_rows=3)
+    assert len(loaded) == len(frame)
+    expected_times = frame["time"].to_numpy().astype("datetime64[ns]").copy()
+    expected_times[100] += np.timedelta64(5, "s")
+    np.testing.assert_array_equal(loaded["time"].to_numpy(), expected_times)
+    cells = loaded.drop(columns="time")
+    empty = cells.isna().all(axis=1).to_numpy()
+    assert np.flatnonzero(empty).tolist() == [20, 40, 41, 42]
+    observed = np.setdiff1d(np.arange(len(frame)), [20, 40, 41, 42])
+    np.testing.assert_array_equal(
+        cells.to_numpy()[observed], frame.drop(columns="time").to_numpy()[observed]
+    )
+    assert all(dtype == np.float64 for dtype in cells.dtypes)
+
+
+def test_max_gap_rows_is_bounded():
+    from slocast.core.config import MAX_GAP_ROWS, PipelineConfig
+    from slocast.core.errors import ConfigError
+
+    assert PipelineConfig().max_gap_rows == 0
+    assert PipelineConfig(max_gap_rows=MAX_GAP_ROWS).max_gap_rows == MAX_GAP_ROWS
+    for bad in (-1, MAX_GAP_ROWS + 1):
+        with pytest.raises(ConfigError, match="max_gap_rows"):
+            PipelineConfig(max_gap_rows=bad)
 
 
 def test_empty_and_header_only_files(tmp_path, frame):

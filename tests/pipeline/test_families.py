@@ -6,6 +6,7 @@ while its tests passed against a stub): a model that does not learn fails here.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,12 @@ def test_family_beats_persistence_on_held_out_windows(family, data, persistence,
     assert not list(Path(tmp_path / family).rglob("*.pkl")) and not list(
         Path(tmp_path / family).rglob("*.pickle")
     )
+    # Every forecast passes through the spec's floor (combiners average floored members).
+    if family not in ("ensemble", "blend"):
+        model = loaded.forecaster
+        assert model.spec.target_floor == (0.0,) * len(model.spec.targets)
+        model.spec = dataclasses.replace(model.spec, target_floor=(1e12,) * len(model.spec.targets))
+        assert (model.predict(data.times, data.values, ends) == 1e12).all(), family
 
 
 class _ConstantStub(Forecaster):

@@ -127,3 +127,49 @@ def test_store_round_trip(tmp_path, frame):
     np.testing.assert_array_equal(back.raw, data.raw)
     np.testing.assert_array_equal(back.times, data.times)
     np.testing.assert_array_equal(back.split, data.split)
+
+
+@pytest.mark.parametrize("column", ["down", "up"])
+def test_headline_column_without_traffic_where_scored_is_refused(frame, column):
+    test = generate_lte(500, seed=4)
+    test["time"] = frame["time"].iloc[-1] + pd.to_timedelta(np.arange(1, 501) * 120, "s")
+    quiet = test.copy()
+    quiet[column] = 0.0
+    with pytest.raises(DatasetError, match=f"column '{column}' averages 0.0 over the test split"):
+        preprocess(frame, quiet, PipelineConfig())
+    # The first `window` rows of a split are only ever inputs: no traffic there is fine.
+    quiet = test.copy()
+    quiet.loc[: PipelineConfig().window - 1, column] = 0.0
+    preprocess(frame, quiet, PipelineConfig())
+    # Validation (the last 20% of the training file) ranks the families: same rule.
+    silent = frame.copy()
+    silent.loc[1600:, column] = np.nan
+    with pytest.raises(DatasetError, match=f"column '{column}' averages nothing over the val"):
+        preprocess(silent, test, PipelineConfig())
+    summary = preprocess(frame, test, PipelineConfig()).summary()
+    assert summary["empty_rows"] == {"train": 0, "val": 0, "test": 0}
+
+
+def test_forecast_floor_is_zero_or_the_training_minimum():
+    frame = generate_lte(600, seed=6)
+    spec = preprocess(frame, None, PipelineConfig()).spec
+    assert spec.target_floor == (0.0,) * len(spec.targets)
+    out = np.array([[[-5.0, 0.5, -1e-9, 3.0, -2.0]]])
+    np.testing.assert_array_equal(spec.floor_forecast(out.copy()), np.maximum(out, 0.0))
+    # A file with negative values keeps them reachable: the floor is their minimum.
+    frame["rb_up"] = frame["rb_up"] - 2 * frame["rb_up"].max()
+    spec = preprocess(frame, None, PipelineConfig()).spec
+    k = spec.targets.index("rb_up")
+    assert spec.target_floor[k] == pytest.approx(
+        frame["rb_up"].iloc[: spec_train_rows(frame)].min()
+    )
+    # Specs saved before the floor load without it and leave forecasts alone.
+    legacy = {k: v for k, v in spec.to_dict().items() if k != "target_floor"}
+    old = FeatureSpec.from_dict(legacy)
+    assert old.target_floor is None
+    np.testing.assert_array_equal(old.floor_forecast(out.copy()), out)
+
+
+def spec_train_rows(frame: pd.DataFrame) -> int:
+    n_fit = len(frame) - round(len(frame) * 0.2)
+    return n_fit - round(n_fit * 0.2)

@@ -117,3 +117,36 @@ def _serves_what_the_hint_says(tmp_path, stdout: str) -> None:
     finally:
         server.terminate()
         server.wait(30)
+
+
+@pytest.mark.slow
+def test_run_on_files_with_gaps_scores_only_observed_rows(tmp_path):
+    import numpy as np
+
+    from slocast.core.synthetic import generate_lte
+
+    frame = generate_lte(2400, seed=3)
+    train, test = frame.iloc[:1900], frame.iloc[1900:]
+    train_gaps, test_gaps = [300, 301, 302, 1000], [100, 101]
+    train.drop(index=train.index[train_gaps]).to_csv(tmp_path / "Cell.csv", index=False)
+    test.drop(index=test.index[test_gaps]).to_csv(tmp_path / "Cell_test.csv", index=False)
+    files = ["--data", str(tmp_path / "Cell.csv"), "--test-data", str(tmp_path / "Cell_test.csv")]
+
+    refused = _run(tmp_path, *files, "--models", "xgboost", "--out", str(tmp_path / "o0"))
+    assert refused.returncode == 2
+    assert "a gap of 3 missing row(s)" in refused.stderr and "--max-gap-rows" in refused.stderr
+
+    run = _run(
+        tmp_path, *files, "--models", "xgboost", "--max-gap-rows", "3", "--out", str(tmp_path / "o")
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    data = report["dataset"]
+    assert report["config"]["max_gap_rows"] == 3
+    assert data["train_rows"] + data["val_rows"] == 1900 and data["test_rows"] == 500
+    assert data["empty_rows"] == {"train": 4, "val": 0, "test": 2}
+    assert data["test_windows"] == 500 - 10
+    for name, m in report["models"].items():
+        values = [m["nrmse"]["avg"], *m["rmse"].values(), *m["coverage"]["0.9"].values()]
+        assert np.isfinite(values).all(), name
+    assert report["champion"] is not None

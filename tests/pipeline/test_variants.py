@@ -7,11 +7,14 @@ import pandas as pd
 import pytest
 
 from slocast.adapters.datasets import load_lte
+from slocast.core.errors import DatasetError
 from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
 from slocast.core.synthetic import generate_lte
 from slocast.core.variants import (
     BUSY_LEVEL,
     BUSY_ROWS,
+    LONG_OUTAGE_ROWS,
+    NOISE_SIGMA,
     SHORT_FRACTION,
     VARIANTS,
     generate_variants,
@@ -44,7 +47,7 @@ def test_every_variant_keeps_the_schema_and_loads(files):
             frame = _read(path)
             assert list(frame.columns) == list(source.columns), name
             assert frame["time"].isin(source["time"]).all(), name
-            load_lte(path, min_rows=20)
+            load_lte(path, min_rows=20, max_gap_rows=VARIANTS[name].max_gap_rows)
         assert paths[0].name == f"Site-{name}.csv" and paths[1].name == f"Site-{name}_test.csv"
     assert np.isnan(_read(written["original"][0]).loc[5, "mcs_up"])
 
@@ -128,3 +131,45 @@ def test_busy_site_adds_a_trailing_level_to_the_targets_only(files):
         assert persistence_nrmse(busy[column].to_numpy()) < 0.5 * persistence_nrmse(
             train[column].to_numpy()
         )
+
+
+def test_gaps_remove_whole_rows_that_load_back_as_empty_rows(files):
+    root, written = files
+    limit = VARIANTS["gaps"].max_gap_rows
+    assert limit == LONG_OUTAGE_ROWS
+    for path, source in zip(
+        written["gaps"], (root / "Site.csv", root / "Site_test.csv"), strict=True
+    ):
+        old, new = _read(source), _read(path)
+        kept = old["time"].isin(new["time"]).to_numpy()
+        assert 0 < len(new) < len(old) and kept[0] and kept[-1]
+        # Rows are removed whole; the rest are unchanged.
+        pd.testing.assert_frame_equal(new, old[kept].reset_index(drop=True))
+        loaded = load_lte(path, min_rows=20, max_gap_rows=limit)
+        assert len(loaded) == len(old)
+        empty = loaded[list(FEATURE_COLUMNS)].isna().all(axis=1).to_numpy()
+        np.testing.assert_array_equal(empty, ~kept)
+        with pytest.raises(DatasetError, match="--max-gap-rows"):
+            load_lte(path, min_rows=20)
+    # The training file holds the 2-hour outage, in one gap of exactly that length.
+    old, new = _read(root / "Site.csv"), _read(written["gaps"][0])
+    runs = np.diff(np.flatnonzero(np.r_[True, old["time"].isin(new["time"]).to_numpy(), True]))
+    assert runs.max() - 1 == LONG_OUTAGE_ROWS
+
+
+def test_noisy_short_is_short_25_with_mean_preserving_noise_on_volumes(files):
+    _, written = files
+    short, short_test = (_read(p) for p in written["short-25"])
+    noisy, noisy_test = (_read(p) for p in written["noisy-short"])
+    ratios = []
+    for new, old in ((noisy, short), (noisy_test, short_test)):
+        assert list(new["time"]) == list(old["time"])
+        rest = [c for c in FEATURE_COLUMNS if c not in ("down", "up")]
+        pd.testing.assert_frame_equal(new[rest], old[rest])
+        for column in ("down", "up"):
+            ratios.append(new[column].to_numpy() / old[column].to_numpy())
+    logs = np.log(np.concatenate(ratios))
+    assert logs.std() == pytest.approx(NOISE_SIGMA, rel=0.1)
+    assert np.exp(logs).mean() == pytest.approx(1.0, abs=0.03)  # mean-preserving
+    # Independent per row: no autocorrelation a forecaster could use.
+    assert abs(np.corrcoef(logs[:-1], logs[1:])[0, 1]) < 0.1

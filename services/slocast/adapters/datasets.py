@@ -14,6 +14,8 @@ import pandas as pd
 from slocast.core.errors import DatasetError
 from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV or Parquet file as strings-or-numbers, without interpretation."""
@@ -35,10 +37,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
     raise DatasetError(f"{p}: unsupported file type {suffix!r}; use .csv or .parquet")
 
 
-def load_lte(path: str | Path, *, min_rows: int, spacing_tolerance: float = 0.1) -> pd.DataFrame:
+def load_lte(
+    path: str | Path, *, min_rows: int, spacing_tolerance: float = 0.1, max_gap_rows: int = 0
+) -> pd.DataFrame:
     """Load and validate an LTE file; see :func:`validate_lte`."""
     return validate_lte(
-        read_table(path), source=str(path), min_rows=min_rows, spacing_tolerance=spacing_tolerance
+        read_table(path),
+        source=str(path),
+        min_rows=min_rows,
+        spacing_tolerance=spacing_tolerance,
+        max_gap_rows=max_gap_rows,
     )
 
 
@@ -48,12 +56,19 @@ def validate_lte(
     source: str,
     min_rows: int,
     spacing_tolerance: float = 0.1,
+    max_gap_rows: int = 0,
 ) -> pd.DataFrame:
     """Check the schema and the time grid; return a clean frame.
 
     The result has a ``time`` column of ``datetime64[ns]`` and the feature
     columns as ``float64`` in canonical order; extra columns are dropped. NaN
     cells are kept (the preprocess stage applies the NaN rule).
+
+    A gap in the time grid (an interval of k steps, k >= 2, within the spacing
+    tolerance of a whole number of steps) is refused unless it misses at most
+    ``max_gap_rows`` rows: then those rows are inserted on the grid with every
+    cell empty, i.e. not observed, like an empty cell (inputs carry the last
+    observation forward, truth is never scored).
     """
     if frame.shape[0] == 0:
         raise DatasetError(f"{source}: no data rows")
@@ -63,7 +78,7 @@ def validate_lte(
     out = pd.DataFrame({TIME_COLUMN: _parse_times(frame[TIME_COLUMN], source)})
     for column in FEATURE_COLUMNS:
         out[column] = _numeric_column(frame[column], column, source)
-    _check_grid(out[TIME_COLUMN], source, spacing_tolerance)
+    out = _fill_gaps(out, _check_grid(out[TIME_COLUMN], source, spacing_tolerance, max_gap_rows))
     if len(out) < min_rows:
         raise DatasetError(
             f"{source}: {len(out)} rows, need at least {min_rows} for the window and splits"
@@ -104,14 +119,25 @@ def _numeric_column(column: pd.Series, name: str, source: str) -> pd.Series:
     if np.isinf(values.to_numpy()).any():
         row = int(np.flatnonzero(np.isinf(values.to_numpy()))[0])
         raise DatasetError(f"{source}: row {row}: column {name!r} is infinite")
+    # Models compute in single precision, where a larger magnitude is infinite.
+    beyond = np.abs(values.to_numpy()) > FLOAT32_MAX
+    if beyond.any():
+        row = int(np.flatnonzero(beyond)[0])
+        raise DatasetError(
+            f"{source}: row {row}: column {name!r} is {values.iloc[row]:g}, beyond the "
+            f"single-precision range the models compute in (|x| <= {FLOAT32_MAX:.4g})"
+        )
     if values.isna().all():
         raise DatasetError(f"{source}: column {name!r} has no values (all empty)")
     return values
 
 
-def _check_grid(times: pd.Series, source: str, tolerance: float) -> None:
+def _check_grid(
+    times: pd.Series, source: str, tolerance: float, max_gap_rows: int
+) -> list[tuple[int, int]]:
+    """Refuse a broken grid; return the gaps to fill as (row after the gap, rows missing)."""
     if len(times) < 2:
-        return
+        return []
     ns = times.to_numpy().astype("datetime64[ns]").astype(np.int64)
     deltas = np.diff(ns)
     duplicate = np.flatnonzero(deltas == 0)
@@ -125,13 +151,43 @@ def _check_grid(times: pd.Series, source: str, tolerance: float) -> None:
             f"{source}: row {row}: timestamps not sorted ({times.iloc[row]} after {times.iloc[row - 1]})"
         )
     step = float(np.median(deltas))
-    off = np.flatnonzero(np.abs(deltas - step) > tolerance * step)
-    if off.size:
-        row = int(off[0]) + 1
-        raise DatasetError(
-            f"{source}: row {row}: irregular spacing, {deltas[off[0]] / 1e9:.0f}s after the previous row "
-            f"where the step is {step / 1e9:.0f}s (tolerance {tolerance:.0%}); fill or split the gap"
-        )
+    steps = np.rint(deltas / step)
+    on_grid = (np.abs(deltas - steps * step) <= tolerance * step) & (steps >= 1)
+    gaps: list[tuple[int, int]] = []
+    for i in np.flatnonzero(~on_grid | (steps != 1)):
+        row, missing = int(i) + 1, int(steps[i]) - 1
+        where = f"{source}: row {row}: {deltas[i] / 1e9:.0f}s after the previous row where the step is {step / 1e9:.0f}s"
+        if not on_grid[i]:
+            raise DatasetError(
+                f"{where}: irregular spacing (tolerance {tolerance:.0%} of a whole number of "
+                "steps); resample the file onto its grid"
+            )
+        if missing > max_gap_rows:
+            raise DatasetError(
+                f"{where}: a gap of {missing} missing row(s); fill or split it, or allow gaps of "
+                f"up to N missing rows with --max-gap-rows N (now {max_gap_rows}), which "
+                "inserts them as empty cells"
+            )
+        gaps.append((row, missing))
+    return gaps
+
+
+def _fill_gaps(frame: pd.DataFrame, gaps: list[tuple[int, int]]) -> pd.DataFrame:
+    """Insert each gap's missing rows on the grid (times between its neighbours), cells empty."""
+    if not gaps:
+        return frame
+    times = frame[TIME_COLUMN].to_numpy().astype("datetime64[ns]").astype(np.int64)
+    parts, start = [], 0
+    for row, missing in gaps:
+        parts.append(frame.iloc[start:row])
+        before, after = times[row - 1], times[row]
+        # Evenly between the neighbours: the grid of this gap, whatever the jitter.
+        inserted = before + (after - before) * np.arange(1, missing + 1) // (missing + 1)
+        parts.append(pd.DataFrame({TIME_COLUMN: inserted.astype("datetime64[ns]")}))
+        start = row
+    parts.append(frame.iloc[start:])
+    filled = pd.concat(parts, ignore_index=True)
+    return filled[[TIME_COLUMN, *FEATURE_COLUMNS]].astype({c: np.float64 for c in FEATURE_COLUMNS})
 
 
 def step_seconds(times: pd.Series | np.ndarray) -> float:

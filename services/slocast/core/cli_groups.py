@@ -15,3 +15,18 @@ def bench_subparsers(subparsers: argparse._SubParsersAction) -> argparse._SubPar
         if isinstance(action, argparse._SubParsersAction):
             return action
     raise RuntimeError("bench parser has no sub-commands")
+
+
+def add_max_gap_rows(parser: argparse.ArgumentParser) -> None:
+    """``--max-gap-rows`` of the commands that read LTE files (``PipelineConfig.max_gap_rows``)."""
+    from slocast.core.config import MAX_GAP_ROWS
+
+    parser.add_argument(
+        "--max-gap-rows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fill gaps of up to N missing rows in the time grid with empty cells (inputs carry "
+        "the last observation forward; those rows are never scored); default 0: refuse any gap; "
+        f"at most {MAX_GAP_ROWS}",
+    )

@@ -9,6 +9,10 @@ from dataclasses import asdict, dataclass
 from slocast.core.conformal import DEFAULT_QUANTILES
 from slocast.core.errors import ConfigError
 
+# A bound on input rows made up by carrying values forward: a longer outage
+# splits the series (train on one part) rather than bridging it.
+MAX_GAP_ROWS = 720
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -25,6 +29,9 @@ class PipelineConfig:
             it are clipped (truth is never clipped for evaluation).
         spacing_tolerance: allowed relative deviation of a row interval from the
             dataset's step before the file is rejected as irregular.
+        max_gap_rows: longest gap in the time grid (missing rows) that is filled
+            with empty cells instead of refusing the file. Default 0: every row
+            must be present, as protocol A's files are.
         season_steps: season length of the seasonal-naive baseline (one day of
             2-minute rows).
         calibration_blocks: contiguous blocks of the train split that, besides
@@ -43,6 +50,7 @@ class PipelineConfig:
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES
     cap_quantile: float = 0.999
     spacing_tolerance: float = 0.1
+    max_gap_rows: int = 0
     season_steps: int = 720
     calibration_blocks: int = 0
     recurrent_seeds: int = 2
@@ -64,6 +72,10 @@ class PipelineConfig:
             )
         if not 1 <= self.recurrent_seeds <= 10:
             raise ConfigError(f"recurrent_seeds must be in [1, 10], got {self.recurrent_seeds}")
+        if not 0 <= self.max_gap_rows <= MAX_GAP_ROWS:
+            raise ConfigError(
+                f"max_gap_rows must be in [0, {MAX_GAP_ROWS}], got {self.max_gap_rows}"
+            )
         if not 0.5 < self.cap_quantile <= 1.0:
             raise ConfigError(f"cap_quantile must be in (0.5, 1], got {self.cap_quantile}")
 

@@ -120,6 +120,10 @@ class FeatureSpec:
     :data:`LOG_COLUMNS`; ``target_center``/``target_scale`` standardise targets
     linearly (so squared error in scaled units is squared error in real units).
     Zero-variance columns get scale 1, so they map to 0 instead of NaN.
+    ``target_floor`` is the lowest forecast of each target any family serves: 0,
+    or the training minimum where the training rows go below 0 (volumes, counts
+    and resource-block shares cannot be negative, but a file may say otherwise).
+    None (specs saved before it existed) leaves forecasts unclipped.
     """
 
     window: int
@@ -132,6 +136,7 @@ class FeatureSpec:
     target_scale: tuple[float, ...]
     columns: tuple[str, ...] = FEATURE_COLUMNS
     targets: tuple[str, ...] = TARGET_COLUMNS
+    target_floor: tuple[float, ...] | None = None
 
     @classmethod
     def fit(
@@ -156,7 +161,14 @@ class FeatureSpec:
             scale=tuple(_safe_scale(np.nanstd(transformed, axis=0))),
             target_center=tuple(float(x) for x in np.nanmean(t, axis=0)),
             target_scale=tuple(_safe_scale(np.nanstd(t, axis=0))),
+            target_floor=tuple(float(x) for x in np.minimum(np.nanmin(t, axis=0), 0.0)),
         )
+
+    def floor_forecast(self, out: np.ndarray) -> np.ndarray:
+        """Forecasts (..., K) raised to ``target_floor`` in place (see the class docstring)."""
+        if self.target_floor is not None:
+            np.maximum(out, np.asarray(self.target_floor), out=out)
+        return out
 
     def scale_inputs(self, values: np.ndarray) -> np.ndarray:
         """Clip, log-compress and standardise raw values (any leading shape, last axis C)."""

@@ -23,8 +23,21 @@ deterministic rewrite of a (training file, test file) pair with the same schema:
   persistence is hard to beat (headline ~0.29 on PobleSec's test file, as on the
   quietest published site, anchors.md). The mean is trailing, so the added level
   carries no information about the future; each file uses only its own rows.
+- ``noisy-short``: ``short-25`` with mean-preserving multiplicative noise on
+  ``down`` and ``up`` (log-normal, sigma 0.2, independent per row) in both files:
+  a small site whose volumes are noisier from one 2-minute row to the next,
+  where persistence scores ~1.05 on PobleSec's test file (the published site
+  with ~4,200 training rows has persistence 1.026, anchors.md). The noise is
+  unpredictable by construction, so a forecaster should gain on persistence
+  here by predicting the level, not the last row.
+- ``gaps``: capture outages: runs of 1-30 rows removed from both files (0.3% of
+  rows start one), plus one 2-hour outage in the training file. The pipeline
+  refuses gaps by default; this variant runs with ``max_gap_rows`` = 60, which
+  fills them with empty cells (never scored), so it shows what a site recorded
+  with outages costs.
 
-Columns, column order, time stamps and empty cells are preserved; the shift
+Except where a variant removes rows, columns, column order, time stamps and
+empty cells are preserved; the shift
 point is measured on the training file, as the pipeline's train/validation split
 is (``val_fraction`` 0.2).
 """
@@ -52,6 +65,10 @@ BURST_LOG_SD = 0.6
 SEED = 20260212
 BUSY_LEVEL = 2.5
 BUSY_ROWS = 60  # 2 hours of 2-minute rows
+NOISE_SIGMA = 0.2
+OUTAGE_START_PROBABILITY = 0.003
+OUTAGE_MAX_ROWS = 30
+LONG_OUTAGE_ROWS = 60  # 2 hours, in the middle of the training file
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,7 @@ class Variant:
     name: str
     description: str
     apply: Callable[[pd.DataFrame, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]]
+    max_gap_rows: int = 0  # the PipelineConfig.max_gap_rows its files need
 
 
 def shift_start(train_rows: int) -> int:
@@ -104,6 +122,16 @@ def _short(train: pd.DataFrame, test: pd.DataFrame):
     return train.iloc[len(train) - keep :].reset_index(drop=True), test.copy()
 
 
+def _noisy_short(train: pd.DataFrame, test: pd.DataFrame):
+    train, test = _short(train, test)
+    rng = np.random.default_rng(SEED)
+    for frame in (train, test):
+        for column in ("down", "up"):
+            noise = np.exp(NOISE_SIGMA * rng.standard_normal(len(frame)) - NOISE_SIGMA**2 / 2)
+            frame[column] = frame[column].to_numpy(dtype=float) * noise
+    return train, test
+
+
 def burst_multipliers(rows: int, seed: int = SEED) -> np.ndarray:
     """Multiplicative bursts: 1 outside bursts, >= 1 inside (deterministic for a seed)."""
     rng = np.random.default_rng(seed)
@@ -139,6 +167,37 @@ def _busy(train: pd.DataFrame, test: pd.DataFrame):
     return busy(train), busy(test)
 
 
+def outage_rows(rows: int, seed: int = SEED) -> np.ndarray:
+    """Rows lost to outages: runs of 1-``OUTAGE_MAX_ROWS`` rows, each followed by at
+    least one kept row, so no gap is longer than a run (deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    lost = np.zeros(rows, dtype=bool)
+    row = 0
+    while row < rows:
+        if rng.random() < OUTAGE_START_PROBABILITY:
+            length = int(rng.integers(1, OUTAGE_MAX_ROWS + 1))
+            lost[row : row + length] = True
+            row += length + 1
+        else:
+            row += 1
+    return lost
+
+
+def _gaps(train: pd.DataFrame, test: pd.DataFrame):
+    lost = outage_rows(len(train) + len(test))
+    middle = len(train) // 2
+    lost[middle : middle + LONG_OUTAGE_ROWS] = True
+    lost[middle - 1] = lost[middle + LONG_OUTAGE_ROWS] = False  # one gap, not merged
+    # The first and last rows of each file stay: a file starts and ends on the grid.
+    for first, last in ((0, len(train) - 1), (len(train), len(lost) - 1)):
+        lost[first] = lost[last] = False
+    keep_train, keep_test = ~lost[: len(train)], ~lost[len(train) :]
+    return (
+        train[keep_train].reset_index(drop=True),
+        test[keep_test].reset_index(drop=True),
+    )
+
+
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
@@ -169,6 +228,17 @@ VARIANTS: dict[str, Variant] = {
             "busy-smooth",
             "targets + 2.5x their trailing 2-hour mean (persistence hard to beat)",
             _busy,
+        ),
+        Variant(
+            "noisy-short",
+            "short-25 with log-normal noise (sigma 0.2) on down and up (a small noisy site)",
+            _noisy_short,
+        ),
+        Variant(
+            "gaps",
+            "outages: 1-30 row gaps (0.3% of rows start one) and a 2-hour one, filled as empty",
+            _gaps,
+            max_gap_rows=LONG_OUTAGE_ROWS,
         ),
     )
 }

@@ -73,6 +73,7 @@ class EvaluationResult:
                 "val_rows": summary["val_rows"],
                 "test_rows": summary["test_rows"],
                 "test_windows": summary["test_windows"],
+                "empty_rows": summary["empty_rows"],
                 "reused": reused,
                 "sources": summary["sources"],
             },

@@ -174,7 +174,7 @@ class ProphetForecaster(Forecaster):
             frame, base = self._frame(times, values, ends, k)
             yhat = model.predict(frame)["yhat"].to_numpy().reshape(ends.size, self.spec.horizon)
             out[:, :, k] = base[:, None] + yhat
-        return out
+        return self.spec.floor_forecast(out)
 
     def save(self, directory: Path) -> list[str]:
         _, model_to_json, _ = _prophet_api()

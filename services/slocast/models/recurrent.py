@@ -195,8 +195,8 @@ def forecast_units(spec: FeatureSpec, out: np.ndarray, level: np.ndarray | None)
     """Network outputs (N, horizon * K) back to original units (N, horizon, K)."""
     out = np.asarray(out, np.float64).reshape(len(out), spec.horizon, len(TARGET_INDEX))
     if level is None:
-        return spec.unscale_targets(out)
-    return level[:, None, :] * (1.0 + out)
+        return spec.floor_forecast(spec.unscale_targets(out))
+    return spec.floor_forecast(level[:, None, :] * (1.0 + out))
 
 
 @dataclass
@@ -517,7 +517,7 @@ def _build_net(cell: str, spec: FeatureSpec, p: RecurrentParams) -> Any:
     """One network, or with ``p.seeds > 1`` the mean of ``p.seeds`` networks' outputs.
 
     Averaging outputs averages forecasts: both output scales map back to original
-    units affinely (:func:`forecast_units`).
+    units affinely (:func:`forecast_units`), before the floor.
     """
     import torch
 

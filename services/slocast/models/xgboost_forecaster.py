@@ -135,7 +135,7 @@ class XGBoostForecaster(Forecaster):
         # float32 * float64 computes in float64, as converting first would; in place after.
         out = np.asarray(raw) * (scale if scale.ndim == 1 else scale[:, None, :])
         out += self.persistence_share * last[:, None, :]
-        return out
+        return self.spec.floor_forecast(out)
 
     # -- Forecaster --
 

@@ -6,6 +6,8 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+from slocast.core.cli_groups import add_max_gap_rows
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     service = subparsers.add_parser(
@@ -54,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--task", help="registry task (default: the data file's stem)")
     submit.add_argument("--window", type=int, default=10, help="input rows per forecast")
     submit.add_argument("--horizon", type=int, default=1, help="steps forecast ahead")
+    add_max_gap_rows(submit)
     submit.set_defaults(func=_submit)
 
     promote = subparsers.add_parser(
@@ -114,6 +117,7 @@ def _submit(args: argparse.Namespace) -> int:
         task=args.task,
         window=args.window,
         horizon=args.horizon,
+        max_gap_rows=args.max_gap_rows,
     )
     print(f"submitted {args.data} as task {result.task}")
     print(f"dataset id {result.dataset_id}")

@@ -54,6 +54,7 @@ class PreprocessHandler:
                     scratch,
                     min_rows=min_rows(config),
                     spacing_tolerance=config.spacing_tolerance,
+                    max_gap_rows=config.max_gap_rows,
                 )
                 test = None
                 if event.test_uri:
@@ -66,6 +67,7 @@ class PreprocessHandler:
                         scratch,
                         min_rows=config.window + config.horizon,
                         spacing_tolerance=config.spacing_tolerance,
+                        max_gap_rows=config.max_gap_rows,
                     )
                 dataset = preprocess(
                     train, test, config, sources={"train": event.train_uri, "test": event.test_uri}
@@ -94,14 +96,26 @@ class PreprocessHandler:
 
 
 def _load_claimed(
-    store, uri: str, sha256: str, scratch: str, *, min_rows: int, spacing_tolerance: float
+    store,
+    uri: str,
+    sha256: str,
+    scratch: str,
+    *,
+    min_rows: int,
+    spacing_tolerance: float,
+    max_gap_rows: int,
 ):
     """Load and validate a claimed file. Its errors name the claim-check URI the event
     carried: the scratch copy they would otherwise name is deleted by the time anyone
     reads the dead letter."""
     path = _local_copy(store, uri, sha256, scratch)
     try:
-        return load_lte(path, min_rows=min_rows, spacing_tolerance=spacing_tolerance)
+        return load_lte(
+            path,
+            min_rows=min_rows,
+            spacing_tolerance=spacing_tolerance,
+            max_gap_rows=max_gap_rows,
+        )
     except DatasetError as exc:
         reason = str(exc).replace(str(path), uri).replace(scratch, "<scratch>")
         if uri not in reason:

@@ -34,19 +34,26 @@ def submit_dataset(
     task: str | None = None,
     window: int = 10,
     horizon: int = 1,
+    max_gap_rows: int = 0,
 ) -> Submission:
     """Validate locally (fail fast, and learn the dataset id), upload, publish."""
     from confluent_kafka.admin import AdminClient
 
     task = check_task(task) if task else task_from_file(data)
-    config = PipelineConfig(window=window, horizon=horizon)
-    train = load_lte(data, min_rows=min_rows(config), spacing_tolerance=config.spacing_tolerance)
+    config = PipelineConfig(window=window, horizon=horizon, max_gap_rows=max_gap_rows)
+    train = load_lte(
+        data,
+        min_rows=min_rows(config),
+        spacing_tolerance=config.spacing_tolerance,
+        max_gap_rows=config.max_gap_rows,
+    )
     test = None
     if test_data is not None:
         test = load_lte(
             test_data,
             min_rows=config.window + config.horizon,
             spacing_tolerance=config.spacing_tolerance,
+            max_gap_rows=config.max_gap_rows,
         )
     expected_id = dataset_id(train, test, config)
     store = open_store(settings.store_uri, endpoint_url=settings.s3_endpoint_url)

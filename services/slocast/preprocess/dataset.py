@@ -74,6 +74,11 @@ class ProcessedDataset:
             "train_windows": int(self.ends("train").size),
             "val_windows": int(self.ends("val").size),
             "test_windows": int(self.ends("test").size),
+            # Rows with no observed cell: gaps filled on loading (max_gap_rows) or
+            # empty lines of the file; never scored.
+            "empty_rows": {
+                name: int(np.isnan(self.raw[self.rows(name)]).all(axis=1).sum()) for name in SPLITS
+            },
             "sources": self.sources,
         }
 

@@ -24,11 +24,11 @@ from slocast.adapters.datasets import step_seconds
 from slocast.core.config import PipelineConfig
 from slocast.core.errors import DatasetError
 from slocast.core.features import FeatureSpec, fill_missing
-from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN
+from slocast.core.schema import FEATURE_COLUMNS, HEADLINE_COLUMNS, TIME_COLUMN
 from slocast.preprocess.dataset import SPLITS, ProcessedDataset
 
 # Bump when the processing rules change, so old processed data is not reused.
-PROCESSING_VERSION = "1"
+PROCESSING_VERSION = "2"
 
 
 def dataset_id(train: pd.DataFrame, test: pd.DataFrame | None, config: PipelineConfig) -> str:
@@ -76,6 +76,7 @@ def preprocess(
                 f"the {name} split has {(split == code).sum()} rows, fewer than window + horizon "
                 f"({config.window + config.horizon}); provide more rows"
             )
+    _check_headline_scorable(raw, split, config)
     train_rows = fill_missing(raw[split == 0])
     spec = FeatureSpec.fit(
         train_rows,
@@ -93,6 +94,27 @@ def preprocess(
         split=split,
         sources=sources or {},
     )
+
+
+def _check_headline_scorable(raw: np.ndarray, split: np.ndarray, config: PipelineConfig) -> None:
+    """Refuse data whose headline NRMSE (RMSE / mean truth) is undefined where it is scored.
+
+    Validation ranks and guards the families and test scores them; a headline column
+    whose observed truth there averages 0 (or less) would make every NRMSE NaN or
+    infinite and every decision meaningless. Only target rows of windows count.
+    """
+    first = config.window
+    for code, name in ((1, "val"), (2, "test")):
+        rows = np.flatnonzero(split == code)[first:]
+        for column in HEADLINE_COLUMNS:
+            truth = raw[rows, FEATURE_COLUMNS.index(column)]
+            observed = truth[~np.isnan(truth)]
+            if observed.size == 0 or observed.mean() <= 0:
+                raise DatasetError(
+                    f"column {column!r} averages {observed.mean() if observed.size else 'nothing'} "
+                    f"over the {name} split's target rows: protocol A's NRMSE (RMSE / mean) is "
+                    "undefined there; a site needs traffic in down and up"
+                )
 
 
 def _split_labels(n_train: int, n_test: int | None, config: PipelineConfig) -> np.ndarray:

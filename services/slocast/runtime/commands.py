@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
 
-from slocast.core.cli_groups import bench_subparsers
+from slocast.core.cli_groups import add_max_gap_rows, bench_subparsers
 from slocast.core.config import PipelineConfig
 from slocast.core.variants import VARIANTS
 from slocast.models import CANDIDATES
@@ -60,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="networks averaged per GRU/LSTM fit, each with its own seed "
         f"(default {PipelineConfig.recurrent_seeds})",
     )
+    add_max_gap_rows(run)
     run.add_argument(
         "--synthetic-rows", type=int, default=8000, help="rows of synthetic data without --data"
     )
@@ -110,6 +112,9 @@ def _run(args: argparse.Namespace) -> int:
     from slocast.settings import RunSettings
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.quiet:
+        # MLflow draws its own bar for every artifact download (the evaluator's loads).
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     unknown = [m for m in models if m not in FAMILIES]
     if unknown:
@@ -129,6 +134,7 @@ def _run(args: argparse.Namespace) -> int:
             horizon=args.horizon,
             calibration_blocks=args.calibration_blocks,
             recurrent_seeds=args.recurrent_seeds,
+            max_gap_rows=args.max_gap_rows,
         ),
     )
     result = run_pipeline(settings, show_progress=not args.quiet)

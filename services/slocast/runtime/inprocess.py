@@ -59,7 +59,10 @@ def load_inputs(settings: RunSettings):
             {"train": f"synthetic(rows={settings.synthetic_rows}, seed={settings.seed})"},
         )
     train = load_lte(
-        settings.data, min_rows=min_rows(config), spacing_tolerance=config.spacing_tolerance
+        settings.data,
+        min_rows=min_rows(config),
+        spacing_tolerance=config.spacing_tolerance,
+        max_gap_rows=config.max_gap_rows,
     )
     test = None
     if settings.test_data is not None:
@@ -67,6 +70,7 @@ def load_inputs(settings: RunSettings):
             settings.test_data,
             min_rows=config.window + config.horizon,
             spacing_tolerance=config.spacing_tolerance,
+            max_gap_rows=config.max_gap_rows,
         )
     sources = {
         "train": str(settings.data),
@@ -96,9 +100,13 @@ def run_pipeline(settings: RunSettings, *, show_progress: bool = True) -> RunRes
     t0 = time.perf_counter()
     dataset, reused = prepare_dataset(settings, store)
     timings["preprocess_seconds"] = time.perf_counter() - t0
+    summary = dataset.summary()
+    empty = sum(summary["empty_rows"].values())
     _say(
-        f"dataset {dataset.dataset_id[:12]} ({'reused' if reused else 'processed'}): {dataset.summary()['train_windows']} train / "
-        f"{dataset.summary()['val_windows']} val / {dataset.summary()['test_windows']} test windows",
+        f"dataset {dataset.dataset_id[:12]} ({'reused' if reused else 'processed'}): "
+        f"{summary['train_windows']} train / {summary['val_windows']} val / "
+        f"{summary['test_windows']} test windows"
+        + (f"; {empty} empty row(s) (gaps filled or blank lines), never scored" if empty else ""),
         show_progress,
     )
 

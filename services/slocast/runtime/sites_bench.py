@@ -10,6 +10,7 @@ coverage per target.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -55,13 +56,15 @@ def run_sites(
             for name in names:
                 train_file, test_file = files[name]
                 started = time.perf_counter()
+                base = config or PipelineConfig()
+                needed = max(base.max_gap_rows, VARIANTS[name].max_gap_rows)
                 settings = RunSettings(
                     data=train_file,
                     test_data=test_file,
                     models=tuple(models),
                     out=root / "out" / name,
                     seed=seed,
-                    config=config or PipelineConfig(),
+                    config=dataclasses.replace(base, max_gap_rows=needed),
                     task=f"bench-{site}-{name}",
                     home=root / "home" / name,
                 )
@@ -100,6 +103,7 @@ def summarise(report: dict) -> dict:
         "failures": report["failures"],
         "test_windows": report["dataset"]["test_windows"],
         "train_rows": report["dataset"]["train_rows"],
+        "empty_rows": report["dataset"]["empty_rows"],
         "families": families,
     }
 
@@ -129,9 +133,15 @@ def format_variant(name: str, summary: dict) -> str:
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    empty = summary.get("empty_rows") or {}
+    gaps = (
+        ", empty rows " + "/".join(f"{k} {v}" for k, v in empty.items())
+        if any(empty.values())
+        else ""
+    )
     lines = [
         f"== {name}: {summary.get('description', '')} "
-        f"({summary['train_rows']} train rows, {summary['test_windows']} test windows, "
+        f"({summary['train_rows']} train rows, {summary['test_windows']} test windows{gaps}, "
         f"persistence {summary['persistence_nrmse']:.4f})"
     ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
