@@ -82,3 +82,59 @@ def test_dead_letter_reason_names_the_claim_check_uri(tmp_path, name, content) -
     assert headers["slocast.error_type"] == b"PermanentError"
     assert uri in reason, reason
     assert "slocast-preprocess-" not in reason, reason  # the deleted scratch copy
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def publish(self, topic, event, key=None) -> None:
+        self.events.append((topic, event))
+
+
+def test_a_gap_is_refused_or_filled_as_the_event_config_says(tmp_path) -> None:
+    from slocast.core.synthetic import generate_lte
+    from slocast.preprocess.store import load_dataset
+
+    store = LocalStore(tmp_path / "store")
+    local = tmp_path / "cell.csv"
+    generate_lte(600, seed=7).drop(index=[100, 101]).to_csv(local, index=False)
+    uri, digest = upload_file(store, local)
+
+    def submitted(max_gap_rows: int) -> Message:
+        config = PipelineConfig(max_gap_rows=max_gap_rows).to_dict()
+        event = DatasetSubmitted(
+            producer="submit", task="cell", train_uri=uri, train_sha256=digest, config=config
+        )
+        return Message(event.to_bytes())
+
+    # The default refuses the gap: a dead letter that says how to allow it.
+    dead = RecordingProducer()
+    consumer = ServiceConsumer(
+        bootstrap="unused:9092",
+        group="g",
+        topics=["ns.dataset-submitted"],
+        handler=PreprocessHandler(SimpleNamespace(store=store)),
+        producer=dead,
+        readiness=Readiness({}),
+        service="preprocess",
+        retry=RetryPolicy(1, 0.0),
+    )
+    assert consumer._process(submitted(0), threading.Event())
+    [(topic, headers)] = dead.sent
+    assert topic == "ns.dataset-submitted.dlq"
+    assert "a gap of 2 missing row(s)" in headers["slocast.error"].decode()
+
+    # The submitter's --max-gap-rows travels in the event's config.
+    ready = RecordingPublisher()
+    ctx = SimpleNamespace(
+        store=store,
+        producer=ready,
+        settings=SimpleNamespace(topics=SimpleNamespace(dataset_ready="ns.dataset-ready")),
+    )
+    PreprocessHandler(ctx)(submitted(2))
+    [(topic, event)] = ready.events
+    assert topic == "ns.dataset-ready"
+    dataset = load_dataset(store, event.dataset_id)
+    assert dataset.config.max_gap_rows == 2
+    assert dataset.summary()["empty_rows"]["train"] == 2 and len(dataset.times) == 600
