@@ -44,6 +44,20 @@ class RecordingProducer:
         self.sent.append((topic, dict(headers or [])))
 
 
+def _preprocess_consumer(store: LocalStore, producer: RecordingProducer) -> ServiceConsumer:
+    """The preprocess service's consumer without a broker: one try, then the dead letter."""
+    return ServiceConsumer(
+        bootstrap="unused:9092",
+        group="g",
+        topics=["ns.dataset-submitted"],
+        handler=PreprocessHandler(SimpleNamespace(store=store)),
+        producer=producer,
+        readiness=Readiness({}),
+        service="preprocess",
+        retry=RetryPolicy(1, 0.0),
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [
@@ -65,17 +79,9 @@ def test_dead_letter_reason_names_the_claim_check_uri(tmp_path, name, content) -
         config=PipelineConfig().to_dict(),
     )
     producer = RecordingProducer()
-    consumer = ServiceConsumer(
-        bootstrap="unused:9092",
-        group="g",
-        topics=["ns.dataset-submitted"],
-        handler=PreprocessHandler(SimpleNamespace(store=store)),
-        producer=producer,
-        readiness=Readiness({}),
-        service="preprocess",
-        retry=RetryPolicy(1, 0.0),
+    assert _preprocess_consumer(store, producer)._process(
+        Message(event.to_bytes()), threading.Event()
     )
-    assert consumer._process(Message(event.to_bytes()), threading.Event())
     [(topic, headers)] = producer.sent
     assert topic == "ns.dataset-submitted.dlq"
     reason = headers["slocast.error"].decode()
@@ -110,17 +116,7 @@ def test_a_gap_is_refused_or_filled_as_the_event_config_says(tmp_path) -> None:
 
     # The default refuses the gap: a dead letter that says how to allow it.
     dead = RecordingProducer()
-    consumer = ServiceConsumer(
-        bootstrap="unused:9092",
-        group="g",
-        topics=["ns.dataset-submitted"],
-        handler=PreprocessHandler(SimpleNamespace(store=store)),
-        producer=dead,
-        readiness=Readiness({}),
-        service="preprocess",
-        retry=RetryPolicy(1, 0.0),
-    )
-    assert consumer._process(submitted(0), threading.Event())
+    assert _preprocess_consumer(store, dead)._process(submitted(0), threading.Event())
     [(topic, headers)] = dead.sent
     assert topic == "ns.dataset-submitted.dlq"
     assert "a gap of 2 missing row(s)" in headers["slocast.error"].decode()
