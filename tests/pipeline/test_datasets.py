@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from slocast.adapters.datasets import load_lte
+from slocast.core.config import PipelineConfig
 from slocast.core.errors import DatasetError
 from slocast.core.synthetic import generate_lte
 
@@ -127,9 +128,9 @@ def test_gaps_up_to_max_gap_rows_become_empty_rows(tmp_path, frame):
     ):
         load_lte(path, min_rows=50)
     with pytest.raises(DatasetError, match=r"row 39: .*a gap of 3 missing row.*\(now 2\)"):
-        load_lte(path, min_rows=50, max_gap_rows=2)
+        load_lte(path, min_rows=50, config=PipelineConfig(max_gap_rows=2))
 
-    loaded = load_lte(path, min_rows=50, max_gap_rows=3)
+    loaded = load_lte(path, min_rows=50, config=PipelineConfig(max_gap_rows=3))
     assert len(loaded) == len(frame)
     expected_times = frame["time"].to_numpy().astype("datetime64[ns]").copy()
     expected_times[100] += np.timedelta64(5, "s")
@@ -145,7 +146,7 @@ def test_gaps_up_to_max_gap_rows_become_empty_rows(tmp_path, frame):
 
 
 def test_max_gap_rows_is_bounded():
-    from slocast.core.config import MAX_GAP_ROWS, PipelineConfig
+    from slocast.core.config import MAX_GAP_ROWS
     from slocast.core.errors import ConfigError
 
     assert PipelineConfig().max_gap_rows == 0

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from slocast.adapters.datasets import load_lte
+from slocast.core.config import PipelineConfig
 from slocast.core.errors import DatasetError
 from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
 from slocast.core.synthetic import generate_lte
@@ -47,7 +48,9 @@ def test_every_variant_keeps_the_schema_and_loads(files):
             frame = _read(path)
             assert list(frame.columns) == list(source.columns), name
             assert frame["time"].isin(source["time"]).all(), name
-            load_lte(path, min_rows=20, max_gap_rows=VARIANTS[name].max_gap_rows)
+            load_lte(
+                path, min_rows=20, config=PipelineConfig(max_gap_rows=VARIANTS[name].max_gap_rows)
+            )
         assert paths[0].name == f"Site-{name}.csv" and paths[1].name == f"Site-{name}_test.csv"
     assert np.isnan(_read(written["original"][0]).loc[5, "mcs_up"])
 
@@ -145,7 +148,7 @@ def test_gaps_remove_whole_rows_that_load_back_as_empty_rows(files):
         assert 0 < len(new) < len(old) and kept[0] and kept[-1]
         # Rows are removed whole; the rest are unchanged.
         pd.testing.assert_frame_equal(new, old[kept].reset_index(drop=True))
-        loaded = load_lte(path, min_rows=20, max_gap_rows=limit)
+        loaded = load_lte(path, min_rows=20, config=PipelineConfig(max_gap_rows=limit))
         assert len(loaded) == len(old)
         empty = loaded[list(FEATURE_COLUMNS)].isna().all(axis=1).to_numpy()
         np.testing.assert_array_equal(empty, ~kept)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from slocast.core.config import PipelineConfig
 from slocast.core.errors import DatasetError
 from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN
 
@@ -38,16 +39,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def load_lte(
-    path: str | Path, *, min_rows: int, spacing_tolerance: float = 0.1, max_gap_rows: int = 0
+    path: str | Path, *, min_rows: int, config: PipelineConfig | None = None
 ) -> pd.DataFrame:
     """Load and validate an LTE file; see :func:`validate_lte`."""
-    return validate_lte(
-        read_table(path),
-        source=str(path),
-        min_rows=min_rows,
-        spacing_tolerance=spacing_tolerance,
-        max_gap_rows=max_gap_rows,
-    )
+    return validate_lte(read_table(path), source=str(path), min_rows=min_rows, config=config)
 
 
 def validate_lte(
@@ -55,8 +50,7 @@ def validate_lte(
     *,
     source: str,
     min_rows: int,
-    spacing_tolerance: float = 0.1,
-    max_gap_rows: int = 0,
+    config: PipelineConfig | None = None,
 ) -> pd.DataFrame:
     """Check the schema and the time grid; return a clean frame.
 
@@ -64,12 +58,14 @@ def validate_lte(
     columns as ``float64`` in canonical order; extra columns are dropped. NaN
     cells are kept (the preprocess stage applies the NaN rule).
 
-    A gap in the time grid (an interval of k steps, k >= 2, within the spacing
-    tolerance of a whole number of steps) is refused unless it misses at most
+    The grid rules come from ``config`` (default :class:`PipelineConfig`): an
+    interval may be off a whole number of steps by ``spacing_tolerance`` of a
+    step. A gap (an interval of k >= 2 steps) is refused unless it misses at most
     ``max_gap_rows`` rows: then those rows are inserted on the grid with every
     cell empty, i.e. not observed, like an empty cell (inputs carry the last
     observation forward, truth is never scored).
     """
+    config = config or PipelineConfig()
     if frame.shape[0] == 0:
         raise DatasetError(f"{source}: no data rows")
     missing = [c for c in (TIME_COLUMN, *FEATURE_COLUMNS) if c not in frame.columns]
@@ -78,7 +74,8 @@ def validate_lte(
     out = pd.DataFrame({TIME_COLUMN: _parse_times(frame[TIME_COLUMN], source)})
     for column in FEATURE_COLUMNS:
         out[column] = _numeric_column(frame[column], column, source)
-    out = _fill_gaps(out, _check_grid(out[TIME_COLUMN], source, spacing_tolerance, max_gap_rows))
+    gaps = _check_grid(out[TIME_COLUMN], source, config.spacing_tolerance, config.max_gap_rows)
+    out = _fill_gaps(out, gaps)
     if len(out) < min_rows:
         raise DatasetError(
             f"{source}: {len(out)} rows, need at least {min_rows} for the window and splits"

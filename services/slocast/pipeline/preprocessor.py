@@ -53,8 +53,7 @@ class PreprocessHandler:
                     event.train_sha256,
                     scratch,
                     min_rows=min_rows(config),
-                    spacing_tolerance=config.spacing_tolerance,
-                    max_gap_rows=config.max_gap_rows,
+                    config=config,
                 )
                 test = None
                 if event.test_uri:
@@ -66,8 +65,7 @@ class PreprocessHandler:
                         event.test_sha256,
                         scratch,
                         min_rows=config.window + config.horizon,
-                        spacing_tolerance=config.spacing_tolerance,
-                        max_gap_rows=config.max_gap_rows,
+                        config=config,
                     )
                 dataset = preprocess(
                     train, test, config, sources={"train": event.train_uri, "test": event.test_uri}
@@ -102,20 +100,14 @@ def _load_claimed(
     scratch: str,
     *,
     min_rows: int,
-    spacing_tolerance: float,
-    max_gap_rows: int,
+    config: PipelineConfig,
 ):
     """Load and validate a claimed file. Its errors name the claim-check URI the event
     carried: the scratch copy they would otherwise name is deleted by the time anyone
     reads the dead letter."""
     path = _local_copy(store, uri, sha256, scratch)
     try:
-        return load_lte(
-            path,
-            min_rows=min_rows,
-            spacing_tolerance=spacing_tolerance,
-            max_gap_rows=max_gap_rows,
-        )
+        return load_lte(path, min_rows=min_rows, config=config)
     except DatasetError as exc:
         reason = str(exc).replace(str(path), uri).replace(scratch, "<scratch>")
         if uri not in reason:

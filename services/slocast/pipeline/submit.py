@@ -44,16 +44,14 @@ def submit_dataset(
     train = load_lte(
         data,
         min_rows=min_rows(config),
-        spacing_tolerance=config.spacing_tolerance,
-        max_gap_rows=config.max_gap_rows,
+        config=config,
     )
     test = None
     if test_data is not None:
         test = load_lte(
             test_data,
             min_rows=config.window + config.horizon,
-            spacing_tolerance=config.spacing_tolerance,
-            max_gap_rows=config.max_gap_rows,
+            config=config,
         )
     expected_id = dataset_id(train, test, config)
     store = open_store(settings.store_uri, endpoint_url=settings.s3_endpoint_url)

@@ -61,16 +61,14 @@ def load_inputs(settings: RunSettings):
     train = load_lte(
         settings.data,
         min_rows=min_rows(config),
-        spacing_tolerance=config.spacing_tolerance,
-        max_gap_rows=config.max_gap_rows,
+        config=config,
     )
     test = None
     if settings.test_data is not None:
         test = load_lte(
             settings.test_data,
             min_rows=config.window + config.horizon,
-            spacing_tolerance=config.spacing_tolerance,
-            max_gap_rows=config.max_gap_rows,
+            config=config,
         )
     sources = {
         "train": str(settings.data),

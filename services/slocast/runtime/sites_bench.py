@@ -41,10 +41,11 @@ def run_sites(
 
     names = list(variants or VARIANTS)
     site = Path(train_path).stem
+    base = config or PipelineConfig()
     result: dict = {
         "site": site,
         "seed": seed,
-        "recurrent_seeds": (config or PipelineConfig()).recurrent_seeds,
+        "recurrent_seeds": base.recurrent_seeds,
         "models": list(models),
         "variants": {},
     }
@@ -56,7 +57,6 @@ def run_sites(
             for name in names:
                 train_file, test_file = files[name]
                 started = time.perf_counter()
-                base = config or PipelineConfig()
                 needed = max(base.max_gap_rows, VARIANTS[name].max_gap_rows)
                 settings = RunSettings(
                     data=train_file,
@@ -133,7 +133,7 @@ def format_variant(name: str, summary: dict) -> str:
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    empty = summary.get("empty_rows") or {}
+    empty = summary["empty_rows"]
     gaps = (
         ", empty rows " + "/".join(f"{k} {v}" for k, v in empty.items())
         if any(empty.values())
