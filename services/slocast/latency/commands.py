@@ -68,6 +68,7 @@ def _bench_latency(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise DatasetError("--seeds must be at least 1")
+    oracle = None  # the true conditional P90, where the trace's law is known
     if args.data is not None:
         from slocast.latency.trace import load_trace
 
@@ -81,14 +82,17 @@ def _bench_latency(args: argparse.Namespace) -> int:
             )
         cols = simulate(args.simulated, args.rows, seed=0)
     else:
-        from slocast.latency.synthetic import WORKLOADS, generate
+        from slocast.latency.model import TARGETS
+        from slocast.latency.protocol import QUANTILE
+        from slocast.latency.synthetic import WORKLOADS, conditional_quantile_ms, generate
 
         if args.synthetic not in WORKLOADS:
             raise DatasetError(
                 f"unknown workload {args.synthetic!r}; choose from {sorted(WORKLOADS)}"
             )
         cols = generate(args.synthetic, args.rows, seed=0)
-    report = run_protocol_b(cols, args.seeds, inner_cv=args.inner_cv)
+        oracle = {t: conditional_quantile_ms(t, cols, QUANTILE) for t in TARGETS}
+    report = run_protocol_b(cols, args.seeds, inner_cv=args.inner_cv, oracle=oracle)
     for target, models in report.items():
         for name, summary in models.items():
             print(
@@ -100,6 +104,13 @@ def _bench_latency(args: argparse.Namespace) -> int:
         models["ratio"] = ratio
         chosen = models["slocast"].get("chosen")
         print(f"{target:5s} pinball ratio slocast/reference {ratio:.3f}  chosen {chosen}")
+        if "oracle" in models:
+            best = models["oracle"]["pinball"]["mean"] / models["reference"]["pinball"]["mean"]
+            models["oracle_ratio"] = best
+            print(
+                f"{target:5s} pinball ratio oracle/reference {best:.3f} "
+                "(the true conditional P90: no model can be expected to score lower)"
+            )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

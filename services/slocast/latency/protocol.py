@@ -14,6 +14,11 @@ Model selection never reads the 10%: :func:`run_seed_inner_cv` scores a
 configuration by cross-validation inside each seed's 90% (``slocast bench latency
 --inner-cv``, and ``benchmarks/latency_select.py`` for the candidates compared in
 docs/latency.md).
+
+Where the law of a trace is known (the synthetic workloads), the exact conditional
+P90 is scored on the same rows as an "oracle": the lowest pinball any model could
+reach in expectation, so a ratio to the reference can be read against the best one
+possible.
 """
 
 from __future__ import annotations
@@ -155,6 +160,7 @@ def run_protocol_b(
     params: dict[str, TreeParams | tuple[TreeParams, ...]] | None = None,
     inner_cv: bool = False,
     targets: tuple[str, ...] = TARGETS,
+    oracle: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """``{target: {"slocast": summary, "reference": summary}}`` over ``seeds`` splits.
 
@@ -163,6 +169,9 @@ def run_protocol_b(
     one, ...), selected per seed by validation inside the 90%. With ``inner_cv`` the
     scores come from cross-validation inside each training split
     (:func:`run_seed_inner_cv`), the test rows unused: the numbers to select on.
+    ``oracle`` per target: the true conditional P90 of every row of ``cols``
+    (:func:`slocast.latency.synthetic.conditional_quantile_ms`), scored on the rows
+    slocast and the reference are scored on, as ``report[target]["oracle"]``.
     """
     params = params or CANDIDATES
     run = run_seed_inner_cv if inner_cv else run_seed
@@ -182,4 +191,9 @@ def run_protocol_b(
             "slocast": _summary([p[0] for p in pairs]),
             "reference": _summary([p[1] for p in pairs]),
         }
+        if oracle is not None:
+            y_seen, bound = y[observed], np.asarray(oracle[target], np.float64)[observed]
+            # The rows each run scores: the test 10%, or with inner CV every training row.
+            scored = [split(y_seen.shape[0], seed)[0 if inner_cv else 1] for seed in range(seeds)]
+            report[target]["oracle"] = _summary([_score(y_seen[r], bound[r]) for r in scored])
     return report

@@ -9,11 +9,16 @@ real servers. Workloads differ in the input distribution:
 - ``extreme-contention``: deep queues, KV cache near full, many tokens in flight.
 
 Rows carry either a TTFT or a TPOT observation (the other is 0), as in recorded traces.
+
+Because the law is known, so is the exact conditional quantile of each row
+(:func:`conditional_quantile_ms`): the best bound any model could predict from the
+features, which protocol B scores beside slocast and the reference (the "oracle").
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import gamma
 
 from slocast.latency.schema import Columns
 
@@ -57,6 +62,21 @@ def tpot_mean_ms(cols: Columns) -> np.ndarray:
         + 0.2 * cols["num_request_waiting"]
         + 0.0005 * cols["input_token_length"]
     )
+
+
+def conditional_quantile_ms(
+    target: str, cols: Columns, q: float, slowdown: float = 1.0
+) -> np.ndarray:
+    """The exact ``q``-quantile of ``target`` ("ttft" or "tpot") given each row's
+    features, for rows drawn by :func:`generate` with the same ``slowdown``: the law
+    times the gamma noise's quantile."""
+    laws = {"ttft": ttft_mean_ms, "tpot": tpot_mean_ms}
+    if target not in laws:
+        raise ValueError(f"unknown target {target!r}; choose from {sorted(laws)}")
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {q}")
+    noise_quantile = gamma.ppf(q, NOISE_SHAPE, scale=1.0 / NOISE_SHAPE)
+    return slowdown * laws[target](cols) * noise_quantile
 
 
 def sample_features(workload: str, n: int, rng: np.random.Generator) -> Columns:
