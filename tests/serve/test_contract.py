@@ -128,6 +128,9 @@ def _mutate_row(history: list[dict], index: int, **changes) -> list[dict]:
 _DELETE = object()
 
 
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
 def _bad_cases(history: list[dict], info: dict) -> list[tuple[str, dict | bytes, int, str]]:
     """(case id, body, expected status, field the message must name)."""
     n_min = info["history_rows"]
@@ -160,6 +163,10 @@ def _bad_cases(history: list[dict], info: dict) -> list[tuple[str, dict | bytes,
         ("nan-literal", b'{"history": [{"down": NaN}]}', 400, "body"),
         ("infinite-literal", b'{"history": [{"down": 1e999}]}', 400, "body"),
         ("huge-integer", b'{"history": [{"down": 1' + b"0" * 400 + b"}]}", 400, "body"),
+        # 100,000 levels (the latency servers once gave a 500): refused at the first
+        # level that is not what the schema expects, never recursed into
+        ("deeply-nested", DEEP, 422, "body"),
+        ("deeply-nested-unknown-field", b'{"history": [], "x": ' + DEEP + b"}", 422, "x"),
         (
             "bad-time",
             {"history": _mutate_row(history, 2, time="yesterday")},
@@ -241,11 +248,17 @@ def test_history_over_row_limit_is_413(server, synthetic_history) -> None:
         ({"series": [{"id": None, "history": []}]}, 422, "series[0].id"),
         ({"series": [{"id": 1.5, "history": []}]}, 422, "series[0].id"),
         ({"history": []}, 422, "history"),
+        (DEEP, 422, "body"),
+        (b'{"series": [{"id": "a", "history": ' + DEEP + b"}]}", 422, "series[0].history[0]"),
     ],
 )
 def test_bad_batches(server, body, status, field) -> None:
     with server.client() as client:
-        response = client.post("/v1/forecast/batch", json=body)
+        if isinstance(body, bytes):
+            headers = {"content-type": "application/json"}
+            response = client.post("/v1/forecast/batch", content=body, headers=headers)
+        else:
+            response = client.post("/v1/forecast/batch", json=body)
     assert response.status_code == status, response.text
     assert response.json()["field"] == field
 

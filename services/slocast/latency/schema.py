@@ -260,6 +260,9 @@ def _decode_error(exc: msgspec.DecodeError) -> ValidationFailure:
     )
 
 
+TOO_DEEP = "JSON decode error: arrays or objects nested too deeply"
+
+
 def decode(body: bytes, decoder: msgspec.json.Decoder, *, allow_empty: bool = False) -> Any:
     """``body`` decoded by ``decoder``, or a :class:`ValidationFailure` (422)."""
     if not body.strip():
@@ -271,11 +274,17 @@ def decode(body: bytes, decoder: msgspec.json.Decoder, *, allow_empty: bool = Fa
     except msgspec.ValidationError as exc:
         try:
             document = msgspec.json.decode(body)
-        except msgspec.DecodeError:  # e.g. 1e999: valid JSON, no float holds it
+        # 1e999: valid JSON, no float holds it; deep nesting: the error is found first
+        except (msgspec.DecodeError, RecursionError):
             document = None
         raise failure(exc, (), document) from None
     except msgspec.DecodeError as exc:
         raise _decode_error(exc) from None
+    except RecursionError:
+        # msgspec recurses per nesting level, unknown fields it skips included.
+        raise ValidationFailure(
+            [{"type": "json_invalid", "loc": ["body"], "msg": TOO_DEEP}]
+        ) from None
 
 
 # --- Structs to columns --------------------------------------------------------------
