@@ -38,6 +38,22 @@ def test_selection_starts_from_the_best_member_and_only_adds_what_helps():
     assert select_weights({"bad": bad, "good": good}, truth) == {"good": 1.0}
 
 
+def test_selection_finds_a_small_share_that_an_equal_share_would_not():
+    """Independent errors of sd 0.5 and 1: half and half is worse than the better member
+    alone (variance 0.3125 against 0.25), a fifth of the worse one is better (0.2). The
+    selection keeps going after a round without a gain and returns the best round."""
+    rng = np.random.default_rng(1)
+    truth = rng.gamma(2.0, 1.0, size=(4000, 1, 5)) + 1.0
+    good = truth + rng.normal(scale=0.5, size=truth.shape)
+    weak = truth + rng.normal(scale=1.0, size=truth.shape)
+    assert headline_nrmse(truth, (good + weak) / 2) > headline_nrmse(truth, good)
+    weights = select_weights({"good": good, "weak": weak}, truth)
+    assert 0.1 <= weights["weak"] <= 0.3
+    assert weights["good"] == pytest.approx(1.0 - weights["weak"])
+    blended = weights["good"] * good + weights["weak"] * weak
+    assert headline_nrmse(truth, blended) < headline_nrmse(truth, good)
+
+
 def test_ensemble_of_trained_members_round_trips(tmp_path):
     data = preprocess(generate_lte(3000, seed=5), None, PipelineConfig())
     members = {

@@ -4,10 +4,13 @@
 target, fitted by least squares on validation (:class:`BlendForecaster`).
 
 Ensemble weights come from greedy forward selection with replacement (Caruana et al.,
-2004): start from the best single member on the validation split and keep
-adding the member whose inclusion most lowers the validation headline NRMSE,
-until no addition helps. Members that are never picked get weight 0 and are not
-stored. Averaging models whose errors are not perfectly correlated lowers the
+2004): start from the best single member on the validation split, then for
+``MAX_ROUNDS`` rounds add the member whose inclusion most lowers the validation
+headline NRMSE (even when nothing lowers it), and keep the ensemble of the best
+round. A member that hurts at an equal share can help at a smaller one, which
+only the later rounds (adding the leader again) reach; stopping at the first
+round without a gain left the ensemble equal to its best member. Members that
+are never picked get weight 0 and are not stored. Averaging models whose errors are not perfectly correlated lowers the
 variance of the forecast, and selection on validation keeps a weak member from
 diluting a strong one. The test split is never consulted.
 """
@@ -44,24 +47,24 @@ def headline_nrmse(truth: np.ndarray, prediction: np.ndarray) -> float:
 
 
 def select_weights(predictions: Mapping[str, np.ndarray], truth: np.ndarray) -> dict[str, float]:
-    """Greedy forward selection with replacement; returns weights summing to 1."""
+    """Greedy forward selection with replacement, the best round's ensemble; returns
+    weights summing to 1."""
     if not predictions:
         raise ValueError("an ensemble needs at least one member")
     counts = dict.fromkeys(predictions, 0)
     total = np.zeros_like(next(iter(predictions.values())))
-    best = np.inf
+    best, best_counts = np.inf, counts
     for rounds in range(1, MAX_ROUNDS + 1):
         trial = {
             name: headline_nrmse(truth, (total + p) / rounds) for name, p in predictions.items()
         }
         name = min(trial, key=trial.get)
-        if trial[name] >= best - 1e-9:
-            break
-        best = trial[name]
-        counts[name] += 1
+        counts = {**counts, name: counts[name] + 1}
         total = total + predictions[name]
-    used = sum(counts.values())
-    return {name: count / used for name, count in counts.items() if count}
+        if trial[name] < best - 1e-9:  # a later round must gain to replace an earlier one
+            best, best_counts = trial[name], counts
+    used = sum(best_counts.values())
+    return {name: count / used for name, count in best_counts.items() if count}
 
 
 def blend_weights(
