@@ -148,6 +148,22 @@ def test_bodies_decode_to_the_columns_of_the_items() -> None:
     assert got["pod_type"].tolist() == [2, 0] and got["decode_tokens_in_flight"][0] == 7
 
 
+def test_a_null_pod_type_is_monolithic_everywhere() -> None:
+    """Upstream declares `pod_type: str | None` and takes null as "": so do requests,
+    bulk items, samples and trace rows; an unknown name stays a 422."""
+    nulls = [one(pod_type=None), one(pod_type=None, actual_ttft_ms=5.0, actual_tpot_ms=0.0)]
+    assert decode_request(msgspec.json.encode(nulls[0]))["pod_type"].tolist() == [0]
+    assert decode_bulk(msgspec.json.encode({"requests": nulls[:1] * 2}))["pod_type"].tolist() == [
+        0,
+        0,
+    ]
+    assert decode_samples(msgspec.json.encode({"entries": nulls[1:]}))["pod_type"].tolist() == [0]
+    assert parse_samples(nulls[1:])["pod_type"].tolist() == [0]
+    with pytest.raises(ValidationFailure) as err:
+        decode_request(msgspec.json.encode(one(pod_type="monolithic")))
+    assert err.value.errors[0]["type"] == "literal_error"
+
+
 def test_flush_bodies() -> None:
     assert decode_flush(b"") == decode_flush(b"{}")
     assert decode_flush(b"{}").flush_training_data is True

@@ -87,7 +87,8 @@ class PredictionRequest(msgspec.Struct, gc=False):
     num_request_running: Requests
     num_tokens_generated: Tokens
     prefix_cache_score: Fraction
-    pod_type: Literal["", "prefill", "decode"] = ""
+    # null is monolithic, as upstream's `str | None` field takes it (recorded traces hold it)
+    pod_type: Literal["", "prefill", "decode"] | None = ""
     prefill_tokens_in_flight: TokensInFlight = 0
     decode_tokens_in_flight: TokensInFlight = 0
     encoder_matched_size: Tokens = 0
@@ -295,6 +296,7 @@ SAMPLE_FIELDS = FEATURE_FIELDS + TARGET_FIELDS
 _features_of = attrgetter(*FEATURE_FIELDS)
 _samples_of = attrgetter(*SAMPLE_FIELDS)
 _pod_of = attrgetter("pod_type")
+_POD_CODES = {**POD_TYPES, None: POD_TYPES[""]}
 _WHOLE = np.array([name in _INTEGER_FIELDS for name in SAMPLE_FIELDS])
 
 
@@ -315,7 +317,7 @@ def _columns(items: list, names: tuple[str, ...], getter: attrgetter, loc: tuple
             float(values[row, names.index(name)]),
         )
     cols: Columns = dict(zip(names, np.ascontiguousarray(values.T), strict=True))
-    cols["pod_type"] = np.array([POD_TYPES[p] for p in map(_pod_of, items)], dtype=np.float64)
+    cols["pod_type"] = np.array([_POD_CODES[p] for p in map(_pod_of, items)], dtype=np.float64)
     return cols
 
 
