@@ -5,6 +5,10 @@
 #
 #   scripts/upstream-latency-tests.sh PATH/TO/llm-d-latency-predictor [pytest args...]
 #
+# TOPOLOGY=separate gives the prediction server a model directory of its own and
+# only TRAINING_SERVER_URL, as upstream's deployment does: it then downloads the
+# trainer's models over HTTP (docs/latency.md, "Model hand-off").
+#
 # The checkout is not part of slocast (fetch it yourself, e.g. a git clone at
 # v0.9.0); this script only starts the servers, points TRAINING_SERVER_URL /
 # PREDICTION_SERVER_URL at them and runs tests/test_dual_server_client.py.
@@ -34,7 +38,14 @@ export SLOCAST_LATENCY_WORKERS=2
 unset SLOCAST_ADMIN_TOKEN
 "$python" -m slocast.cli latency-trainer >"$work/trainer.log" 2>&1 &
 pids+=($!)
-"$python" -m slocast.cli latency-predictor >"$work/predictor.log" 2>&1 &
+case ${TOPOLOGY:-shared} in
+  shared) predictor_env=() ;;
+  separate)
+    predictor_env=(SLOCAST_LATENCY_MODEL_DIR="$work/predictor-models"
+      TRAINING_SERVER_URL="http://127.0.0.1:$training_port") ;;
+  *) echo "TOPOLOGY must be shared or separate" >&2; exit 2 ;;
+esac
+env "${predictor_env[@]}" "$python" -m slocast.cli latency-predictor >"$work/predictor.log" 2>&1 &
 pids+=($!)
 
 for port in "$training_port" "$prediction_port"; do

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from slocast.adapters.registry import check_task, task_from_file
 from slocast.core.config import PipelineConfig
@@ -226,6 +227,21 @@ ENV_VARS: dict[str, EnvVar] = _vars(
         "Tree engine of the latency prediction workers: `native` (slocast._native forests; a target it cannot serve falls back to XGBoost, counted) or `xgboost` everywhere.",
     ),
     EnvVar(
+        "SLOCAST_LATENCY_SYNC_URL",
+        None,
+        "Training server a prediction server downloads published models from (http or https), for pods without the trainer's model directory; unset = follow the shared directory only.",
+    ),
+    EnvVar(
+        "TRAINING_SERVER_URL",
+        None,
+        "Upstream's name for `SLOCAST_LATENCY_SYNC_URL`, used by a prediction server when that is unset (drop-in for the upstream deployment).",
+    ),
+    EnvVar(
+        "SLOCAST_LATENCY_SYNC_INTERVAL_S",
+        "1",
+        "How often a prediction server with a sync URL asks the training server for a new model (a 304 when unchanged).",
+    ),
+    EnvVar(
         "SLOCAST_LATENCY_COLD_PRIOR",
         "true",
         "Serve the closed-form prior (flagged cold) until the first model is published.",
@@ -296,6 +312,9 @@ _LATENCY_PREDICTOR = (
     "SLOCAST_LATENCY_MODEL_DIR",
     "SLOCAST_LATENCY_ENGINE",
     "SLOCAST_LATENCY_WATCH_INTERVAL_S",
+    "SLOCAST_LATENCY_SYNC_URL",
+    "TRAINING_SERVER_URL",
+    "SLOCAST_LATENCY_SYNC_INTERVAL_S",
     "SLOCAST_LATENCY_QUANTILE",
     "SLOCAST_LATENCY_COLD_PRIOR",
     "SLOCAST_ADMIN_TOKEN",
@@ -694,11 +713,15 @@ class LatencyPredictionSettings:
     max_body_bytes: int = LATENCY_MAX_BODY_BYTES
     # Tree engine (slocast.latency.native): "native", or "xgboost" everywhere.
     engine: str = "native"
+    # Training server to download published models from (slocast.latency.model_sync).
+    sync_url: str | None = None
+    sync_interval_s: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LatencyPredictionSettings:
         e = Env(env)
         model_dir = _latency_model_dir(e, env)
+        sync_url = _http_url(e, "SLOCAST_LATENCY_SYNC_URL") or _http_url(e, "TRAINING_SERVER_URL")
         return cls(
             host=e.str("SLOCAST_LATENCY_HOST"),
             port=e.int("SLOCAST_LATENCY_PREDICTION_PORT", 1, 65535),
@@ -710,7 +733,20 @@ class LatencyPredictionSettings:
             admin_token=e.str("SLOCAST_ADMIN_TOKEN"),
             max_body_bytes=e.int("SLOCAST_LATENCY_MAX_BODY_BYTES", LATENCY_MIN_BODY_BYTES),
             engine=e.choice("SLOCAST_LATENCY_ENGINE", LATENCY_ENGINES),
+            sync_url=sync_url,
+            sync_interval_s=e.float("SLOCAST_LATENCY_SYNC_INTERVAL_S", 0.1, 3600.0),
         )
+
+
+def _http_url(e: Env, name: str) -> str | None:
+    """An http(s) base URL without a trailing slash, or None when unset."""
+    raw = e.str(name)
+    if raw is None:
+        return None
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(f"{name}={raw!r} must be an http(s) URL such as http://host:8000")
+    return raw.strip().rstrip("/")
 
 
 # ---------------------------------------------------------------- embedded runner

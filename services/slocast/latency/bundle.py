@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -48,6 +49,15 @@ MANIFEST = "manifest.json"
 # Older bundles are deleted, keeping this many, so the directory stays bounded while
 # a worker that is still loading the previous version finds it intact.
 KEEP_BUNDLES = 4
+
+
+# Bundle versions and file names as write_bundle makes them: never a path.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def safe_name(name: object) -> bool:
+    """Whether ``name`` can be a bundle version or a file name of a bundle."""
+    return isinstance(name, str) and bool(_SAFE_NAME.match(name))
 
 
 class BundleError(Exception):
@@ -137,3 +147,32 @@ def read_manifest(model_dir: Path, pointer: Pointer) -> tuple[Path, dict]:
         if not path.is_file() or sha256_file(path) != digest:
             raise BundleError(f"{pointer.version}/{name} is missing or fails its SHA-256 check")
     return bundle, manifest
+
+
+def published_manifest(model_dir: Path) -> tuple[Pointer, bytes] | None:
+    """The serving bundle's pointer and manifest bytes (their SHA-256 checked against
+    the pointer), or None when nothing is published. ``BundleError`` while the
+    bundle is being replaced."""
+    pointer = read_pointer(model_dir)
+    if pointer is None:
+        return None
+    try:
+        raw = (model_dir / "bundles" / pointer.version / MANIFEST).read_bytes()
+    except OSError as exc:
+        raise BundleError(f"bundle {pointer.version} has no readable manifest: {exc}") from exc
+    if hashlib.sha256(raw).hexdigest() != pointer.manifest_sha256:
+        raise BundleError(f"manifest of {pointer.version} does not match the pointer's SHA-256")
+    return pointer, raw
+
+
+def bundle_file(model_dir: Path, version: str, name: str) -> bytes | None:
+    """The bytes of file ``name`` of bundle ``version`` if that bundle's manifest lists
+    it (the manifest itself is served by :func:`published_manifest`), else None."""
+    if not (safe_name(version) and safe_name(name)):
+        return None
+    bundle = model_dir / "bundles" / version
+    try:
+        files = json.loads((bundle / MANIFEST).read_bytes())["files"]
+        return (bundle / name).read_bytes() if name in files else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -42,6 +42,7 @@ from slocast.latency.http_common import (
     json_response,
     too_large,
 )
+from slocast.latency.model_sync import BundleSync
 from slocast.latency.schema import (
     BulkPredictionRequest,
     PredictionRequest,
@@ -128,6 +129,11 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
         prior_model(settings.quantile) if settings.cold_prior else None,
     )
     watcher = PointerWatcher(holder, settings.watch_interval_s)
+    sync = (
+        BundleSync(settings.sync_url, settings.model_dir, settings.sync_interval_s)
+        if settings.sync_url
+        else None
+    )
     registry = CollectorRegistry()
     pid = str(os.getpid())
     requests_total = Counter(
@@ -175,8 +181,12 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
     async def lifespan(_: FastAPI):
         holder.refresh()
         watcher.start()
+        if sync is not None:
+            sync.start()
         yield
         watcher.stop()
+        if sync is not None:
+            sync.stop()
 
     app = FastAPI(title="slocast latency prediction server", lifespan=lifespan)
     install_validation_handler(app)
@@ -329,6 +339,9 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
             "engines": model.engines,
             "engine_fallbacks": holder.engine_fallbacks,
             "worker_pid": os.getpid(),
+            # Where models come from: the shared directory only, or also downloads
+            # from a training server (syncs and errors of this worker).
+            "model_sync": None if sync is None else sync.stats.__dict__,
         }
 
     @app.get("/")

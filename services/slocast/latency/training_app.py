@@ -20,7 +20,13 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily
 
-from slocast.latency.bundle import MODEL_TYPE, PUBLIC_OBJECTIVE
+from slocast.latency.bundle import (
+    MODEL_TYPE,
+    PUBLIC_OBJECTIVE,
+    BundleError,
+    bundle_file,
+    published_manifest,
+)
 from slocast.latency.features import FEATURE_NAMES, KV_EDGES
 from slocast.latency.http_common import (
     METRICS_RESPONSES,
@@ -489,6 +495,32 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
                 {"detail": f"{target.upper()} model not available: none trained yet"}, 404
             )
         return Response(current.tree_dump(target), media_type="application/json")
+
+    # The published bundle, file by file, for prediction servers without the shared
+    # model directory (slocast.latency.model_sync; docs/latency.md).
+    @app.get("/bundle/current")
+    async def bundle_manifest(request: Request) -> Response:
+        try:
+            found = published_manifest(settings.model_dir)
+        except BundleError as exc:
+            return json_response({"detail": f"the published bundle is being replaced: {exc}"}, 503)
+        if found is None:
+            return json_response({"detail": "no model has been published yet"}, 404)
+        pointer, raw = found
+        etag = f'"{pointer.manifest_sha256}"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return Response(raw, media_type="application/json", headers={"ETag": etag})
+
+    @app.get("/bundle/{version}/{name}")
+    async def bundle_member(version: str, name: str) -> Response:
+        body = bundle_file(settings.model_dir, version, name)
+        if body is None:
+            return json_response(
+                {"detail": f"bundle {version!r} has no file {name!r} (pruned, or never listed)"},
+                404,
+            )
+        return Response(body, media_type="application/octet-stream")
 
     @app.get("/model/ttft/xgb/json")
     async def ttft_trees() -> Response:
