@@ -18,7 +18,7 @@ import pytest
 from tests.latency.conftest import free_port, start_server, stop, wait_healthy
 
 from slocast.core.errors import ConfigError
-from slocast.latency.bundle import read_pointer
+from slocast.latency.bundle import publish, read_pointer
 from slocast.latency.model_sync import SyncError, sync_once
 from slocast.latency.schema import parse_features
 from slocast.latency.serving import load_served_model
@@ -202,6 +202,20 @@ def test_sync_publishes_once_then_answers_unchanged(fake, tmp_path: Path) -> Non
     routes["/bundle/current"] = (500, b"")
     with pytest.raises(SyncError, match="HTTP 500"):
         sync_once(url, tmp_path)
+
+
+def test_sync_never_replaces_a_newer_local_model(fake, tmp_path: Path) -> None:
+    """In a directory shared with the trainer, the trainer may publish again between
+    the answer and the check: the older answer must not take the pointer back."""
+    url, routes = fake
+    _offer(routes, {"ttft.ubj": b"trees"})
+    newer = tmp_path / "bundles" / "v2"
+    newer.mkdir(parents=True)
+    (newer / "manifest.json").write_text(json.dumps({"version": "v2", "files": {}}))
+    publish(tmp_path, newer)
+    before = read_pointer(tmp_path)
+    assert sync_once(url, tmp_path) == (False, '"e"')
+    assert read_pointer(tmp_path) == before
 
 
 def test_sync_url_settings() -> None:

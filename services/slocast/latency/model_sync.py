@@ -104,7 +104,9 @@ def sync_once(base_url: str, model_dir: Path, *, timeout: float = 10.0, etag: st
         local = read_pointer(model_dir)
     except BundleError:  # unreadable: replaced below
         local = None
-    if local == pointer:
+    # Versions sort by publication time. A newer local one means a directory shared
+    # with the trainer, which published again after this answer: never go back.
+    if local == pointer or (local is not None and local.version > version):
         return False, new_etag
     bundles = model_dir / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
