@@ -131,17 +131,21 @@ def read_pointer(model_dir: Path) -> Pointer | None:
     return Pointer(str(data["version"]), str(data["manifest_sha256"]))
 
 
-def read_manifest(model_dir: Path, pointer: Pointer) -> tuple[Path, dict]:
-    """The bundle directory and its manifest, with every file's hash verified."""
-    bundle = model_dir / "bundles" / pointer.version
-    manifest_path = bundle / MANIFEST
+def _manifest_bytes(model_dir: Path, pointer: Pointer) -> bytes:
+    """The manifest of the bundle ``pointer`` names, checked against its SHA-256."""
     try:
-        raw = manifest_path.read_bytes()
+        raw = (model_dir / "bundles" / pointer.version / MANIFEST).read_bytes()
     except OSError as exc:
         raise BundleError(f"bundle {pointer.version} has no readable manifest: {exc}") from exc
     if hashlib.sha256(raw).hexdigest() != pointer.manifest_sha256:
         raise BundleError(f"manifest of {pointer.version} does not match the pointer's SHA-256")
-    manifest = json.loads(raw)
+    return raw
+
+
+def read_manifest(model_dir: Path, pointer: Pointer) -> tuple[Path, dict]:
+    """The bundle directory and its manifest, with every file's hash verified."""
+    bundle = model_dir / "bundles" / pointer.version
+    manifest = json.loads(_manifest_bytes(model_dir, pointer))
     for name, digest in manifest["files"].items():
         path = bundle / name
         if not path.is_file() or sha256_file(path) != digest:
@@ -154,15 +158,7 @@ def published_manifest(model_dir: Path) -> tuple[Pointer, bytes] | None:
     the pointer), or None when nothing is published. ``BundleError`` while the
     bundle is being replaced."""
     pointer = read_pointer(model_dir)
-    if pointer is None:
-        return None
-    try:
-        raw = (model_dir / "bundles" / pointer.version / MANIFEST).read_bytes()
-    except OSError as exc:
-        raise BundleError(f"bundle {pointer.version} has no readable manifest: {exc}") from exc
-    if hashlib.sha256(raw).hexdigest() != pointer.manifest_sha256:
-        raise BundleError(f"manifest of {pointer.version} does not match the pointer's SHA-256")
-    return pointer, raw
+    return None if pointer is None else (pointer, _manifest_bytes(model_dir, pointer))
 
 
 def bundle_file(model_dir: Path, version: str, name: str) -> bytes | None:

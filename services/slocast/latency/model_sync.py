@@ -64,7 +64,8 @@ class SyncStats:
 def _get(url: str, timeout: float, etag: str | None = None) -> tuple[int, bytes, str | None]:
     request = urllib.request.Request(url, headers={"If-None-Match": etag} if etag else {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only, checked in settings
+        # http(s) only: the settings refuse any other scheme
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             body = response.read(MAX_FILE_BYTES + 1)
             if len(body) > MAX_FILE_BYTES:
                 raise SyncError(f"{url}: answer larger than {MAX_FILE_BYTES} bytes")
@@ -84,7 +85,9 @@ def _safe(name: object, what: str) -> str:
     return name
 
 
-def sync_once(base_url: str, model_dir: Path, *, timeout: float = 10.0, etag: str | None = None):
+def sync_once(
+    base_url: str, model_dir: Path, *, timeout: float = 10.0, etag: str | None = None
+) -> tuple[bool, str | None]:
     """One poll. Returns ``(published, etag)``: whether a new bundle was published
     locally, and the manifest ETag to send next time. Raises :class:`SyncError`."""
     status, raw, new_etag = _get(f"{base_url}/bundle/current", timeout, etag)

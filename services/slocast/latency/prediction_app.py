@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from itertools import repeat
 
@@ -341,7 +342,7 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
             "worker_pid": os.getpid(),
             # Where models come from: the shared directory only, or also downloads
             # from a training server (syncs and errors of this worker).
-            "model_sync": None if sync is None else sync.stats.__dict__,
+            "model_sync": None if sync is None else asdict(sync.stats),
         }
 
     @app.get("/")

@@ -10,9 +10,10 @@ headline NRMSE (even when nothing lowers it), and keep the ensemble of the best
 round. A member that hurts at an equal share can help at a smaller one, which
 only the later rounds (adding the leader again) reach; stopping at the first
 round without a gain left the ensemble equal to its best member. Members that
-are never picked get weight 0 and are not stored. Averaging models whose errors are not perfectly correlated lowers the
-variance of the forecast, and selection on validation keeps a weak member from
-diluting a strong one. The test split is never consulted.
+are never picked get weight 0 and are not stored. Averaging models whose errors
+are not perfectly correlated lowers the variance of the forecast, and selection
+on validation keeps a weak member from diluting a strong one. The test split is
+never consulted.
 """
 
 from __future__ import annotations
