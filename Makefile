@@ -77,7 +77,7 @@ bench-latency:
 	$(BIN)/slocast bench latency --data $(SHARED)/datasets/llm-latency/sharegpt-h200.jsonl --seeds 10 --json bench-out/latency-protocol-b.json
 	for w in sharegpt-like long-prompts extreme-contention; do \
 		$(BIN)/slocast bench latency --synthetic $$w --rows 4000 --seeds 3 --json bench-out/latency-$$w.json || exit 1; done
-	for r in light moderate saturated overloaded; do \
+	for r in light moderate saturated overloaded disaggregated; do \
 		$(BIN)/slocast bench latency --simulated $$r --rows 4000 --seeds 3 --json bench-out/latency-sim-$$r.json || exit 1; done
 
 # make bench-latency-serve UPSTREAM=/path/to/llm-d-latency-predictor: the upstream

@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slocast.latency.simulator import REGIME_NAMES, simulate, to_trace_records, write_trace
+from slocast.latency.schema import POD_TYPES
+from slocast.latency.simulator import (
+    REGIME_NAMES,
+    REGIMES,
+    _Engine,
+    simulate,
+    to_trace_records,
+    write_trace,
+)
 from slocast.latency.trace import load_trace
 
 TRACE = Path(__file__).resolve().parents[2] / "../shared/datasets/llm-latency/sharegpt-h200.jsonl"
@@ -101,6 +109,43 @@ def test_loaded_regimes(traces: dict) -> None:
     mod = traces["moderate"]
     assert np.median(traces["light"]["input_token_length"]) < np.median(mod["input_token_length"])
     assert np.median(mod["actual_ttft_ms"][ttft_rows(mod)]) < np.median(sat_ttft)
+
+
+def test_disaggregated_regime(traces: dict) -> None:
+    """P/D: TTFT rows see the prefill pod, TPOT rows the decode pod, as routed."""
+    cols = traces["disaggregated"]
+    ttft = ttft_rows(cols)
+    assert (cols["pod_type"][ttft] == POD_TYPES["prefill"]).all()
+    assert (cols["pod_type"][~ttft] == POD_TYPES["decode"]).all()
+    # the prefill pod releases each request's KV cache after its first token and
+    # works through a queue; the decode pod holds tens of requests and their caches
+    assert np.median(cols["num_request_running"][ttft]) <= 2
+    assert np.percentile(cols["num_request_waiting"][ttft], 90) > 5
+    assert np.median(cols["num_request_running"][~ttft]) > 20
+    assert np.percentile(cols["kv_cache_percentage"][ttft], 90) < 0.05
+    kv = cols["kv_cache_percentage"][~ttft]
+    assert 0.1 < np.median(kv) < 0.7 and (kv > 0.9).mean() < 0.05
+    # the decode pod's tokens in flight are not recorded (0, as in the real traces)
+    assert (cols["prefill_tokens_in_flight"][~ttft] == 0).all()
+    # queueing near the prefill pod's capacity spreads TTFT over more than a decade
+    ttft_ms = cols["actual_ttft_ms"][ttft]
+    assert np.percentile(ttft_ms, 10) < 1_000 and np.percentile(ttft_ms, 90) > 2_500
+    assert np.percentile(ttft_ms, 90) / np.percentile(ttft_ms, 10) > 10
+    # decode without prefill chunks in its steps: TPOT follows the decode batch
+    tpot = cols["actual_tpot_ms"][~ttft]
+    assert 15 < np.median(tpot) < 60
+    assert np.corrcoef(tpot, cols["num_request_running"][~ttft])[0, 1] > 0.3
+
+
+def test_router_view_is_the_last_scrape_before_a_time() -> None:
+    """How a decode pod's features are read at a request's arrival (P/D): the
+    router's last scrape at or before it, nothing before the first scrape."""
+    engine = _Engine(REGIMES["disaggregated"].server, None, "decode")
+    engine.history = [(0.0, 0.1, 0, 5), (1.0, 0.2, 1, 7), (2.5, 0.3, 0, 9)]
+    seen = engine.seen_at(np.array([-1.0, 0.0, 0.9, 1.0, 2.4, 9.0]))
+    np.testing.assert_allclose(seen[:, 0], [0.0, 0.1, 0.1, 0.2, 0.2, 0.3])
+    np.testing.assert_array_equal(seen[:, 1], [0, 0, 0, 1, 1, 0])
+    np.testing.assert_array_equal(seen[:, 2], [0, 5, 5, 7, 7, 9])
 
 
 def test_latency_is_not_a_function_of_the_features(traces: dict) -> None:

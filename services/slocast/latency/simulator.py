@@ -27,7 +27,8 @@ The server, one engine step at a time:
   multi-second stalls (TTFT stalls, as in the recorded trace);
 - optional P/D disaggregation: prefill on a prefill engine, decode on a decode
   engine that receives the KV cache (TTFT rows carry the prefill pod's state,
-  TPOT rows the decode pod's).
+  TPOT rows the decode pod's, both as the router saw them when it routed the
+  request: the decode pod's state at arrival, not at the later KV transfer).
 
 Features are the router's snapshot when the request arrives: queue lengths and KV
 usage from the last metrics scrape (stale by up to ``scrape_s``), prefill tokens in
@@ -186,6 +187,27 @@ REGIMES: dict[str, Regime] = {
             warmup=0.2,
         ),
     ),
+    # P/D disaggregation (llm-d's prefill/decode split): one prefill pod in front of one
+    # decode pod, long outputs. The prefill pod queues in bursts (TTFT 0.3-30 s); the
+    # decode pod runs tens of requests with its KV cache 20-55 % full, so TPOT follows
+    # its batch. TTFT rows carry the prefill pod's state (pod_type "prefill"), TPOT rows
+    # the decode pod's ("decode").
+    "disaggregated": Regime(
+        _LOADED_SERVER,
+        Workload(
+            rate_start=2.2,
+            rate_end=2.6,
+            burst_factor=1.5,
+            burst_on_s=30.0,
+            burst_off_s=120.0,
+            prompt_classes=((0.5, 1500.0, 0.8, 200, 8000), (0.5, 6000.0, 0.3, 4000, 12000)),
+            output_classes=((0.6, 300.0, 0.7, 10, 2000), (0.4, 1000.0, 0.5, 100, 4000)),
+            prefix_share=0.3,
+            timeout_s=300.0,
+            warmup=0.2,
+        ),
+        disaggregated=True,
+    ),
 }
 REGIME_NAMES = tuple(REGIMES)
 
@@ -253,6 +275,8 @@ class _Engine:
         self.time = 0.0
         self.scraped = (0.0, 0, 0)  # kv fraction, waiting, running at the last scrape
         self.next_scrape = 0.0
+        # every scrape (time, kv, waiting, running): the router's view at any time
+        self.history: list[tuple[float, float, int, int]] = []
 
     def kv_fraction(self) -> float:
         return self.kv_used / self.cfg.kv_capacity_tokens
@@ -260,7 +284,17 @@ class _Engine:
     def scrape(self) -> None:
         if self.next_scrape <= self.time:
             self.scraped = (self.kv_fraction(), len(self.waiting), len(self.running))
+            self.history.append((self.time, *self.scraped))
             self.next_scrape = self.time + self.cfg.scrape_s
+
+    def seen_at(self, times: np.ndarray) -> np.ndarray:
+        """(kv, waiting, running) of the last scrape at or before each time (zeros
+        before the first)."""
+        hist = np.array(self.history, np.float64).reshape(-1, 4)
+        idx = np.searchsorted(hist[:, 0], times, side="right") - 1
+        seen = hist[np.maximum(idx, 0), 1:]
+        seen[idx < 0] = 0.0
+        return seen
 
     def _free(self, r: int) -> None:
         self.running.remove(r)
@@ -420,8 +454,6 @@ class _Simulation:
 
     def _arrive_decode(self, r: int, engine: _Engine) -> None:
         engine.scrape()
-        kv, waiting, running = engine.scraped
-        self.tpot_features[r] = (kv, self.prompt[r], waiting, running, 0)
         self.need[r] = 0  # the KV cache arrives with the request
         self.cached[r] = self.prompt[r]
         self.prefilled[r] = 0
@@ -471,9 +503,14 @@ class _Simulation:
         transfer = self.first_token + 0.02 + self.prompt * 2e-6
         order = np.flatnonzero(started)[np.argsort(transfer[started], kind="stable")]
         self.generated[:] = np.where(started, 1, 0)
-        self._run_engine(
-            _Engine(self.regime.server, self, "decode"), transfer, order, self._arrive_decode
-        )
+        decode = _Engine(self.regime.server, self, "decode")
+        self._run_engine(decode, transfer, order, self._arrive_decode)
+        # The router picked the decode pod when the request arrived, before its prefill.
+        seen = decode.seen_at(self.arrival)
+        self.tpot_features[:, 0] = seen[:, 0]
+        self.tpot_features[:, 1] = self.prompt
+        self.tpot_features[:, 2:4] = seen[:, 1:]
+        self.tpot_features[:, 4] = 0.0
 
 
 def simulate(regime: str | Regime, rows: int, seed: int = 0) -> Columns:
