@@ -224,3 +224,27 @@ def test_ingest_loop_survives_messages_that_are_not_batches(tmp_path: Path) -> N
         trainer.stop()
     assert trainer.samples_ingested == 50
     assert trainer.batches_dropped_invalid == 2
+
+
+def test_cold_trainer_replaces_the_prior_without_waiting_an_interval(tmp_path: Path) -> None:
+    """The first model is fitted as soon as enough samples arrived; later retrains
+    keep the interval's pace."""
+    trainer = make_trainer(tmp_path, retrain_interval_s=3600.0)
+    trainer.start()
+    try:
+        trainer.stream.publish(generate("extreme-contention", 3000, 1))
+        deadline = time.monotonic() + 120
+        while trainer.state.serving_version is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = trainer.state.serving_version
+        assert first is not None, "no model an interval of 3600 s could explain"
+        assert read_pointer(trainer.settings.model_dir).version == first
+        trainer.stream.publish(generate("extreme-contention", 3000, 2))
+        deadline = time.monotonic() + 30
+        while trainer.samples_ingested < 6000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert trainer.samples_ingested == 6000
+        time.sleep(1.0)
+        assert trainer.state.serving_version == first  # warm: the interval paces retrains
+    finally:
+        trainer.stop()

@@ -6,7 +6,10 @@ Two daemon threads per training server:
   builds features once and adds rows to the per-target windows;
 - *retrain* wakes every ``retrain_interval_s``; for each target with at least
   ``min_new_samples`` new training rows since its last fit it fits a candidate on
-  the training split and calibrates it on the calibration split.
+  the training split and calibrates it on the calibration split. While a target
+  has no model yet (the predictors serve the cold prior), ingestion wakes it as
+  soon as a target is due: the prior is replaced one fit after enough samples
+  arrive, not up to an interval later.
 
 Promotion (per target): every configuration of ``model.candidates`` (the served
 default, the upstream production configuration, ...; all monotone when
@@ -143,6 +146,7 @@ class StreamingTrainer:
         # The flush epoch each serving target's data came after.
         self._data_epochs: dict[str, float] = {}
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by ingest while cold, and by stop
         self._threads = [
             threading.Thread(target=self._ingest_loop, name="ingest", daemon=True),
             threading.Thread(target=self._retrain_loop, name="retrain", daemon=True),
@@ -175,6 +179,7 @@ class StreamingTrainer:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         for thread in self._threads:
             thread.join(timeout=30)
         self.stream.close()
@@ -224,7 +229,12 @@ class StreamingTrainer:
             self._track_misses(features, columns, regime_ids)
             for target in TARGETS:
                 self.windows[target].add(features, columns[TARGET_COLUMNS[target]], regime_ids)
+            cold_and_due = any(
+                target not in self.state.serving and self._due(target) for target in TARGETS
+            )
         self.samples_ingested += rows
+        if cold_and_due:
+            self._wake.set()
 
     def _track_misses(self, features: np.ndarray, columns: Columns, regime_ids: np.ndarray) -> None:
         """Feed the serving model's residuals beyond its bound to ACI, per target.
@@ -274,7 +284,11 @@ class StreamingTrainer:
     # --- retraining --------------------------------------------------------------
 
     def _retrain_loop(self) -> None:
-        while not self._stop.wait(self.settings.retrain_interval_s):
+        while True:
+            self._wake.wait(self.settings.retrain_interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.retrain_once()
             except Exception:  # keep the loop alive, but loudly and counted
