@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,3 +233,73 @@ def test_importances_after_training(fresh: dict, trained: dict) -> None:
     assert sum(status["bucket_distribution"].values()) == counts
     info = httpx.get(f"{fresh['training']}/model/download/info").json()
     assert info["model_status"] == {"ttft_model_ready": True, "tpot_model_ready": True}
+
+
+# --- the router's Go client ---------------------------------------------------------
+
+# Go's encoding/json ignores unknown keys but fails a whole response on a type it
+# cannot decode into: time.Time needs RFC 3339 with a zone, an int field an integer,
+# map[string]bool booleans. The router's client (llm-d-router,
+# latencypredictorclient/types.go) reads these fields from these endpoints.
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+
+
+def go_time(value: object, nullable: bool = False) -> bool:
+    return (nullable and value is None) or (isinstance(value, str) and bool(RFC3339.match(value)))
+
+
+def go_prediction(p: dict) -> None:
+    assert isinstance(p["ttft_ms"], float) and isinstance(p["tpot_ms"], float), p
+    assert p["ttft_ms"] > 0 and p["tpot_ms"] > 0
+    assert go_time(p["predicted_at"]) and go_time(p["last_model_load"], nullable=True), p
+    assert isinstance(p["model_type"], str) and p["model_type"] in UPSTREAM_MODEL_TYPES
+    assert isinstance(p["objective_type"], str) and 0 < p["quantile"] < 1
+
+
+def go_counters(body: dict, n: int) -> None:
+    for key in ("total_requests", "successful_predictions", "failed_predictions"):
+        assert type(body[key]) is int, (key, body[key])
+    assert body["total_requests"] == body["successful_predictions"] == n
+    assert isinstance(body["processing_time_ms"], float)
+
+
+def router_view(fresh: dict) -> None:
+    """Every answer the router's client decodes, checked against its Go types."""
+    status = httpx.get(f"{fresh['prediction']}/status").json()
+    assert status["is_ready"] is True and status["model_type"] in UPSTREAM_MODEL_TYPES
+    assert go_time(status["last_model_load"], nullable=True)
+    assert all(type(v) is bool for v in status["models_exist"].values())
+    info = httpx.get(f"{fresh['training']}/model/download/info").json()
+    assert info["model_type"] == status["model_type"]  # both sources must agree
+    assert all(type(v) is bool for v in info["model_status"].values())
+    assert 0 < info["quantile"] < 1
+    go_prediction(httpx.post(f"{fresh['prediction']}/predict", json=FEATURES).json())
+    items = [{**FEATURES, "prefix_cache_score": s} for s in (0.0, 0.5, 1.0)]
+    for path in ("/predict/bulk", "/predict/bulk/strict"):
+        body = httpx.post(f"{fresh['prediction']}{path}", json={"requests": items}).json()
+        go_counters(body, len(items))
+        for p in body["predictions"]:
+            go_prediction(p)
+
+
+def test_router_client_decodes_the_cold_answers(fresh: dict) -> None:
+    router_view(fresh)
+
+
+def test_router_client_training_batch_and_trained_answers(fresh: dict, trained: dict) -> None:
+    # The client's TrainingEntry as Go marshals it: timestamps in RFC 3339 with
+    # nanoseconds (or the zero time), its drift fields, encoder sizes, pod_type
+    # omitted when monolithic.
+    entries = []
+    for i, record in enumerate(to_records(generate("sharegpt-like", 40, seed=11))):
+        record.pop("pod_type", None)
+        stamp = "0001-01-01T00:00:00Z" if i % 2 else "2026-12-07T07:05:42.123456789Z"
+        entries.append(
+            {**record, "timestamp": stamp, "predicted_ttft_ms": 12.5, "encoder_input_size": 0}
+        )
+    r = httpx.post(f"{fresh['training']}/add_training_data_bulk", json={"entries": entries})
+    assert r.status_code == 202, r.text  # the client counts only 202 as delivered
+    router_view(fresh)
+    for target in ("ttft", "tpot"):  # cached by the client; it fails if absent
+        dump = httpx.get(f"{fresh['training']}/model/{target}/xgb/json")
+        assert dump.status_code == 200 and isinstance(dump.json(), list) and dump.json()
