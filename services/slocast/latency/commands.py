@@ -94,27 +94,41 @@ def _bench_latency(args: argparse.Namespace) -> int:
         oracle = {t: conditional_quantile_ms(t, cols, QUANTILE) for t in TARGETS}
     report = run_protocol_b(cols, args.seeds, inner_cv=args.inner_cv, oracle=oracle)
     for target, models in report.items():
+        if "skipped" in models:
+            print(f"{target:5s} not scored: {models['skipped']}")
+            continue
         for name, summary in models.items():
             print(
                 f"{target:5s} {name:9s} pinball {summary['pinball']['mean']:8.3f} "
                 f"+- {summary['pinball']['std']:.3f} ms   coverage "
                 f"{summary['coverage']['mean']:.3f} +- {summary['coverage']['std']:.3f}"
             )
-        ratio = models["slocast"]["pinball"]["mean"] / models["reference"]["pinball"]["mean"]
+        reference = models["reference"]["pinball"]["mean"]
+        ratio = _ratio(models["slocast"]["pinball"]["mean"], reference)
         models["ratio"] = ratio
         chosen = models["slocast"].get("chosen")
-        print(f"{target:5s} pinball ratio slocast/reference {ratio:.3f}  chosen {chosen}")
+        print(f"{target:5s} pinball ratio slocast/reference {_ratio_text(ratio)}  chosen {chosen}")
         if "oracle" in models:
-            best = models["oracle"]["pinball"]["mean"] / models["reference"]["pinball"]["mean"]
+            best = _ratio(models["oracle"]["pinball"]["mean"], reference)
             models["oracle_ratio"] = best
             print(
-                f"{target:5s} pinball ratio oracle/reference {best:.3f} "
+                f"{target:5s} pinball ratio oracle/reference {_ratio_text(best)} "
                 "(the true conditional P90: no model can be expected to score lower)"
             )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _ratio(pinball: float, reference: float) -> float | None:
+    """``pinball / reference``; None when the reference scored 0 (a constant target
+    it predicts exactly), where no ratio exists."""
+    return pinball / reference if reference > 0 else None
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "n/a (reference pinball 0)" if ratio is None else f"{ratio:.3f}"
 
 
 def run_training_server(settings: LatencyTrainingSettings) -> int:
