@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,16 @@ def test_nrmse_is_rmse_over_mean_of_truth():
     np.testing.assert_allclose(metrics.rmse(y, p), rmse)
     np.testing.assert_allclose(metrics.nrmse(y, p), rmse / np.array([2.0, 20.0]))
     np.testing.assert_allclose(metrics.mae(y, p), [1.0, 5.0])
+
+
+def test_nrmse_of_a_column_that_is_always_zero_is_nan_without_a_warning():
+    y = np.array([[1.0, 0.0], [3.0, 0.0]])
+    p = np.array([[2.0, 0.0], [2.0, 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = metrics.nrmse(y, p)
+    assert got[0] == pytest.approx(0.5) and np.isnan(got[1])
+    assert isinstance(metrics.nrmse(y[:, 0], p[:, 0]), float)
 
 
 def test_nan_truth_is_excluded_not_zeroed():

@@ -70,6 +70,8 @@ def _series(kind: str, rng: np.random.Generator, rows: int) -> tuple[np.ndarray,
         values = np.round(values / values.max(axis=0) * 3) * values.max(axis=0)
     elif kind == "idle":
         values[rows // 3 : rows // 2] = 0.0
+    elif kind == "silent":  # a target that is 0 all along (a site without uplink traffic)
+        values[:, TARGET_INDEX[2]] = 0.0
     elif kind == "extreme":
         values[rng.random(values.shape) < 0.02] = 1e300
         values[rng.random(values.shape) < 0.02] = -1e300
@@ -83,7 +85,7 @@ def assert_same(got: np.ndarray, want: np.ndarray) -> None:
     assert not bad.any(), f"{bad.sum()} cells differ, first at {np.argwhere(bad)[:3].tolist()}"
 
 
-KINDS = ["synthetic", "walk", "gaps", "filled", "ties", "idle", "extreme"]
+KINDS = ["synthetic", "walk", "gaps", "filled", "ties", "idle", "silent", "extreme"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -97,6 +99,20 @@ def test_kernel_equals_numpy_on_every_window(kind: str, window: int) -> None:
         expected = window_features(spec, times, values, ends)
         got = NativeFeatures(spec)(times, values, ends)
     assert_same(got, expected)
+
+
+def test_a_column_that_is_always_zero_gives_finite_features() -> None:
+    """Its training mean is 0, so last / max(mean, floor) needs a floor above 0:
+    0/0 made its ratio feature NaN in every window."""
+    rng = np.random.default_rng(7)
+    times, values = _series("silent", rng, 300)
+    spec = _spec(values, 10)
+    ends = window_ends(len(values), 10, 0)
+    for features in (
+        window_features(spec, times, values, ends),
+        NativeFeatures(spec)(times, values, ends),
+    ):
+        assert np.isfinite(features).all()
 
 
 def test_kernel_equals_numpy_on_long_windows_and_stacked_series() -> None:

@@ -150,3 +150,30 @@ def test_run_on_files_with_gaps_scores_only_observed_rows(tmp_path):
         values = [m["nrmse"]["avg"], *m["rmse"].values(), *m["coverage"]["0.9"].values()]
         assert np.isfinite(values).all(), name
     assert report["champion"] is not None
+
+
+@pytest.mark.slow
+def test_a_target_that_is_always_zero_has_no_nrmse_and_a_strict_json_report(tmp_path):
+    """A cell that never used uplink resource blocks: `rb_up` is 0 in every row.
+    Its NRMSE does not exist (null, not a bare NaN that strict JSON parsers
+    reject), its features stay finite, and nothing divides by zero."""
+    from slocast.core.synthetic import generate_lte
+
+    frame = generate_lte(2400, seed=5)
+    frame["rb_up"] = 0.0
+    frame.iloc[:1900].to_csv(tmp_path / "Quiet.csv", index=False)
+    frame.iloc[1900:].to_csv(tmp_path / "Quiet_test.csv", index=False)
+    files = ["--data", str(tmp_path / "Quiet.csv"), "--test-data", str(tmp_path / "Quiet_test.csv")]
+    run = _run(tmp_path, *files, "--models", "xgboost", "--out", str(tmp_path / "o"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "RuntimeWarning" not in run.stderr, run.stderr[-3000:]
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"report.json holds {constant}")
+
+    report = json.loads((tmp_path / "o" / "report.json").read_text(), parse_constant=refuse)
+    for name, m in report["models"].items():
+        assert m["nrmse"]["rb_up"] is None, name
+        assert m["rmse"]["rb_up"] is not None and m["nrmse"]["avg"] > 0, name
+        assert m["coverage"]["0.9"]["rb_up"] is not None, name
+    assert report["champion"] is not None

@@ -320,8 +320,9 @@ def _block_params(spec: FeatureSpec, block: Block) -> np.ndarray:
         weights = (1 - block.alpha) ** np.arange(spec.window)[::-1]
         return weights / weights.sum()
     if block.kind == LAST_OVER_MEAN:
-        # A floor at 1e-3 of the training mean keeps the ratio finite in idle windows.
-        return 1e-3 * np.abs(np.asarray(spec.target_center, np.float64))
+        # A floor at 1e-3 of the training mean keeps the ratio finite in idle windows;
+        # the absolute one, where a column was 0 all through training: 0/0 would be NaN.
+        return np.maximum(1e-3 * np.abs(np.asarray(spec.target_center, np.float64)), 1e-12)
     return np.empty(0)
 
 

@@ -28,9 +28,11 @@ def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 
 def nrmse(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """RMSE divided by the mean of the truth, per column (protocol A)."""
+    """RMSE divided by the mean of the truth, per column (protocol A); NaN where
+    the truth averages 0 (a column that is always 0 has no NRMSE)."""
     y, p = _masked(y_true, y_pred)
-    return rmse(y, p) / np.nanmean(y, axis=0)
+    error, mean = rmse(y, p), np.nanmean(y, axis=0)
+    return np.divide(error, mean, out=np.full_like(error, np.nan), where=mean != 0)[()]
 
 
 def coverage(y_true: np.ndarray, upper: np.ndarray) -> np.ndarray:

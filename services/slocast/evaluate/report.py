@@ -6,7 +6,9 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +24,20 @@ REFERENCES = {
 }
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None: JSON has no such
+    numbers (Python writes a bare ``NaN`` that strict parsers such as ``jq`` and
+    browsers reject). A metric that does not exist, e.g. the NRMSE of a column that
+    is 0 all week, is then ``null``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_report(
     report: dict,
     out_dir: Path,
@@ -33,7 +49,7 @@ def write_report(
     """Write both files. ``forecasts`` maps a model to (point, P90 upper) at step 1."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "report.json"
-    json_path.write_text(json.dumps(report, indent=2, sort_keys=True))
+    json_path.write_text(json.dumps(json_safe(report), indent=2, sort_keys=True, allow_nan=False))
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(report, test_times, truth, forecasts))
     return json_path, html_path

@@ -159,6 +159,7 @@ def _bench_sites(args: argparse.Namespace) -> int:
     import json
 
     from slocast.core.errors import ConfigError
+    from slocast.evaluate.report import json_safe
     from slocast.models import FAMILIES
     from slocast.runtime.sites_bench import run_sites
 
@@ -184,7 +185,7 @@ def _bench_sites(args: argparse.Namespace) -> int:
     )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        args.json.write_text(json.dumps(json_safe(result), indent=2, sort_keys=True) + "\n")
     return 0
 
 
