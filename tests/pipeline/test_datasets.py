@@ -43,6 +43,21 @@ def test_extra_columns_are_dropped(tmp_path, frame):
     assert "note" not in load_lte(_write(tmp_path, frame), min_rows=50).columns
 
 
+def test_iso_8601_offsets_are_read_as_utc(tmp_path, frame):
+    """Timestamps with an offset, which changes with daylight saving time, load
+    on one UTC grid; a Z suffix and no offset mean UTC."""
+    expected = load_lte(_write(tmp_path, frame), min_rows=50)
+    local = frame.copy()
+    # Offsets change mid-file (daylight saving time): +01:00 before row 150, +02:00 after.
+    shifted = local["time"] + pd.to_timedelta(np.where(np.arange(len(local)) < 150, 1, 2), "h")
+    offsets = np.where(np.arange(len(local)) < 150, "+01:00", "+02:00")
+    local["time"] = shifted.dt.strftime("%Y-%m-%dT%H:%M:%S") + offsets
+    zulu = frame.copy()
+    zulu["time"] = zulu["time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for variant in (local, zulu):
+        pd.testing.assert_frame_equal(load_lte(_write(tmp_path, variant), min_rows=50), expected)
+
+
 def _breakers():
     def missing_column(f):
         return f.drop(columns=["rb_up"])
@@ -59,6 +74,14 @@ def _breakers():
     def bad_time(f):
         f = f.astype({"time": object})
         f.loc[3, "time"] = "yesterday-ish"
+        return f
+
+    def day_first(f):
+        f["time"] = f["time"].dt.strftime("%d/%m/%Y %H:%M")
+        return f
+
+    def epoch_seconds(f):
+        f["time"] = f["time"].astype("datetime64[s]").astype(np.int64)
         return f
 
     def unsorted(f):
@@ -97,6 +120,8 @@ def _breakers():
         "row 7: column 'down' has non-numeric value 'lots'": non_numeric,
         "column 'up' has type bool": bool_column,
         "row 3: cannot parse 'time'": bad_time,
+        "row 0: cannot parse 'time' value '05/02/2018 00:00'; timestamps must be ISO 8601": day_first,
+        "'time' holds numbers (row 0: 1517788800); give timestamps as ISO 8601 text": epoch_seconds,
         "timestamps not sorted": unsorted,
         "row 5: duplicate timestamp": duplicate,
         "row 10: 480s after the previous row where the step is 120s: a gap of 3 missing row(s)": gap,

@@ -16,6 +16,7 @@ from slocast.core.errors import DatasetError
 from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+ISO_EXAMPLE = "2018-02-05 23:40:00 or 2018-02-05T23:40:00+01:00"
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -89,17 +90,27 @@ def _parse_times(column: pd.Series, source: str) -> pd.Series:
         raise DatasetError(f"{source}: row {row}: empty {TIME_COLUMN!r}")
     if pd.api.types.is_datetime64_any_dtype(column):
         parsed = column
-    else:
-        parsed = pd.to_datetime(column, errors="coerce", format="mixed")
-        bad = parsed.isna().to_numpy()
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise DatasetError(
-                f"{source}: row {row}: cannot parse {TIME_COLUMN!r} value {column.iloc[row]!r}"
-            )
-    if getattr(parsed.dt, "tz", None) is not None:
-        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return parsed.astype("datetime64[ns]")
+        if parsed.dt.tz is not None:
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        return parsed.astype("datetime64[ns]")
+    if pd.api.types.is_numeric_dtype(column):
+        # Seconds, milliseconds or nanoseconds since 1970 cannot be told apart.
+        raise DatasetError(
+            f"{source}: {TIME_COLUMN!r} holds numbers (row 0: {column.iloc[0]}); give "
+            f"timestamps as ISO 8601 text, e.g. {ISO_EXAMPLE}"
+        )
+    # ISO 8601 only: a guessed format reads 05/02/2018 as 2 May and 13/02/2018 as
+    # 13 February in the same file. Offsets (which change with daylight saving
+    # time) are converted to UTC; timestamps without one are taken as they are.
+    parsed = pd.to_datetime(column.astype(str), errors="coerce", format="ISO8601", utc=True)
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DatasetError(
+            f"{source}: row {row}: cannot parse {TIME_COLUMN!r} value {column.iloc[row]!r}; "
+            f"timestamps must be ISO 8601, e.g. {ISO_EXAMPLE}"
+        )
+    return parsed.dt.tz_localize(None).astype("datetime64[ns]")
 
 
 def _numeric_column(column: pd.Series, name: str, source: str) -> pd.Series:
