@@ -12,7 +12,7 @@ LTE := $(SHARED)/datasets/lte
 # kubernetes-validate, slocast) without an activated venv.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-calibration bench-serve bench-latency bench-latency-serve bench-latency-stream bench-services bench-sites native-check clean
+.PHONY: kubectl images deploy test-cluster undeploy k8s-check install run run-poblesec test test-fast test-integration lint format bench-pipeline bench-calibration bench-serve bench-latency bench-latency-serve bench-latency-stream bench-latency-prequential bench-services bench-sites native-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,11 @@ bench-latency-serve:
 bench-latency-stream:
 	mkdir -p bench-out
 	$(BIN)/python benchmarks/latency_stream.py --duration 600 --json bench-out/latency-stream.json
+
+# The streaming trainer's served bound on arriving samples (prequential), per simulated regime.
+bench-latency-prequential:
+	mkdir -p bench-out
+	$(BIN)/python benchmarks/latency_prequential.py --json bench-out/latency-prequential.json
 
 # Protocol A on PobleSec and variants generated from it (level shifts, a short site,
 # bursty uplink, a shift in the test file only, a small site; slocast.core.variants).

@@ -14,7 +14,7 @@ import pytest
 from slocast.core.metrics import coverage, pinball_loss
 from slocast.latency import model as m
 from slocast.latency.features import NUM_REGIMES, WAITING_EDGES, build_features, regimes
-from slocast.latency.protocol import REFERENCE_PARAMS, REFERENCE_TREES, _fit_reference, split
+from slocast.latency.protocol import REFERENCE_PARAMS, REFERENCE_TREES, fit_reference, split
 from slocast.latency.simulator import simulate
 from slocast.latency.stream import SampleBatch
 from slocast.latency.synthetic import sample_features
@@ -51,7 +51,7 @@ def test_upstream_is_chosen_when_better_and_is_the_reference() -> None:
     assert min(selection.pinball) < 0.8 * served
     # the upstream candidate alone reproduces the reference exactly
     alone, _ = m.fit_selected("ttft", x, y, r, 0.9, (UPSTREAM,), seed=3)
-    reference = _fit_reference(x, y, 3)
+    reference = fit_reference(x, y, 3)
     np.testing.assert_allclose(
         alone.predict(x[:200], r[:200]),
         np.asarray(reference.inplace_predict(x[:200]), np.float64),
@@ -281,5 +281,5 @@ def test_selected_model_is_never_much_worse_than_the_upstream_config(regime: str
             target, x[train], y[train], r[train], 0.9, m.CANDIDATES[target], seed=4
         )
         ours = pinball_loss(y[test], model.predict(x[test], r[test]), 0.9)
-        reference = _fit_reference(x[train], y[train], 4).inplace_predict(x[test])
+        reference = fit_reference(x[train], y[train], 4).inplace_predict(x[test])
         assert ours <= 1.1 * pinball_loss(y[test], reference, 0.9), target

@@ -64,7 +64,7 @@ class SeedResult:
     chosen: int = -1  # index of the candidate slocast selected (-1: reference)
 
 
-def _fit_reference(x: np.ndarray, y: np.ndarray, seed: int) -> xgb.Booster:
+def fit_reference(x: np.ndarray, y: np.ndarray, seed: int) -> xgb.Booster:
     return xgb.train({**REFERENCE_PARAMS, "seed": seed}, xgb.DMatrix(x, label=y), REFERENCE_TREES)
 
 
@@ -98,7 +98,7 @@ def _fit_and_score(
         "target", x[fit], y[fit], regime_ids[fit], QUANTILE, candidates, seed
     )
     ours = model.predict(x[score], regime_ids[score])
-    reference = _fit_reference(x[fit], y[fit], seed)
+    reference = fit_reference(x[fit], y[fit], seed)
     return ours, np.asarray(reference.inplace_predict(x[score]), np.float64), selection.chosen
 
 
