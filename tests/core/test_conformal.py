@@ -96,30 +96,6 @@ def test_adaptive_conformal_recovers_coverage_after_drift():
     assert np.mean(hits[-3000:]) == pytest.approx(0.9, abs=0.03)
 
 
-def test_weighted_aci_offset_minimises_the_pinball_loss_in_original_units():
-    """Residuals normalised by a scale, weighted by it: the offset is the shift of
-    the normalised bound with the lowest pinball loss of ``scale * residual``."""
-    rng = np.random.default_rng(3)
-    r = rng.standard_t(df=3, size=400)
-    w = rng.choice([1.0, 50.0], size=400) * rng.uniform(0.5, 1.5, 400)
-    aci = AdaptiveConformal(0.9, window=1000)
-    aci.update(r, w)
-    assert aci.alpha == pytest.approx(0.1 + 0.005 * (0.1 * 400 - np.sum(r > 0.0)))
-    aci.alpha = 0.1  # the level the offset is read at
-
-    def loss(shift: float) -> float:
-        return float(np.sum(w * np.maximum(0.9 * (r - shift), -0.1 * (r - shift))))
-
-    best = min(r, key=loss)
-    assert aci.offset == best
-    unweighted = AdaptiveConformal(0.9, window=1000)
-    unweighted.update(r)
-    unweighted.alpha = 0.1
-    assert unweighted.offset == conformal_offset(r, 0.9) != best
-    with pytest.raises(ValueError, match="weights"):
-        aci.update(r[:3], np.array([1.0, 0.0, 1.0]))
-
-
 def test_normalised_offsets_hold_coverage_when_noise_scales_with_level():
     rng = np.random.default_rng(9)
     level = rng.choice([1.0, 10.0], size=40000, p=[0.5, 0.5])

@@ -94,15 +94,9 @@ def test_worse_candidate_is_not_promoted(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(trainer_module, "fit_target_model", sabotaged)
     feed(trainer, "extreme-contention", 3000, seed=3)
-    probe = generate("extreme-contention", 300, seed=4)
-    x = build_features(probe)
-    points = {t: m.point(x) for t, m in trainer.state.serving.items()}
     evaluations = trainer.retrain_once()
     assert evaluations and not any(e.promoted for e in evaluations)
-    # the same trees serve; only an ACI shift of their offsets may have been published
-    for target, model in trainer.state.serving.items():
-        np.testing.assert_array_equal(model.point(x), points[target])
-    assert trainer.state.serving_version == version or trainer.recalibrations == 1
+    assert trainer.state.serving_version == version
 
 
 def test_aci_recalibrates_under_drift(tmp_path: Path) -> None:
@@ -123,29 +117,6 @@ def test_aci_recalibrates_under_drift(tmp_path: Path) -> None:
     for target in ("ttft", "tpot"):
         assert before[target] < 0.8, before
         assert abs(after[target] - 0.9) < abs(before[target] - 0.9), (before, after)
-
-
-def test_aci_shift_carries_over_retrains_under_a_steady_drift(tmp_path: Path) -> None:
-    """The server slows down a little more with every batch, and a retrain is due
-    after each one, as in a continuous stream. Each new model is calibrated on rows
-    interleaved with its training rows, so it covers less on the rows that come
-    after it; ACI's shift, kept across model versions, restores the served bound's
-    live coverage. Reset at every promotion (before), it never acted: 0.68-0.72."""
-    trainer = make_trainer(tmp_path)
-    feed(trainer, "extreme-contention", 3000, seed=1)
-    trainer.retrain_once()
-    for step in range(1, 13):
-        feed(trainer, "extreme-contention", 500, seed=100 + step, slowdown=1.0 + 0.06 * step)
-        evaluations = trainer.retrain_once()
-        assert evaluations  # a retrain was due every time
-        if step == 6:
-            observed, covered = dict(trainer.live_observed), dict(trainer.live_covered)
-    assert trainer.recalibrations + trainer.state.retrains["promoted"] > 2
-    for target in ("ttft", "tpot"):
-        live = (trainer.live_covered[target] - covered[target]) / (
-            trainer.live_observed[target] - observed[target]
-        )
-        assert 0.85 <= live <= 0.95, (target, live)
 
 
 def test_flush_discards_stale_batches(tmp_path: Path) -> None:

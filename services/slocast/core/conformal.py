@@ -279,11 +279,7 @@ class AdaptiveConformal:
     Keeps a running miscoverage level ``alpha_t``: each observed miss lowers it
     (wider bounds), each hit raises it slightly, so long-run coverage tracks the
     target even when the residual distribution shifts. The offset used at time t
-    is the ``1 - alpha_t`` quantile of a bounded window of recent residuals,
-    weighted by each residual's ``weight`` when given: with normalised residuals
-    and their scale as weights, the quantile at level q is the offset with the
-    lowest pinball loss in the original units on the window (unweighted, the
-    order statistic of the plain residuals).
+    is the ``1 - alpha_t`` order statistic of a bounded window of recent residuals.
     """
 
     def __init__(self, q: float, gamma: float = 0.005, window: int = 2000) -> None:
@@ -294,45 +290,22 @@ class AdaptiveConformal:
         self.gamma = gamma
         self.window = window
         self._residuals: list[float] = []
-        self._weights: list[float] = []
 
     def seed(self, residuals: np.ndarray) -> None:
         self._residuals = [float(x) for x in np.asarray(residuals, np.float64)[-self.window :]]
-        self._weights = [1.0] * len(self._residuals)
-
-    def __len__(self) -> int:
-        return len(self._residuals)
 
     @property
     def offset(self) -> float:
-        """The offset at ACI's running level ``1 - alpha_t``."""
-        return self.offset_at(min(max(1.0 - self.alpha, 1e-6), 1.0 - 1e-6))
-
-    def offset_at(self, level: float) -> float:
-        """The (weighted) ``level`` quantile of the window's residuals; 0 when empty."""
         if not self._residuals:
             return 0.0
-        residuals = np.asarray(self._residuals)
-        weights = np.asarray(self._weights)
-        if (weights == 1.0).all():
-            return _column_offset(residuals, level)
-        order = np.argsort(residuals, kind="stable")
-        cumulative = np.cumsum(weights[order])
-        rank = int(np.searchsorted(cumulative, level * cumulative[-1]))
-        return float(residuals[order][min(rank, residuals.size - 1)])
+        level = min(max(1.0 - self.alpha, 1e-6), 1.0 - 1e-6)
+        return _column_offset(np.asarray(self._residuals), level)
 
-    def update(self, residuals: np.ndarray, weights: np.ndarray | None = None) -> None:
-        """Feed signed residuals ``y - point`` of one batch, all observed after
-        predicting with the current ``offset`` (and their positive weights: each
-        residual's scale)."""
-        r = np.asarray(residuals, np.float64).ravel()
-        w = np.ones_like(r) if weights is None else np.asarray(weights, np.float64).ravel()
-        if w.shape != r.shape or not (np.isfinite(w).all() and (w > 0).all()):
-            raise ValueError("ACI weights must be finite, positive and one per residual")
-        missed = np.count_nonzero(r > self.offset)
-        self.alpha += self.gamma * (self.target_alpha * r.size - missed)
-        self._residuals.extend(r.tolist())
-        self._weights.extend(w.tolist())
+    def update(self, residuals: np.ndarray) -> None:
+        """Feed signed residuals ``y - point`` observed after predicting with ``offset``."""
+        for r in np.asarray(residuals, np.float64).ravel():
+            missed = float(r > self.offset)
+            self.alpha += self.gamma * (self.target_alpha - missed)
+            self._residuals.append(float(r))
         if len(self._residuals) > self.window:
             del self._residuals[: len(self._residuals) - self.window]
-            del self._weights[: len(self._weights) - self.window]

@@ -22,12 +22,6 @@ serving model's on the same rows, and the first model must beat a constant
 baseline (the calibration rows' quantile), which a stub or a broken fit cannot.
 When a target improves, a new bundle (candidate for improved targets, the serving
 model for the others) is written and published.
-
-Drift: adaptive conformal inference tracks how far arriving samples land beyond
-the serving models' calibrated bounds, across model versions (only a flush resets
-it); its shift is added to the offsets of every model published, and the serving
-trees are republished when it moves (docs/latency.md, "Adaptive conformal
-inference").
 """
 
 from __future__ import annotations
@@ -144,10 +138,6 @@ class StreamingTrainer:
         self.samples_dropped_invalid = 0
         self.batches_dropped_invalid = 0
         self._flushed_at = 0.0
-        # The serving models as fitted and calibrated; ``state.serving`` holds them
-        # with ``_applied`` (the ACI shift of their offsets when published) added.
-        self._base: dict[str, TargetModel] = {}
-        self._applied: dict[str, float] = dict.fromkeys(TARGETS, 0.0)
         self._aci = {
             t: AdaptiveConformal(settings.quantile, ACI_GAMMA, ACI_WINDOW) for t in TARGETS
         }
@@ -178,7 +168,6 @@ class StreamingTrainer:
             log.error("cannot resume from the published model: %s", exc)
             return
         self.state.serving = serving
-        self._base = dict(serving)  # its shift, if any, is part of its offsets now
         self.state.serving_version = pointer.version
         self._data_epochs = {t: 0.0 for t in TARGETS}  # data from before any flush here
         self.state.serving_data_since = 0.0
@@ -248,49 +237,29 @@ class StreamingTrainer:
             self._wake.set()
 
     def _track_misses(self, features: np.ndarray, columns: Columns, regime_ids: np.ndarray) -> None:
-        """Feed the serving model's residuals beyond its calibrated bound to ACI
-        (unless it was fitted before the last flush), and count the served bound's
-        live coverage, per target.
+        """Feed the serving model's residuals beyond its bound to ACI, per target.
 
-        The tracked value is the normalised residual minus the regime's offset as
-        calibrated (before any ACI shift): > 0 means the actual exceeded that
-        bound. ACI finds the shift of all offsets that restores the target coverage
-        on the newest observations. Its window spans model versions: a model
-        calibrated on rows interleaved with its training rows covers less on the
-        rows that arrive after it when the load drifts, and each new version misses
-        the same way, so the shift learned on its predecessors applies to it too.
+        The tracked value is the normalised residual minus the regime's offset: > 0
+        means the actual exceeded the served bound. ACI finds the shift of all
+        offsets that restores the target coverage on the newest observations.
         """
-        with self._lock:
-            served, base = self.state.serving, self._base
-            # A model fitted on data from before the last flush is not what will
-            # serve this data: how it misses says nothing of its successor's.
-            stale = {t for t in served if self._data_epochs.get(t, 0.0) < self._flushed_at}
-        for target, model in served.items():
+        for target, model in self.state.serving.items():
             y = columns[TARGET_COLUMNS[target]]
             observed = y > 0
             if not observed.any():
                 continue
             point = model.point(features[observed])
-            normalised = (y[observed] - point) / scale_of(point)
-            groups = regime_ids[observed]
-            beyond_served = normalised - model.calibration.offsets_for(groups)
-            if target not in stale:
-                # Weighted by the scale: the shift with the lowest pinball loss in
-                # milliseconds on the window, not on normalised residuals.
-                self._aci[target].update(
-                    normalised - base[target].calibration.offsets_for(groups), scale_of(point)
-                )
-            self.live_observed[target] += int(beyond_served.shape[0])
-            self.live_covered[target] += int(np.count_nonzero(beyond_served <= 0))
+            excess = (y[observed] - point) / scale_of(point) - model.calibration.offsets_for(
+                regime_ids[observed]
+            )
+            self._aci[target].update(excess)
+            self.live_observed[target] += int(excess.shape[0])
+            self.live_covered[target] += int(np.count_nonzero(excess <= 0))
 
     def aci_shift(self, target: str) -> float | None:
-        """Current shift of ``target``'s offsets (None: not enough residuals): the
-        scale-weighted q quantile of the window, the shift with the lowest pinball
-        loss in milliseconds on the latest arrivals. Read at q, not at ACI's moving
-        level: on the simulated servers that level lagged behind load waves and
-        cost pinball (docs/latency.md, "Streaming accuracy")."""
+        """Current ACI shift of ``target``'s offsets (None: not enough residuals)."""
         aci = self._aci[target]
-        return aci.offset_at(self.settings.quantile) if len(aci) >= ACI_MIN_RESIDUALS else None
+        return aci.offset if len(aci._residuals) >= ACI_MIN_RESIDUALS else None
 
     def aci_alpha(self, target: str) -> float:
         """ACI's running miscoverage level for ``target`` (1 - quantile when on target)."""
@@ -350,20 +319,23 @@ class StreamingTrainer:
         for target in targets:
             self._aci[target] = AdaptiveConformal(self.settings.quantile, ACI_GAMMA, ACI_WINDOW)
 
-    def _shifts(self, base: dict[str, TargetModel], new: set[str]) -> dict[str, float]:
-        """The ACI shift to serve each base model with. A new model takes ACI's
-        current shift (0 before ACI has enough residuals); a serving one keeps its
-        applied shift unless ACI's has moved by more than the tolerance."""
-        shifts = {}
-        for target in base:
-            shift, applied = self.aci_shift(target), self._applied[target]
-            if target in new:
-                shifts[target] = 0.0 if shift is None else shift
-            elif shift is not None and abs(shift - applied) > ACI_TOLERANCE:
-                shifts[target] = shift
-            else:
-                shifts[target] = applied
-        return shifts
+    def _recalibrated(self) -> dict[str, TargetModel]:
+        """Serving models whose offsets ACI says have drifted, with shifted offsets."""
+        shifted = {}
+        for target, model in self.state.serving.items():
+            shift = self.aci_shift(target)
+            if shift is None or abs(shift) <= ACI_TOLERANCE:
+                continue
+            calib = model.calibration
+            shifted[target] = replace(
+                model,
+                calibration=MondrianCalibration(
+                    q=calib.q,
+                    pooled=calib.pooled + shift,
+                    per_group={g: v + shift for g, v in calib.per_group.items()},
+                ),
+            )
+        return shifted
 
     def _set_version(self, pointer: Pointer, data_epoch: float) -> None:
         with self._lock:
@@ -371,32 +343,28 @@ class StreamingTrainer:
             self.state.serving_data_since = data_epoch
 
     def recalibrate_once(self) -> dict[str, float]:
-        """Publish the serving trees with ACI-shifted offsets when coverage drifted;
-        returns the shifts that changed."""
+        """Publish the serving trees with ACI-shifted offsets when coverage drifted."""
         with self._lock:
             data_epoch = self._flushed_at
-            base = dict(self._base)
-        if not all(t in base for t in TARGETS):
+        shifted = self._recalibrated()
+        if not shifted or not all(t in self.state.serving for t in TARGETS):
             return {}
-        shifts = self._shifts(base, set())
-        moved = {t: v for t, v in shifts.items() if v != self._applied[t]}
-        if not moved:
-            return {}
+        shifts = {t: self.aci_shift(t) for t in shifted}
         with self._lock:
             if self._flushed_at != data_epoch:
                 return {}
-            self.state.serving = {t: _shifted(m, shifts[t]) for t, m in base.items()}
-            self._applied.update(shifts)
+            self.state.serving = {**self.state.serving, **shifted}
+            self._reset_aci(shifted)
         info = {
             **MODEL_INFO,
             "quantile": self.settings.quantile,
             "created_at": datetime.now(UTC).isoformat(),
-            "aci_shift": dict(self._applied),
+            "aci_shift": shifts,
         }
         self._publish(self.state.serving, info)
         self.recalibrations += 1
-        log.info("recalibrated by ACI: %s", moved)
-        return moved
+        log.info("recalibrated by ACI: %s", shifts)
+        return shifts
 
     def retrain_once(self) -> list[Evaluation]:
         """Fit, evaluate and maybe promote every due target; returns the evaluations."""
@@ -453,7 +421,7 @@ class StreamingTrainer:
             chosen = one_se_choice(row_losses)
             candidate, cand_upper = fitted[chosen]
             cand_loss = losses[chosen]
-            incumbent = self._base.get(target)  # as calibrated, like the candidate
+            incumbent = self.state.serving.get(target)
             if incumbent is not None:
                 inc_loss = float(
                     pinball_loss(held.targets, incumbent.predict(held.features, held.regimes), q)
@@ -479,34 +447,28 @@ class StreamingTrainer:
             )
             if promoted:
                 winners[target] = candidate
-        base = {**self._base, **winners}
-        shifts = self._shifts(base, set(winners))
-        moved = any(shifts[t] != self._applied[t] for t in base if t not in winners)
-        serving = {t: _shifted(m, shifts[t]) for t, m in base.items()}
+        serving = {**self.state.serving, **winners}
         with self._lock:
             if self._flushed_at != data_epoch:
                 # The data these fits saw was flushed meanwhile: never serve them.
                 log.info("discarding a retrain that raced a flush")
                 return []
             # A target model waiting for its partner is kept but not yet published.
-            self.state.serving, self._base = serving, base
-            self._applied.update(shifts)
+            self.state.serving = serving
+            self._reset_aci(winners)
             self._data_epochs.update({t: data_epoch for t in winners})
             self.state.last_retrain = datetime.now(UTC).isoformat()
             for e in evaluations:
                 self.state.last_evaluations[e.target] = e
                 self.state.retrains["promoted" if e.promoted else "rejected"] += 1
-        if (winners or moved) and all(t in serving for t in TARGETS):
+        if winners and all(t in serving for t in TARGETS):
             info = {
                 **MODEL_INFO,
                 "quantile": q,
                 "created_at": datetime.now(UTC).isoformat(),
                 "evaluation": {e.target: e.__dict__ for e in evaluations},
-                "aci_shift": dict(self._applied),
             }
             self._publish(serving, info)
-            if moved and not winners:
-                self.recalibrations += 1
         elapsed = time.perf_counter() - started
         with self._lock:
             self.retrain_seconds = [*self.retrain_seconds[-99:], elapsed]
@@ -520,18 +482,3 @@ class StreamingTrainer:
             },
         )
         return evaluations
-
-
-def _shifted(model: TargetModel, shift: float) -> TargetModel:
-    """``model`` with every offset (pooled and per regime) raised by ``shift``."""
-    if shift == 0.0:
-        return model
-    calib = model.calibration
-    return replace(
-        model,
-        calibration=MondrianCalibration(
-            q=calib.q,
-            pooled=calib.pooled + shift,
-            per_group={g: v + shift for g, v in calib.per_group.items()},
-        ),
-    )
