@@ -127,6 +127,8 @@ class Regime:
 _LOADED_SERVER = ServerConfig(kv_capacity_tokens=700_000)
 _LOADED_PROMPTS = ((0.55, 5500.0, 0.2, 4000, 8000), (0.45, 10000.0, 0.12, 8000, 12000))
 _LOADED_OUTPUTS = ((0.6, 40.0, 0.6, 2, 200), (0.4, 200.0, 0.5, 50, 1000))
+# Half chat-sized, half document-sized prompts (moderate load and the P/D pair).
+_MIXED_PROMPTS = ((0.5, 1500.0, 0.8, 200, 8000), (0.5, 6000.0, 0.3, 4000, 12000))
 REGIMES: dict[str, Regime] = {
     # The recorded ShareGPT trace: chat prompts, load stepped up (1 -> 16 QPS over 2
     # replicas), no queue, KV under 6 %.
@@ -149,7 +151,7 @@ REGIMES: dict[str, Regime] = {
             burst_factor=1.6,
             burst_on_s=20.0,
             burst_off_s=90.0,
-            prompt_classes=((0.5, 1500.0, 0.8, 200, 8000), (0.5, 6000.0, 0.3, 4000, 12000)),
+            prompt_classes=_MIXED_PROMPTS,
             output_classes=((0.7, 150.0, 0.8, 2, 1500), (0.3, 500.0, 0.5, 50, 2000)),
             prefix_share=0.3,
         ),
@@ -200,7 +202,7 @@ REGIMES: dict[str, Regime] = {
             burst_factor=1.5,
             burst_on_s=30.0,
             burst_off_s=120.0,
-            prompt_classes=((0.5, 1500.0, 0.8, 200, 8000), (0.5, 6000.0, 0.3, 4000, 12000)),
+            prompt_classes=_MIXED_PROMPTS,
             output_classes=((0.6, 300.0, 0.7, 10, 2000), (0.4, 1000.0, 0.5, 100, 4000)),
             prefix_share=0.3,
             timeout_s=300.0,
