@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from slocast.cli import main
-from slocast.latency.simulator import write_trace
-from slocast.latency.synthetic import generate
+from slocast.latency.simulator import REGIME_NAMES, write_trace
+from slocast.latency.synthetic import WORKLOADS, generate
 
 
 def _trace(tmp_path: Path, rows: int, edit=None) -> Path:
@@ -72,3 +72,11 @@ def test_a_constant_target_has_no_ratio_rather_than_a_crash(tmp_path: Path, caps
     assert report["tpot"]["slocast"]["coverage"]["mean"] == pytest.approx(1.0)
     assert np.isfinite(report["ttft"]["ratio"])
     assert "n/a (reference pinball 0)" in capsys.readouterr().out
+
+
+def test_the_help_names_every_simulated_regime_and_synthetic_workload(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "latency", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps at hyphens too
+    for name in (*REGIME_NAMES, *WORKLOADS):
+        assert name in text

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--simulated",
         metavar="REGIME",
         help="simulate a continuous-batching server instead (slocast.latency.simulator): "
-        "light, moderate, saturated, overloaded",
+        "light, moderate, saturated, overloaded, disaggregated",
     )
     latency.add_argument(
         "--rows", type=int, default=4000, help="rows of a synthetic or simulated trace"

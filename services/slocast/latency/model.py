@@ -469,6 +469,14 @@ def fit_target_model(
     return TargetModel(target, quantile, params.objective, booster, calibration, floor)
 
 
+# Folds of the cross-conformal fits. Each fold model trains on (folds - 1) / folds of
+# the rows while the served trees train on all of them, so fold residuals are a
+# little larger than the served model's: with 5 folds the log-latency candidate's
+# bound over-covered (0.918-0.919 over 10 protocol B seeds on saturated and P/D
+# TTFT), with 10 it is inside 0.885-0.915 on every workload (docs/latency.md).
+CROSS_CONFORMAL_FOLDS = 10
+
+
 def fit_cross_conformal(
     target: str,
     x: np.ndarray,
@@ -477,7 +485,7 @@ def fit_cross_conformal(
     quantile: float,
     params: TreeParams,
     seed: int,
-    folds: int = 5,
+    folds: int = CROSS_CONFORMAL_FOLDS,
 ) -> TargetModel:
     """Trees on all rows, offsets from out-of-fold residuals (cross-conformal).
 
@@ -550,7 +558,7 @@ def fit_selected(
     quantile: float,
     candidates: tuple[TreeParams, ...],
     seed: int,
-    folds: int = 5,
+    folds: int = CROSS_CONFORMAL_FOLDS,
 ) -> tuple[TargetModel, Selection]:
     """Cross-conformal fit of the candidate with the lowest validation pinball loss
     (the first candidate unless another beats it by more than one standard error).
