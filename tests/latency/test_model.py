@@ -95,7 +95,7 @@ def test_stored_as_identity_regression_and_compiles_identically(
 
 def test_save_load_round_trip(tpot_data, tmp_path: Path) -> None:
     x, y, r = tpot_data
-    fitted = m.fit_cross_conformal("tpot", x[:1500], y[:1500], r[:1500], 0.9, PARAMS, seed=3)
+    fitted, _ = m.fit_selected("tpot", x[:1500], y[:1500], r[:1500], 0.9, (PARAMS,), seed=3)
     files = fitted.save(tmp_path)
     loaded = m.load_target_model(tmp_path, "tpot", files)
     assert loaded.objective == "log_quantile"
@@ -129,7 +129,7 @@ def test_upstream_trees_on_log_latency_serve_the_quantile(tpot_data, tmp_path: P
     params = m.LOG_UPSTREAM
     assert params.objective in m.LOG_OBJECTIVES
     assert params.objective not in m.MONOTONE_OBJECTIVES  # leaves are re-fitted
-    fitted = m.fit_cross_conformal("tpot", x[:2000], y[:2000], r[:2000], 0.9, params, seed=2)
+    fitted, _ = m.fit_selected("tpot", x[:2000], y[:2000], r[:2000], 0.9, (params,), seed=2)
     point = m.predict_booster(fitted.booster, x[2000:], params.objective)
     assert 0.85 < coverage(y[2000:], point) < 0.95  # the trees alone: a P90 in ms
     files = fitted.save(tmp_path)

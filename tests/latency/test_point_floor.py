@@ -61,8 +61,6 @@ def fit(how: str, x: np.ndarray, y: np.ndarray, r: np.ndarray) -> tuple[m.Target
             "ttft", x[:cut], y[:cut], x[cut:], y[cut:], r[cut:], 0.9, STUMPS, seed=0
         )
         return model, y[:cut]
-    if how == "cross_conformal":
-        return m.fit_cross_conformal("ttft", x, y, r, 0.9, STUMPS, seed=0), y
     model, _ = m.fit_selected("ttft", x, y, r, 0.9, (STUMPS,), seed=0)
     return model, y
 
@@ -77,7 +75,7 @@ def split_model() -> m.TargetModel:
     return fit("split", *and_data(5000, seed=0))[0]
 
 
-@pytest.mark.parametrize("how", ["split", "cross_conformal", "selected"])
+@pytest.mark.parametrize("how", ["split", "selected"])
 def test_points_below_the_floor_get_the_floor_plus_its_offset(how: str, fresh) -> None:
     model, training_y = fit(how, *and_data(5000, seed=0))
     x, y, r = fresh

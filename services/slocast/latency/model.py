@@ -477,32 +477,6 @@ def fit_target_model(
 CROSS_CONFORMAL_FOLDS = 10
 
 
-def fit_cross_conformal(
-    target: str,
-    x: np.ndarray,
-    y: np.ndarray,
-    regime_ids: np.ndarray,
-    quantile: float,
-    params: TreeParams,
-    seed: int,
-    folds: int = CROSS_CONFORMAL_FOLDS,
-) -> TargetModel:
-    """Trees on all rows, offsets from out-of-fold residuals (cross-conformal).
-
-    For small offline datasets (protocol B's ~1,500 rows per target) holding out a
-    calibration split starves the trees; here every row is predicted by a model
-    fitted without it (``folds`` fold models), the offsets come from those
-    out-of-fold residuals, and the served trees are refitted on all rows. The
-    offsets are computed for this model version only. Fold models are slightly
-    weaker than the refit, so the bound errs on the side of coverage.
-    """
-    fold = np.random.default_rng(seed).permutation(y.shape[0]) % folds
-    out_of_fold = _out_of_fold_points(x, y, fold, folds, quantile, params, seed)
-    booster = fit_booster(x, y, quantile, params, seed)
-    calibration = calibrate(out_of_fold, y, regime_ids, quantile, params.calibration)
-    return TargetModel(target, quantile, params.objective, booster, calibration, point_floor(y))
-
-
 def _out_of_fold_points(
     x: np.ndarray,
     y: np.ndarray,
@@ -564,8 +538,11 @@ def fit_selected(
     (the first candidate unless another beats it by more than one standard error).
 
     Every candidate's trees are fitted on ``folds`` folds' complements (out-of-fold
-    points for every row) and on all rows (the served trees), as in
-    :func:`fit_cross_conformal`. A candidate is scored, per fold, by its bound on
+    points for every row) and on all rows (the served trees): cross-conformal. For
+    small offline datasets (protocol B's ~1,500 rows per target) a held-out
+    calibration split would starve the trees; here every row is predicted by a model
+    fitted without it, and the served offsets come from those out-of-fold residuals
+    (for this model version only). A candidate is scored, per fold, by its bound on
     that fold: out-of-fold points plus offsets calibrated on the *other* folds'
     out-of-fold residuals, so neither its trees nor its offsets saw the scored
     rows. Only ``x, y`` are read: callers pass the training part, never test rows.
