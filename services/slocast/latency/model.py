@@ -470,10 +470,9 @@ def fit_target_model(
 
 
 # Folds of the cross-conformal fits. Each fold model trains on (folds - 1) / folds of
-# the rows while the served trees train on all of them, so fold residuals are a
-# little larger than the served model's: with 5 folds the log-latency candidate's
-# bound over-covered (0.918-0.919 over 10 protocol B seeds on saturated and P/D
-# TTFT), with 10 it is inside 0.885-0.915 on every workload (docs/latency.md).
+# the rows while the served trees train on all of them, so fold residuals run a
+# little larger than the served model's and its bound over-covers; more folds keep
+# the two closer (measured in docs/latency.md, "ten folds").
 CROSS_CONFORMAL_FOLDS = 10
 
 
