@@ -115,6 +115,15 @@ def _breakers():
         f.loc[11, "down"] = -1e308
         return f
 
+    def counter_wrap(f):
+        f.loc[8, "down"] = float(2**64 - 1)
+        return f
+
+    def ancient_year(f):
+        f = f.astype({"time": object})
+        f.loc[6, "time"] = "0018-02-17 02:20:00"
+        return f
+
     return {
         "missing column(s) rb_up": missing_column,
         "row 7: column 'down' has non-numeric value 'lots'": non_numeric,
@@ -130,6 +139,10 @@ def _breakers():
         "column 'mcs_up' has no values": all_nan,
         "column 'rb_down' is infinite": infinite,
         "row 11: column 'down' is -1e+308, beyond the single-precision range": beyond_float32,
+        "row 8 (line 10): column 'down' is 1.84467e+19, more than 1e+06 times": counter_wrap,
+        "row 6 (line 8): 'time' value '0018-02-17 02:20:00' is outside 1677-09-21 to 2262-04-11": (
+            ancient_year
+        ),
     }
 
 
@@ -141,6 +154,42 @@ def test_each_bad_dataset_has_its_error(tmp_path, frame, expected):
     message = str(info.value)
     assert expected in message
     assert "\n" not in message and str(path) in message
+
+
+@pytest.mark.parametrize("value", [float(2**64 - 1), 1e30, -1e30, 1e18])
+@pytest.mark.parametrize("name", ["data.csv", "data_test.csv", "data.parquet"])
+def test_a_corrupt_cell_is_refused_with_its_line(tmp_path, frame, value, name):
+    """One wrapped counter or 1e30 ruined every family; the error names the cell."""
+    frame.loc[40, "up"] = value
+    path = _write(tmp_path, frame, name)
+    line = "" if name.endswith(".parquet") else " (line 42)"
+    with pytest.raises(DatasetError) as info:
+        load_lte(path, min_rows=50)
+    message = str(info.value)
+    assert message.startswith(f"{path}: row 40{line}: column 'up' is {value:g}, more than 1e+06")
+    assert message.endswith("blank the cell (empty cells are treated as missing)")
+    frame.loc[40, "up"] = np.nan  # blanked: loads, the cell missing
+    assert np.isnan(load_lte(_write(tmp_path, frame, name), min_rows=50).loc[40, "up"])
+
+
+def test_extreme_but_real_columns_are_kept(tmp_path, frame):
+    """The magnitude rule is relative to each column's own bulk: scaled sites, bursts,
+    mostly-zero columns and tiny variances all load."""
+    frame["down"] *= 1e-9  # a very quiet site
+    frame["up"] *= np.where(np.arange(len(frame)) % 50 == 0, 1e4, 1.0)  # 2% bursts
+    frame["rnti_count"] = np.where(np.arange(len(frame)) < 297, 0.0, 1e12)  # 3 non-zeros
+    frame["rb_down_var"] = frame["rb_down_var"].abs() * 1e-30
+    frame.loc[3, "rb_up"] = -frame["rb_up"].abs().max() * 1e5  # large, but within 1e6
+    loaded = load_lte(_write(tmp_path, frame), min_rows=50)
+    np.testing.assert_array_equal(loaded["up"].to_numpy(), frame["up"].to_numpy())
+
+
+def test_years_beyond_nanosecond_timestamps_are_refused_in_parquet(tmp_path, frame):
+    frame["time"] = frame["time"].astype("datetime64[us]")
+    frame.loc[5, "time"] = pd.Timestamp("2918-02-17 02:20:00").as_unit("us")
+    path = _write(tmp_path, frame, "data.parquet")
+    with pytest.raises(DatasetError, match=r"row 5: 'time' value .*2918-02-17.* is outside"):
+        load_lte(path, min_rows=50)
 
 
 def test_gaps_up_to_max_gap_rows_become_empty_rows(tmp_path, frame):

@@ -50,6 +50,22 @@ def test_separate_test_file_is_the_test_set(frame):
         preprocess(test, train, PipelineConfig())
 
 
+@pytest.mark.parametrize("test_step", [60, 240, 600])
+def test_a_test_file_on_another_step_is_refused(frame, test_step):
+    """Lags, calendar and seasonal features only mean what they meant in training on
+    the training file's grid (here 120s)."""
+    test = generate_lte(500, seed=4)
+    test["time"] = frame["time"].iloc[-1] + pd.to_timedelta(np.arange(1, 501) * test_step, "s")
+    with pytest.raises(
+        DatasetError,
+        match=rf"^Cell_test.csv: test file step {test_step}s differs from training file step 120s",
+    ):
+        preprocess(frame, test, PipelineConfig(), sources={"test": "Cell_test.csv"})
+    # Jitter within the spacing tolerance is the same step.
+    test["time"] = frame["time"].iloc[-1] + pd.to_timedelta(np.arange(1, 501) * 125, "s")
+    assert preprocess(frame, test, PipelineConfig()).rows("test").size == 500
+
+
 def test_scaler_and_caps_fitted_on_training_rows_only(frame):
     data = preprocess(frame, None, PipelineConfig())
     tampered = frame.copy()

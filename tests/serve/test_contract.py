@@ -92,6 +92,52 @@ def test_forecast_times_past_2262_are_refused_not_wrapped(
     assert response.text.count("2262-04-11T23:4") >= 1 and "1677" not in response.text
 
 
+def _shift_years(history: list[dict], year: str) -> list[dict]:
+    rows = copy.deepcopy(history)
+    for row in rows:
+        row["time"] = year + row["time"][4:]
+    return rows
+
+
+@pytest.mark.parametrize("route", ["/v1/forecast", "/v1/forecast/batch"])
+@pytest.mark.parametrize("year", ["9999", "2263", "1677", "0018"])
+def test_times_beyond_datetime64_ns_are_refused_not_wrapped(
+    server, synthetic_history, route, year
+) -> None:
+    """numpy wraps such a time silently (year 9999 became 1815), on the grid. The
+    history is in February: of 1677 only times from September on are held."""
+    history = _shift_years(synthetic_history, year)
+    body: dict = {"history": history}
+    field = "history[0].time"
+    if route.endswith("batch"):
+        body = {"series": [{"id": "a", "history": synthetic_history}, {"id": "b", **body}]}
+        field = "series[1].history[0].time"
+    with server.client() as client:
+        response = client.post(route, json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["field"] == field and "outside the times" in error["detail"], error
+    assert "1677-09-21" in error["detail"] and "2262-04-11" in error["detail"]
+
+
+@pytest.mark.parametrize("route", ["/v1/forecast", "/v1/forecast/batch"])
+@pytest.mark.parametrize("stamp", ["1517874000", "2018", "now", "+12018-02-05T00:00:00"])
+def test_times_that_are_not_iso_8601_are_refused(server, synthetic_history, route, stamp) -> None:
+    """numpy reads bare digits as a year: epoch seconds were reported as a duplicate time."""
+    history = _mutate_row(synthetic_history, 3, time=stamp)
+    body: dict = {"history": history}
+    field = "history[3].time"
+    if route.endswith("batch"):
+        body = {"series": [{"id": 7, **body}]}
+        field = "series[0].history[3].time"
+    with server.client() as client:
+        response = client.post(route, json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["field"] == field, error
+    assert error["detail"].startswith(f"cannot parse {stamp!r} as an ISO-8601 timestamp")
+
+
 def test_older_rows_are_ignored(server, model_info, synthetic_history) -> None:
     rows = model_info["history_rows"]
     with server.client() as client:
@@ -274,6 +320,23 @@ def test_batch_errors_name_the_series(server, synthetic_history) -> None:
         dup = client.post("/v1/forecast/batch", json={"series": duplicate}).json()
     assert bad["field"] == "series[1].history[2].up"
     assert dup["field"] == "series[1].id"
+
+
+@pytest.mark.parametrize("sid", [2**64, 10**30, -(2**63) - 1])
+def test_batch_integer_ids_beyond_64_bits_are_422(server, synthetic_history, sid) -> None:
+    """orjson cannot write them back (the response raised a 500)."""
+    edges = [{"id": -(2**63), "history": synthetic_history}]
+    edges.append({"id": 2**64 - 1, "history": synthetic_history})
+    with server.client() as client:
+        response = client.post(
+            "/v1/forecast/batch", json={"series": [*edges, {"id": sid, "history": []}]}
+        )
+        ok = client.post("/v1/forecast/batch", json={"series": edges})
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["field"] == "series[2].id" and "64-bit range" in error["detail"], error
+    assert ok.status_code == 200, ok.text
+    assert [r["id"] for r in ok.json()["results"]] == [-(2**63), 2**64 - 1]
 
 
 def test_batch_over_limit(server, synthetic_history) -> None:

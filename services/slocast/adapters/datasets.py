@@ -17,6 +17,13 @@ from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 ISO_EXAMPLE = "2018-02-05 23:40:00 or 2018-02-05T23:40:00+01:00"
+# A value this many times a column's 99th percentile of non-zero magnitudes is a
+# corrupt cell (a wrapped 64-bit counter, 1e30), not traffic: one such cell wrecks
+# every family's scaling and scores. Real columns stay within a few times theirs,
+# and a scaled site (a whole column x0.001) moves its percentile with it.
+OUTLIER_FACTOR = 1e6
+OUTLIER_QUANTILE = 0.99
+CSV_SUFFIXES = (".csv", ".txt", ".gz")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -30,7 +37,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(p)
-        if suffix in (".csv", ".txt", ".gz"):
+        if suffix in CSV_SUFFIXES:
             return pd.read_csv(p)
     except (ValueError, OSError) as exc:
         raise DatasetError(f"{p}: cannot be read as {suffix[1:]}: {exc}") from None
@@ -92,7 +99,7 @@ def _parse_times(column: pd.Series, source: str) -> pd.Series:
         parsed = column
         if parsed.dt.tz is not None:
             parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-        return parsed.astype("datetime64[ns]")
+        return _to_ns(parsed, column, source)
     if pd.api.types.is_numeric_dtype(column):
         # Seconds, milliseconds or nanoseconds since 1970 cannot be told apart.
         raise DatasetError(
@@ -110,7 +117,21 @@ def _parse_times(column: pd.Series, source: str) -> pd.Series:
             f"{source}: row {row}: cannot parse {TIME_COLUMN!r} value {column.iloc[row]!r}; "
             f"timestamps must be ISO 8601, e.g. {ISO_EXAMPLE}"
         )
-    return parsed.dt.tz_localize(None).astype("datetime64[ns]")
+    return _to_ns(parsed.dt.tz_localize(None), column, source)
+
+
+def _to_ns(parsed: pd.Series, column: pd.Series, source: str) -> pd.Series:
+    """``datetime64[ns]``, what the pipeline computes in; pandas parses a wider range
+    (microseconds) and refuses the cast with a traceback, so name the row instead."""
+    outside = ((parsed < pd.Timestamp.min) | (parsed > pd.Timestamp.max)).to_numpy()
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        raise DatasetError(
+            f"{source}: {_row(source, row)}: {TIME_COLUMN!r} value {column.iloc[row]!r} is "
+            f"outside {pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d}, the range of "
+            "the nanosecond timestamps slocast computes in; fix its year"
+        )
+    return parsed.astype("datetime64[ns]")
 
 
 def _numeric_column(column: pd.Series, name: str, source: str) -> pd.Series:
@@ -137,7 +158,34 @@ def _numeric_column(column: pd.Series, name: str, source: str) -> pd.Series:
         )
     if values.isna().all():
         raise DatasetError(f"{source}: column {name!r} has no values (all empty)")
+    _check_magnitudes(values.to_numpy(), name, source)
     return values
+
+
+def _check_magnitudes(values: np.ndarray, name: str, source: str) -> None:
+    """Refuse a cell more than ``OUTLIER_FACTOR`` times the column's bulk (see there)."""
+    magnitude = np.abs(values)
+    nonzero = magnitude[magnitude > 0]  # NaN compares False: empty cells drop out
+    if nonzero.size == 0:
+        return
+    typical = float(np.quantile(nonzero, OUTLIER_QUANTILE))
+    beyond = magnitude > OUTLIER_FACTOR * typical
+    if beyond.any():
+        row = int(np.flatnonzero(beyond)[0])
+        raise DatasetError(
+            f"{source}: {_row(source, row)}: column {name!r} is {values[row]:g}, more than "
+            f"{OUTLIER_FACTOR:g} times the column's {OUTLIER_QUANTILE * 100:.0f}th percentile of "
+            f"non-zero magnitudes ({typical:g}): a corrupt cell (e.g. a wrapped counter)? "
+            "Fix it, or blank the cell (empty cells are treated as missing)"
+        )
+
+
+def _row(source: str, row: int) -> str:
+    """A data row as the other messages count it (from 0) and, in a CSV file, its line
+    (from 1, the header is line 1; off if the file has blank lines, which are skipped)."""
+    if Path(source).suffix.lower() in CSV_SUFFIXES:
+        return f"row {row} (line {row + 2})"
+    return f"row {row}"
 
 
 def _check_grid(

@@ -61,6 +61,8 @@ def preprocess(
     sources: dict | None = None,
 ) -> ProcessedDataset:
     """Split, fit the feature spec on training rows, and label every row."""
+    if test is not None:
+        _check_same_step(train, test, config, (sources or {}).get("test"))
     frames = [train] if test is None else [train, test]
     times = np.concatenate([f[TIME_COLUMN].to_numpy().astype("datetime64[ns]") for f in frames])
     if test is not None and len(test) and times[len(train)] <= times[len(train) - 1]:
@@ -94,6 +96,19 @@ def preprocess(
         split=split,
         sources=sources or {},
     )
+
+
+def _check_same_step(
+    train: pd.DataFrame, test: pd.DataFrame, config: PipelineConfig, source: str | None
+) -> None:
+    """Refuse a test file on another time step: the features (lags, calendar, the
+    seasonal period in rows) mean what they meant in training only on the same grid."""
+    train_step, test_step = step_seconds(train[TIME_COLUMN]), step_seconds(test[TIME_COLUMN])
+    if abs(test_step - train_step) > config.spacing_tolerance * train_step:
+        raise DatasetError(
+            f"{source or 'test data'}: test file step {test_step:g}s differs from training "
+            f"file step {train_step:g}s; resample the test file onto the training file's step"
+        )
 
 
 def _check_headline_scorable(raw: np.ndarray, split: np.ndarray, config: PipelineConfig) -> None:

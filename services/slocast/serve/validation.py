@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
-from operator import attrgetter, sub
+from operator import attrgetter, itemgetter, sub
 from typing import NamedTuple
 
 import msgspec
@@ -28,6 +28,16 @@ from slocast.serve.bodies import BATCH, FORECAST
 _CELLS = attrgetter(*FEATURE_COLUMNS)  # a row's cells as a tuple, in column order
 _TIME = attrgetter(TIME_COLUMN)
 _PYTHON_GRID_UP_TO = 64
+_ISO_EXAMPLE = "2018-02-05T23:40:00, 2018-02-05T23:40:00Z or 2018-02-05T23:40:00+01:00"
+# numpy also reads bare digits as a year ("1517874000"), "today" and "now", and wraps a
+# time beyond datetime64[ns] (1677-09-21 to 2262-04-11) silently: 9999 becomes 1815.
+# So every stamp must open with a 4-digit year and "-"; years 1678-2261 are held
+# whole, 1677 and 2262 only in part (checked exactly, per stamp).
+_YEAR = itemgetter(slice(0, 5))
+_EARLIEST_US = np.datetime64(np.datetime64(np.iinfo(np.int64).min + 1, "ns"), "us") + 1
+_LATEST_US = np.datetime64(np.datetime64(np.iinfo(np.int64).max, "ns"), "us")
+# orjson writes integers of the signed or unsigned 64-bit range only.
+_ID_MIN, _ID_MAX = -(2**63), 2**64 - 1
 
 
 class InputError(Exception):
@@ -93,6 +103,13 @@ def parse_batch(body: bytes, rules: RequestRules) -> ParsedRequest:
             status=413,
         )
     ids = [item.id for item in series]
+    for i, sid in enumerate(ids):
+        if type(sid) is int and not _ID_MIN <= sid <= _ID_MAX:
+            raise InputError(
+                f"series[{i}].id",
+                f"integer id {sid} is outside the 64-bit range (-2**63 to 2**64-1); "
+                "send it as a string",
+            )
     if len(set(ids)) != len(ids):
         seen: set = set()
         for i, sid in enumerate(ids):
@@ -157,9 +174,12 @@ def _batch_fast(series: list, rules: RequestRules) -> tuple[np.ndarray, np.ndarr
     if any(len(item.history) != n for item in series):
         return None
     flat = [row for item in series for row in item.history]
+    stamps = list(map(_TIME, flat))
     try:
-        times = np.array(list(map(_TIME, flat)), dtype="datetime64[ns]")
+        times = np.array(stamps, dtype="datetime64[ns]")
     except (ValueError, OverflowError):
+        return None
+    if not _years_held(stamps):
         return None
     # The grid rule per series: every delta within the tolerance of the step (NaT,
     # duplicates and disorder all fall outside it).
@@ -236,15 +256,39 @@ def _times(stamps: list[str], field: str) -> np.ndarray:
         # numpy parses ISO-8601 in C (~0.6 us a stamp); offsets and "Z" convert to UTC.
         times = np.array(stamps, dtype="datetime64[ns]")
     except (ValueError, OverflowError):
+        times = None
+    if times is None or not _years_held(stamps):
         for i, s in enumerate(stamps):
-            try:
-                np.datetime64(s, "ns")
-            except (ValueError, OverflowError):
-                raise InputError(
-                    f"{field}[{i}].{TIME_COLUMN}", f"cannot parse {s!r} as an ISO-8601 timestamp"
-                ) from None
-        raise InputError(f"{field}", "cannot parse the timestamps") from None
+            problem = _stamp_problem(s)
+            if problem is not None:
+                raise InputError(f"{field}[{i}].{TIME_COLUMN}", problem)
+        if times is None:
+            raise InputError(f"{field}", "cannot parse the timestamps")
     return times
+
+
+def _years_held(stamps: list[str]) -> bool:
+    """Every stamp opens with a 4-digit year datetime64[ns] holds whole (few distinct
+    prefixes, so a set is cheaper than a check per stamp)."""
+    return all("1678-" <= p <= "2261-" and p[4:] == "-" for p in set(map(_YEAR, stamps)))
+
+
+def _stamp_problem(stamp: str) -> str | None:
+    """Why one stamp is refused, or None when it is a representable ISO-8601 time."""
+    unparsable = f"cannot parse {stamp!r} as an ISO-8601 timestamp, e.g. {_ISO_EXAMPLE}"
+    if not (stamp[:4].isdigit() and stamp[4:5] == "-"):
+        return unparsable
+    try:
+        # Microseconds hold any 4-digit year, so this one does not wrap.
+        when = np.array([stamp], dtype="datetime64[us]")[0]
+    except (ValueError, OverflowError):
+        return unparsable
+    if not _EARLIEST_US <= when <= _LATEST_US:
+        return (
+            f"{stamp!r} is outside the times slocast represents "
+            f"({_fmt(_EARLIEST_US)} to {_fmt(_LATEST_US)})"
+        )
+    return None
 
 
 def _check_grid(times: np.ndarray, field: str, rules: RequestRules) -> None:
