@@ -209,7 +209,11 @@ ENV_VARS: dict[str, EnvVar] = _vars(
         "false",
         "Monotone mode: more load never lowers a prediction (drops non-monotone candidates).",
     ),
-    EnvVar("SLOCAST_LATENCY_QUEUE_BATCHES", "1000", "In-process sample queue bound (batches)."),
+    EnvVar(
+        "SLOCAST_LATENCY_QUEUE_SAMPLES",
+        "200000",
+        "In-process sample queue bound (samples, at least one full bulk body of 10,000).",
+    ),
     EnvVar("SLOCAST_LATENCY_TOPIC", "latency-samples", "Kafka topic of the sample stream."),
     EnvVar(
         "SLOCAST_LATENCY_MAX_BODY_BYTES",
@@ -299,7 +303,7 @@ _LATENCY_TRAINER = (
     "SLOCAST_LATENCY_MIN_TRAIN_SAMPLES",
     "SLOCAST_LATENCY_WINDOW_PER_REGIME",
     "SLOCAST_LATENCY_MONOTONE",
-    "SLOCAST_LATENCY_QUEUE_BATCHES",
+    "SLOCAST_LATENCY_QUEUE_SAMPLES",
     "SLOCAST_KAFKA_BOOTSTRAP",
     "SLOCAST_LATENCY_TOPIC",
     "SLOCAST_LATENCY_MAX_BODY_BYTES",
@@ -671,7 +675,7 @@ class LatencyTrainingSettings:
     min_train_samples: int
     window_per_regime: int
     monotone: bool
-    queue_batches: int
+    queue_samples: int
     kafka_bootstrap: str | None
     kafka_topic: str
     max_body_bytes: int = LATENCY_MAX_BODY_BYTES
@@ -690,7 +694,9 @@ class LatencyTrainingSettings:
             min_train_samples=e.int("SLOCAST_LATENCY_MIN_TRAIN_SAMPLES", 20),
             window_per_regime=e.int("SLOCAST_LATENCY_WINDOW_PER_REGIME", 100),
             monotone=e.bool("SLOCAST_LATENCY_MONOTONE"),
-            queue_batches=e.int("SLOCAST_LATENCY_QUEUE_BATCHES", 1),
+            # Samples, not requests: 1,000 bulk bodies of 10,000 held 10M samples.
+            # At least one maximal body (latency.schema.MAX_ITEMS), so it always fits.
+            queue_samples=e.int("SLOCAST_LATENCY_QUEUE_SAMPLES", 10_000),
             # The latency trainer streams through Kafka only when told to.
             kafka_bootstrap=e.given("SLOCAST_KAFKA_BOOTSTRAP"),
             kafka_topic=e.str("SLOCAST_LATENCY_TOPIC"),

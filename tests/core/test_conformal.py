@@ -161,3 +161,31 @@ def test_small_bins_fall_back_to_the_pooled_offset():
     np.testing.assert_array_equal(
         calibration.group_offsets[0.9], np.broadcast_to(calibration.offsets[0.9], (5, 1, 2))
     )
+
+
+def test_adaptive_conformal_window_matches_a_sorted_recomputation():
+    # The sorted window is an optimisation: every offset must equal the order
+    # statistic recomputed from the last `window` residuals at the running level.
+    rng = np.random.default_rng(5)
+    aci = AdaptiveConformal(0.9, gamma=0.02, window=50)
+    aci.seed(rng.normal(size=80))
+    seen = list(aci._arrivals)
+    alpha = aci.alpha
+    for batch in (rng.normal(size=7) * 2, np.array([np.nan, np.inf, 0.5]), rng.normal(size=120)):
+        for r in batch[np.isfinite(batch)]:
+            level = min(max(1.0 - alpha, 1e-6), 1.0 - 1e-6)
+            expected = conformal_offset(np.array(seen), level)
+            assert aci.offset == pytest.approx(float(expected))
+            alpha += 0.02 * (0.1 - float(r > expected))
+            seen = (seen + [float(r)])[-50:]
+            aci.update(np.array([r]))
+        assert len(aci) == len(seen)
+    aci2 = AdaptiveConformal(0.9, gamma=0.02, window=50)
+    aci2.seed(rng.normal(size=80))
+    batch = rng.normal(size=300)
+    aci3 = AdaptiveConformal(0.9, gamma=0.02, window=50)
+    aci3.seed(np.array(list(aci2._arrivals)))
+    aci2.update(batch)  # one call with many residuals = one call per residual
+    for r in batch:
+        aci3.update(np.array([r]))
+    assert aci2.offset == aci3.offset and aci2.alpha == pytest.approx(aci3.alpha)

@@ -51,7 +51,8 @@ def separate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "SLOCAST_LATENCY_PREDICTION_PORT": str(predictor_port),
         "SLOCAST_LATENCY_WORKERS": "2",
         "TRAINING_SERVER_URL": training + "/",
-        "SLOCAST_LATENCY_SYNC_INTERVAL_S": "0.2",
+        # Slow polling: a reload must not rely on the poll having run (see below).
+        "SLOCAST_LATENCY_SYNC_INTERVAL_S": "3",
     }
     procs = [
         start_server("latency-trainer", trainer_env, root / "trainer.log"),
@@ -106,6 +107,31 @@ def test_a_predictor_on_its_own_directory_serves_the_trainers_model(
     got = mine.json()["predictions"]
     np.testing.assert_allclose([p["ttft_ms"] for p in got], theirs["ttft"], rtol=1e-6)
     np.testing.assert_allclose([p["tpot_ms"] for p in got], theirs["tpot"], rtol=1e-6)
+
+
+def test_reload_answers_once_every_worker_serves_the_trainers_newest_model(
+    separate: dict, synced: str
+) -> None:
+    """Upstream's client retrains, calls /reload and predicts at once (its TIF stress
+    test): the answer must wait until every worker serves the trainer's new model,
+    though the predictor's own poll (every 3 s here) has not fetched it yet."""
+    records = to_records(generate("long-prompts", 2000, seed=4))
+    r = httpx.post(f"{separate['training']}/add_training_data_bulk", json={"entries": records})
+    assert r.status_code == 202, r.text
+    deadline, newest = time.monotonic() + 90, synced
+    while newest == synced and time.monotonic() < deadline:
+        time.sleep(0.05)
+        newest = httpx.get(f"{separate['training']}/data/status").json()["model_version"]
+    assert newest > synced, "the trainer published no new model"
+    answer = httpx.post(f"{separate['prediction']}/reload", timeout=20).json()
+    # (the trainer may have published once more meanwhile: versions sort by time)
+    target = answer["newest_version"]
+    assert target >= newest and answer["every_worker_serves"] is True, answer
+    served = {}
+    for _ in range(40):  # a new connection per call: both workers answer
+        status = httpx.get(f"{separate['prediction']}/status").json()
+        served[status["worker_pid"]] = status["model_version"]
+    assert len(served) == 2 and min(served.values()) >= target, (target, served)
 
 
 def test_bundle_endpoints(separate: dict, synced: str) -> None:

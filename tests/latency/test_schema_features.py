@@ -182,6 +182,16 @@ def test_whole_floats_accepted_for_integers() -> None:
     assert parse_features([one(input_token_length=100.0)])["input_token_length"][0] == 100
 
 
+def test_error_echoes_a_bounded_input() -> None:
+    for bad, echoed in (("x" * 1_000_000, "x" * 200 + "... (1000000 characters)"), ("xy", "xy")):
+        with pytest.raises(ValidationFailure) as err:
+            parse_features([one(pod_type=bad)], ("requests",))
+        assert err.value.errors[0]["input"] == echoed
+    with pytest.raises(ValidationFailure) as err:
+        parse_features([one(input_token_length=list(range(1000)))], ("requests",))
+    assert err.value.errors[0]["input"] == "<list of 1000 items, 3891 bytes>"
+
+
 def test_samples_require_targets() -> None:
     with pytest.raises(ValidationFailure) as err:
         parse_samples([one(actual_ttft_ms=5.0)], ("entries",))
@@ -198,6 +208,18 @@ def test_sample_ranges_name_the_field_and_the_range(field: str) -> None:
     assert detail["loc"] == ["body", "entries", 1, field]
     assert detail["type"] == "less_than_equal" and detail["input"] == 1e308
     assert detail["msg"] == f"Input should be between 0 and 10000000 ({field})"
+
+
+@pytest.mark.parametrize("field", ["actual_ttft_ms", "actual_tpot_ms"])
+def test_observed_latency_is_zero_or_at_least_a_microsecond(field: str) -> None:
+    sample = one(actual_ttft_ms=100.0, actual_tpot_ms=10.0)
+    parse_samples([sample, {**sample, field: 0.0}, {**sample, field: 1e-3}])
+    for tiny in (5e-324, 1e-300, 9.99e-4):
+        with pytest.raises(ValidationFailure) as err:
+            parse_samples([sample, {**sample, field: tiny}], ("entries",))
+        detail = err.value.errors[0]
+        assert detail["loc"] == ["body", "entries", 1, field] and detail["input"] == tiny
+        assert detail["msg"] == f"Input should be 0 (not observed) or at least 0.001 ms ({field})"
 
 
 def test_every_numeric_field_has_a_finite_documented_range() -> None:
@@ -233,13 +255,14 @@ def test_valid_sample_rows_flags_what_validation_would_refuse() -> None:
     from slocast.latency.schema import valid_sample_rows
 
     sample = one(actual_ttft_ms=100.0, actual_tpot_ms=10.0, pod_type="decode")
-    cols = parse_samples([sample] * 6)
+    cols = parse_samples([sample] * 7)
     cols["actual_ttft_ms"][1] = np.nan
     cols["input_token_length"][2] = 1e308
     cols["num_request_waiting"][3] = 2.5
     cols["pod_type"][4] = 7
     cols["kv_cache_percentage"][5] = -np.inf
-    assert valid_sample_rows(cols).tolist() == [True] + [False] * 5
+    cols["actual_tpot_ms"][6] = 1e-300
+    assert valid_sample_rows(cols).tolist() == [True] + [False] * 6
     with pytest.raises(ValueError):
         valid_sample_rows({k: v for k, v in cols.items() if k != "actual_tpot_ms"})
     with pytest.raises(ValueError):

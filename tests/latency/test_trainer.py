@@ -32,11 +32,11 @@ def make_trainer(tmp_path: Path, **overrides) -> StreamingTrainer:
         min_train_samples=200,
         window_per_regime=5000,
         monotone=False,
-        queue_batches=10,
+        queue_samples=10_000,
         kafka_bootstrap=None,
         kafka_topic="unused",
     )
-    return StreamingTrainer(dataclasses.replace(settings, **overrides), InProcessStream(10))
+    return StreamingTrainer(dataclasses.replace(settings, **overrides), InProcessStream(10_000))
 
 
 def feed(
@@ -248,3 +248,25 @@ def test_cold_trainer_replaces_the_prior_without_waiting_an_interval(tmp_path: P
         assert trainer.state.serving_version == first  # warm: the interval paces retrains
     finally:
         trainer.stop()
+
+
+def test_in_process_stream_is_bounded_in_samples_not_requests() -> None:
+    from slocast.latency.stream import StreamFull
+
+    def batch(n: int) -> dict[str, np.ndarray]:
+        return {"actual_ttft_ms": np.ones(n), "actual_tpot_ms": np.ones(n)}
+
+    stream = InProcessStream(max_samples=1_000)
+    stream.publish(batch(600))
+    with pytest.raises(StreamFull, match="600 samples waiting"):
+        stream.publish(batch(401))  # refused whole: nothing split or dropped
+    stream.publish(batch(400))
+    assert stream.queued_samples == 1_000
+    assert stream.poll(0.1).columns["actual_ttft_ms"].size == 600
+    assert stream.poll(0.1).columns["actual_ttft_ms"].size == 400
+    assert stream.queued_samples == 0 and stream.poll(0.01) is None
+    # A body bigger than the bound still gets into an empty queue (any body the
+    # API accepts can be trained on), and then holds it until consumed.
+    stream.publish(batch(5_000))
+    with pytest.raises(StreamFull):
+        stream.publish(batch(1))

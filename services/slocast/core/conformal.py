@@ -15,7 +15,9 @@ update of the miscoverage level under drift).
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -280,32 +282,54 @@ class AdaptiveConformal:
     (wider bounds), each hit raises it slightly, so long-run coverage tracks the
     target even when the residual distribution shifts. The offset used at time t
     is the ``1 - alpha_t`` order statistic of a bounded window of recent residuals.
+
+    The window is kept sorted beside its arrival order, so each step reads its order
+    statistic by index instead of sorting the window: an update costs O(window) in
+    memory moves per residual, not a sort, and bulk posts of thousands of samples
+    stay cheap next to parsing them.
     """
 
     def __init__(self, q: float, gamma: float = 0.005, window: int = 2000) -> None:
         if not 0.0 < q < 1.0:
             raise ValueError(f"quantile level must be in (0, 1), got {q}")
+        if window < 1:
+            raise ValueError(f"window must hold at least one residual, got {window}")
         self.target_alpha = 1.0 - q
         self.alpha = self.target_alpha
         self.gamma = gamma
         self.window = window
-        self._residuals: list[float] = []
+        self._arrivals: deque[float] = deque()
+        self._sorted: list[float] = []
+
+    def __len__(self) -> int:
+        """Residuals in the window."""
+        return len(self._sorted)
 
     def seed(self, residuals: np.ndarray) -> None:
-        self._residuals = [float(x) for x in np.asarray(residuals, np.float64)[-self.window :]]
+        finite = np.asarray(residuals, np.float64).ravel()
+        finite = finite[np.isfinite(finite)][-self.window :]
+        self._arrivals = deque(float(x) for x in finite)
+        self._sorted = sorted(self._arrivals)
 
     @property
     def offset(self) -> float:
-        if not self._residuals:
+        n = len(self._sorted)
+        if n == 0:
             return 0.0
         level = min(max(1.0 - self.alpha, 1e-6), 1.0 - 1e-6)
-        return _column_offset(np.asarray(self._residuals), level)
+        return self._sorted[rank_for(level, n) - 1]
 
     def update(self, residuals: np.ndarray) -> None:
-        """Feed signed residuals ``y - point`` observed after predicting with ``offset``."""
-        for r in np.asarray(residuals, np.float64).ravel():
+        """Feed signed residuals ``y - point`` observed after predicting with ``offset``.
+
+        Non-finite residuals carry no information about coverage and are skipped.
+        """
+        values = np.asarray(residuals, np.float64).ravel()
+        for r in values[np.isfinite(values)].tolist():
             missed = float(r > self.offset)
             self.alpha += self.gamma * (self.target_alpha - missed)
-            self._residuals.append(float(r))
-        if len(self._residuals) > self.window:
-            del self._residuals[: len(self._residuals) - self.window]
+            self._arrivals.append(r)
+            bisect.insort(self._sorted, r)
+            if len(self._arrivals) > self.window:
+                oldest = self._arrivals.popleft()
+                del self._sorted[bisect.bisect_left(self._sorted, oldest)]

@@ -85,6 +85,18 @@ def _safe(name: object, what: str) -> str:
     return name
 
 
+def published_version(base_url: str, timeout: float = 2.0) -> str | None:
+    """The version the training server publishes now (None: nothing trained yet).
+    Raises :class:`SyncError`."""
+    status, raw, _ = _get(f"{base_url.rstrip('/')}/bundle/current", timeout)
+    if status == 404:
+        return None
+    try:
+        return _safe(json.loads(raw)["version"], "version")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SyncError(f"the published manifest is not a bundle manifest: {exc!r}") from None
+
+
 def sync_once(
     base_url: str, model_dir: Path, *, timeout: float = 10.0, etag: str | None = None
 ) -> tuple[bool, str | None]:

@@ -11,6 +11,7 @@ Each uvicorn worker runs this app with its own :class:`ModelHolder` and watcher.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -32,6 +33,7 @@ from prometheus_client import (
 )
 
 from slocast.hot_routes import HotRoutes
+from slocast.latency.bundle import BundleError, read_pointer
 from slocast.latency.http_common import (
     METRICS_RESPONSES,
     BodyLimit,
@@ -43,7 +45,7 @@ from slocast.latency.http_common import (
     json_response,
     too_large,
 )
-from slocast.latency.model_sync import BundleSync
+from slocast.latency.model_sync import BundleSync, SyncError, published_version
 from slocast.latency.schema import (
     BulkPredictionRequest,
     PredictionRequest,
@@ -56,14 +58,22 @@ from slocast.latency.serving import (
     ModelHolder,
     PointerWatcher,
     ServedModel,
+    forget_serving,
     prior_model,
+    record_serving,
     request_reload,
+    serves_at_least,
+    workers_serving,
 )
 from slocast.settings import LatencyPredictionSettings
 
 log = logging.getLogger(__name__)
 NO_MODEL = {"detail": "no model loaded yet; post training data to the training server"}
 _NO_MODEL = encode_json(NO_MODEL)
+# How long `/reload` waits for every worker to serve the newest model (below the
+# upstream client's 20 s request timeout), and how often it looks.
+RELOAD_WAIT_S = 10.0
+RELOAD_POLL_S = 0.02
 
 
 class Prediction(msgspec.Struct, gc=False):
@@ -180,7 +190,8 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        holder.refresh()
+        if not holder.refresh() and holder.current is not None:
+            record_serving(settings.model_dir, holder.current.version)  # the prior
         watcher.start()
         if sync is not None:
             sync.start()
@@ -188,6 +199,7 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
         watcher.stop()
         if sync is not None:
             sync.stop()
+        forget_serving(settings.model_dir)
 
     app = FastAPI(title="slocast latency prediction server", lifespan=lifespan)
     install_validation_handler(app)
@@ -366,13 +378,46 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
     async def status() -> Response:
         return json_response(status_body())
 
+    def newest_version() -> str | None:
+        """What a reload should bring: the trainer's published version when models
+        are downloaded from it, else the pointer of the model directory."""
+        if settings.sync_url:
+            try:
+                return published_version(settings.sync_url)
+            except SyncError as exc:
+                log.warning("reload: cannot ask the training server (%s)", exc)
+        try:
+            pointer = read_pointer(settings.model_dir)
+        except BundleError:
+            return None
+        return None if pointer is None else pointer.version
+
+    async def every_worker_serves(target: str) -> bool:
+        """Wait (never blocking the event loop) until this worker and every other
+        live worker of this server serve ``target`` or newer; False at the deadline."""
+        deadline = time.monotonic() + RELOAD_WAIT_S
+        while True:
+            mine = holder.current
+            if serves_at_least(None if mine is None else mine.version, target) and all(
+                serves_at_least(v, target) for v in workers_serving(settings.model_dir).values()
+            ):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(RELOAD_POLL_S)
+
     @app.post("/reload", responses=error_responses(401, 413))
     async def reload(request: Request) -> Response:
         """Reload the published model in every worker, off the request path.
 
-        Answers at once with this worker's status and ``reload``: ``scheduled``, or
+        The loads run on each worker's watcher thread, never in a request; requests
+        coalesce into at most two reloads per worker (``reload``: ``scheduled``, or
         ``pending`` when a reload this worker has not started yet was already
-        requested (that one serves this request too)."""
+        requested). The answer waits, up to ``RELOAD_WAIT_S``, until every worker of
+        this server serves the newest published model (with ``TRAINING_SERVER_URL``,
+        the trainer's: downloaded first), as upstream's synchronous reload does, so a
+        client predicting right after it gets that model; ``every_worker_serves``
+        says whether it did in time."""
         denied = admin_denied(request, settings.admin_token)
         if denied is not None:
             return denied
@@ -384,7 +429,16 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
             except OSError as exc:  # e.g. a read-only model volume: this worker only
                 log.warning("cannot write the reload file (%s): reloading this worker", exc)
                 watcher.request_local()
-        return json_response({**status_body(), "reload": "pending" if pending else "scheduled"})
+        target = await asyncio.to_thread(newest_version)
+        served = target is None or await every_worker_serves(target)
+        return json_response(
+            {
+                **status_body(),
+                "reload": "pending" if pending else "scheduled",
+                "newest_version": target,
+                "every_worker_serves": served,
+            }
+        )
 
     @app.get("/healthz")
     async def healthz() -> Response:

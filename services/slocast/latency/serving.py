@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -184,6 +185,7 @@ class ModelHolder:
                 return False
             self.current = model  # atomic swap
             self.loads += 1
+            record_serving(self.model_dir, model.version)
             log.info(
                 "pid %d serving %s (%s) loaded in %.0f ms",
                 os.getpid(),
@@ -206,6 +208,64 @@ class ModelHolder:
     def trained(self) -> bool:
         """A trained model (not the prior) serves."""
         return self.current is not None and not self.current.cold
+
+
+# One file per worker, named host-pid, holding the version it serves: how a
+# `/reload` answered by one worker knows when every worker of its server serves the
+# newest model (upstream clients predict right after `/reload` returns).
+SERVING_DIR = ".serving"
+
+
+def _serving_prefix() -> str:
+    return f"{socket.gethostname()}-"
+
+
+def record_serving(model_dir: Path, version: str) -> bool:
+    """Note the version this worker serves; False where the directory is read-only."""
+    directory = model_dir / SERVING_DIR
+    name = f"{_serving_prefix()}{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{name}.tmp"
+        tmp.write_text(version)
+        os.replace(tmp, directory / name)
+    except OSError:
+        return False
+    return True
+
+
+def forget_serving(model_dir: Path) -> None:
+    (model_dir / SERVING_DIR / f"{_serving_prefix()}{os.getpid()}").unlink(missing_ok=True)
+
+
+def workers_serving(model_dir: Path) -> dict[int, str]:
+    """Versions served by the live workers of this host (a dead worker's file is removed)."""
+    prefix, served = _serving_prefix(), {}
+    try:
+        entries = list((model_dir / SERVING_DIR).iterdir())
+    except OSError:
+        return served
+    for entry in entries:
+        if not entry.name.startswith(prefix) or not entry.name[len(prefix) :].isdigit():
+            continue
+        pid = int(entry.name[len(prefix) :])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            entry.unlink(missing_ok=True)
+            continue
+        except PermissionError:
+            pass  # alive, another user's
+        try:
+            served[pid] = entry.read_text()
+        except OSError:
+            continue
+    return served
+
+
+def serves_at_least(version: str | None, target: str) -> bool:
+    """A trained model at least as new as ``target`` (versions sort by publication time)."""
+    return version is not None and version != PRIOR_VERSION and version >= target
 
 
 def request_reload(model_dir: Path) -> None:

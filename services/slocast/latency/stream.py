@@ -47,25 +47,50 @@ class SampleStream(Protocol):
 
 
 class InProcessStream:
-    """Bounded queue between the HTTP handler and the trainer of one process."""
+    """Queue between the HTTP handler and the trainer of one process, bounded in samples.
 
-    def __init__(self, max_batches: int) -> None:
-        self._queue: queue.Queue[SampleBatch] = queue.Queue(maxsize=max_batches)
+    Bounded by samples, not requests, so memory is bounded whatever the body sizes;
+    a batch is refused whole (never split, never dropped) when it would exceed the
+    bound, except into an empty queue, so any body the API accepts can get through.
+    """
+
+    def __init__(self, max_samples: int) -> None:
+        if max_samples < 1:
+            raise ValueError(f"the sample queue must hold at least one sample, got {max_samples}")
+        self.max_samples = max_samples
+        self._queue: queue.Queue[SampleBatch] = queue.Queue()
+        self._lock = threading.Lock()
+        self._queued = 0
+
+    @property
+    def queued_samples(self) -> int:
+        return self._queued
 
     def publish(self, columns: Columns) -> None:
-        try:
+        size = _batch_size(columns)
+        with self._lock:
+            if self._queued and self._queued + size > self.max_samples:
+                raise StreamFull(
+                    f"training queue is full ({self._queued} samples waiting); retry shortly"
+                )
+            self._queued += size
             self._queue.put_nowait(SampleBatch(time.time(), columns))
-        except queue.Full:
-            raise StreamFull("training queue is full; retry shortly") from None
 
     def poll(self, timeout: float) -> SampleBatch | None:
         try:
-            return self._queue.get(timeout=timeout)
+            batch = self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
+        with self._lock:
+            self._queued -= _batch_size(batch.columns)
+        return batch
 
     def close(self) -> None:
         """Nothing to release: the queue dies with the process."""
+
+
+def _batch_size(columns: Columns) -> int:
+    return len(next(iter(columns.values()))) if columns else 0
 
 
 def encode_batch(columns: Columns, published_at: float) -> bytes:

@@ -259,7 +259,7 @@ class StreamingTrainer:
     def aci_shift(self, target: str) -> float | None:
         """Current ACI shift of ``target``'s offsets (None: not enough residuals)."""
         aci = self._aci[target]
-        return aci.offset if len(aci._residuals) >= ACI_MIN_RESIDUALS else None
+        return aci.offset if len(aci) >= ACI_MIN_RESIDUALS else None
 
     def aci_alpha(self, target: str) -> float:
         """ACI's running miscoverage level for ``target`` (1 - quantile when on target)."""

@@ -65,7 +65,7 @@ TREE_ENDPOINTS = {f"{t}_trees": f"/model/{t}/xgb/json" for t in TARGETS}
 def make_stream(settings: LatencyTrainingSettings) -> SampleStream:
     if settings.kafka_bootstrap:
         return KafkaStream(settings.kafka_bootstrap, settings.kafka_topic)
-    return InProcessStream(settings.queue_batches)
+    return InProcessStream(settings.queue_samples)
 
 
 class _Metrics:
