@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -428,3 +429,33 @@ def test_openapi_refs_resolve_and_errors_are_documented(
     metrics = paths["/metrics"]["get"]["responses"]["200"]["content"]
     assert set(metrics) == {"text/plain"}
     assert httpx.get(f"{servers[server]}/metrics").headers["content-type"].startswith("text/plain")
+
+
+def test_workers_note_what_they_serve_beside_the_models_or_in_the_temp_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`/reload` waits on these notes (one per worker); a read-only model volume, as
+    the manifests mount it, moves them to the temp dir rather than losing them."""
+    models = tmp_path / "models"
+    registry = serving.serving_registry(models)
+    assert registry == models / serving.SERVING_DIR
+    assert serving.record_serving(registry, "20260101T000000-000000001")
+    assert serving.workers_serving(registry) == {os.getpid(): "20260101T000000-000000001"}
+    # a worker that died without cleaning up is forgotten, its note removed
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = registry / f"{socket.gethostname()}-{dead.pid}"
+    stale.write_text("20250101T000000-000000001")
+    assert set(serving.workers_serving(registry)) == {os.getpid()} and not stale.exists()
+    assert serving.serves_at_least("20260101T000000-000000001", "20260101T000000-000000001")
+    assert not serving.serves_at_least(serving.PRIOR_VERSION, "20260101T000000-000000001")
+    serving.forget_serving(registry)
+    assert serving.workers_serving(registry) == {}
+
+    monkeypatch.setattr(serving.os, "access", lambda *_: False)  # a read-only volume
+    monkeypatch.setattr(serving.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    fallback = serving.serving_registry(models)
+    assert fallback.parent == tmp_path / "tmp" and fallback == serving.serving_registry(models)
+    assert serving.record_serving(fallback, "v") and serving.workers_serving(fallback) == {
+        os.getpid(): "v"
+    }

@@ -191,7 +191,7 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         if not holder.refresh() and holder.current is not None:
-            record_serving(settings.model_dir, holder.current.version)  # the prior
+            record_serving(holder.registry, holder.current.version)  # the prior
         watcher.start()
         if sync is not None:
             sync.start()
@@ -199,7 +199,7 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
         watcher.stop()
         if sync is not None:
             sync.stop()
-        forget_serving(settings.model_dir)
+        forget_serving(holder.registry)
 
     app = FastAPI(title="slocast latency prediction server", lifespan=lifespan)
     install_validation_handler(app)
@@ -399,7 +399,7 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
         while True:
             mine = holder.current
             if serves_at_least(None if mine is None else mine.version, target) and all(
-                serves_at_least(v, target) for v in workers_serving(settings.model_dir).values()
+                serves_at_least(v, target) for v in workers_serving(holder.registry).values()
             ):
                 return True
             if time.monotonic() >= deadline:

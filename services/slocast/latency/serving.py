@@ -17,10 +17,13 @@ that arrive before it starts are served by the same reload.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -163,6 +166,7 @@ class ModelHolder:
         self.current: ServedModel | None = prior
         self.load_errors = 0
         self.loads = 0  # bundles loaded (successfully) by this worker
+        self.registry = serving_registry(model_dir)  # see record_serving
         self._lock = threading.Lock()  # serialises loads, never taken by requests
 
     def refresh(self, force: bool = False) -> bool:
@@ -185,7 +189,7 @@ class ModelHolder:
                 return False
             self.current = model  # atomic swap
             self.loads += 1
-            record_serving(self.model_dir, model.version)
+            record_serving(self.registry, model.version)
             log.info(
                 "pid %d serving %s (%s) loaded in %.0f ms",
                 os.getpid(),
@@ -216,33 +220,48 @@ class ModelHolder:
 SERVING_DIR = ".serving"
 
 
+def serving_registry(model_dir: Path) -> Path:
+    """Where the workers sharing ``model_dir`` note their versions: beside the models,
+    or, when the model volume is read-only (as the manifests mount it), in a
+    directory of the temp dir named after it (an emptyDir shared by the pod's workers)."""
+    beside = model_dir / SERVING_DIR
+    try:
+        beside.mkdir(parents=True, exist_ok=True)
+        if os.access(beside, os.W_OK):
+            return beside
+    except OSError:
+        pass
+    digest = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"slocast-serving-{digest}"
+
+
 def _serving_prefix() -> str:
     return f"{socket.gethostname()}-"
 
 
-def record_serving(model_dir: Path, version: str) -> bool:
-    """Note the version this worker serves; False where the directory is read-only."""
-    directory = model_dir / SERVING_DIR
+def record_serving(registry: Path, version: str) -> bool:
+    """Note the version this worker serves; False when nowhere is writable."""
     name = f"{_serving_prefix()}{os.getpid()}"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{name}.tmp"
+        registry.mkdir(parents=True, exist_ok=True)
+        tmp = registry / f".{name}.tmp"
         tmp.write_text(version)
-        os.replace(tmp, directory / name)
+        os.replace(tmp, registry / name)
     except OSError:
         return False
     return True
 
 
-def forget_serving(model_dir: Path) -> None:
-    (model_dir / SERVING_DIR / f"{_serving_prefix()}{os.getpid()}").unlink(missing_ok=True)
+def forget_serving(registry: Path) -> None:
+    with contextlib.suppress(OSError):
+        (registry / f"{_serving_prefix()}{os.getpid()}").unlink(missing_ok=True)
 
 
-def workers_serving(model_dir: Path) -> dict[int, str]:
+def workers_serving(registry: Path) -> dict[int, str]:
     """Versions served by the live workers of this host (a dead worker's file is removed)."""
     prefix, served = _serving_prefix(), {}
     try:
-        entries = list((model_dir / SERVING_DIR).iterdir())
+        entries = list(registry.iterdir())
     except OSError:
         return served
     for entry in entries:
