@@ -122,7 +122,7 @@ def _serves_what_the_hint_says(tmp_path, stdout: str) -> None:
 def test_a_test_file_too_small_to_promote_on_is_refused(tmp_path):
     """One test window promoted a champion; the run now stops before training."""
     from slocast.core.synthetic import generate_lte
-    from slocast.runtime.inprocess import MIN_TEST_WINDOWS
+    from slocast.preprocess.stage import MIN_TEST_WINDOWS
 
     frame = generate_lte(2400, seed=3)
     frame.iloc[:1900].to_csv(tmp_path / "Cell.csv", index=False)
@@ -131,8 +131,8 @@ def test_a_test_file_too_small_to_promote_on_is_refused(tmp_path):
     run = _run(tmp_path, "--data", str(tmp_path / "Cell.csv"), "--test-data", str(test))
     assert run.returncode == 2, run.stderr[-3000:]
     assert run.stderr.strip().splitlines()[-1] == (
-        f"slocast: error: {test}: the test file gives 1 test window(s); `slocast run` needs "
-        f"at least {MIN_TEST_WINDOWS} to score the models and promote a champion: give a "
+        f"slocast: error: {test}: the test file gives 1 test window(s); at least "
+        f"{MIN_TEST_WINDOWS} are needed to score the models and promote a champion: give a "
         f"test file of at least {MIN_TEST_WINDOWS + 10} rows"
     )
 
@@ -141,19 +141,17 @@ def test_minimum_test_windows_boundary():
     from slocast.core.config import PipelineConfig
     from slocast.core.errors import DatasetError
     from slocast.core.synthetic import generate_lte
-    from slocast.preprocess.stage import preprocess
-    from slocast.runtime.inprocess import MIN_TEST_WINDOWS, check_test_windows
+    from slocast.preprocess.stage import MIN_TEST_WINDOWS, preprocess
 
+    # preprocess is shared by `slocast run` and the preprocess service: both refuse.
     frame = generate_lte(2400, seed=3)
     rows = 1900 + MIN_TEST_WINDOWS + 10
-    check_test_windows(preprocess(frame.iloc[:1900], frame.iloc[1900:rows], PipelineConfig()))
-    short = preprocess(frame.iloc[:1900], frame.iloc[1900 : rows - 1], PipelineConfig())
+    preprocess(frame.iloc[:1900], frame.iloc[1900:rows], PipelineConfig())
     with pytest.raises(DatasetError, match=f"gives {MIN_TEST_WINDOWS - 1} test window"):
-        check_test_windows(short)
+        preprocess(frame.iloc[:1900], frame.iloc[1900 : rows - 1], PipelineConfig())
     # Without a test file the held-out last 20% counts the same way.
-    held_out = preprocess(frame.iloc[:500], None, PipelineConfig(), sources={"train": "C.csv"})
     with pytest.raises(DatasetError, match="C.csv: its last 20%, held out as test, gives 90"):
-        check_test_windows(held_out)
+        preprocess(frame.iloc[:500], None, PipelineConfig(), sources={"train": "C.csv"})
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from slocast.adapters.datasets import load_lte
 from slocast.adapters.registry import ModelRegistry, VersionRef
 from slocast.adapters.storage import LocalStore
-from slocast.core.errors import DatasetError, SlocastError
+from slocast.core.errors import SlocastError
 from slocast.core.synthetic import generate_lte
 from slocast.evaluate.stage import EvaluationResult, evaluate_run
 from slocast.models import BASELINES, family_class
@@ -37,12 +37,6 @@ from slocast.train.stage import (
 from slocast.train.tracking import log_trained_model
 
 log = logging.getLogger(__name__)
-
-# Fewest test windows a run scores and promotes on. A headline NRMSE over N windows
-# moves by about 1/sqrt(N) of itself from one sample of traffic to the next, so on a
-# handful of windows one burst picks the champion; 100 keeps that near a tenth, and
-# every file the tests and `make run` use holds several hundred or more.
-MIN_TEST_WINDOWS = 100
 
 
 @dataclass
@@ -87,34 +81,10 @@ def prepare_dataset(settings: RunSettings, store: LocalStore) -> tuple[Processed
     """Preprocess, or reuse the stored result for identical input and config."""
     train, test, sources = load_inputs(settings)
     dataset = preprocess(train, test, settings.config, sources=sources)
-    check_test_windows(dataset)
     if has_dataset(store, dataset.dataset_id):
         return load_dataset(store, dataset.dataset_id), True
     save_dataset(store, dataset)
     return dataset, False
-
-
-def check_test_windows(dataset: ProcessedDataset) -> None:
-    """Refuse a test set too small to score models and promote one (MIN_TEST_WINDOWS)."""
-    windows = int(dataset.ends("test").size)
-    if windows >= MIN_TEST_WINDOWS:
-        return
-    config = dataset.config
-    rows = MIN_TEST_WINDOWS + config.window + config.horizon - 1
-    test = dataset.sources.get("test")
-    if test:
-        where = f"{test}: the test file gives {windows} test window(s)"
-        fix = f"give a test file of at least {rows} rows"
-    else:
-        where = (
-            f"{dataset.sources.get('train')}: its last {config.test_fraction:.0%}, held out "
-            f"as test, gives {windows} test window(s)"
-        )
-        fix = "give more rows or a longer --test-data file"
-    raise DatasetError(
-        f"{where}; `slocast run` needs at least {MIN_TEST_WINDOWS} to score the models and "
-        f"promote a champion: {fix}"
-    )
 
 
 def run_pipeline(settings: RunSettings, *, show_progress: bool = True) -> RunResult:
