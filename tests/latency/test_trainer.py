@@ -261,10 +261,13 @@ def test_in_process_stream_is_bounded_in_samples_not_requests() -> None:
     with pytest.raises(StreamFull, match="600 samples waiting"):
         stream.publish(batch(401))  # refused whole: nothing split or dropped
     stream.publish(batch(400))
-    assert stream.queued_samples == 1_000
+    with pytest.raises(StreamFull, match="1000 samples waiting"):
+        stream.publish(batch(1))  # exactly full
     assert stream.poll(0.1).columns["actual_ttft_ms"].size == 600
     assert stream.poll(0.1).columns["actual_ttft_ms"].size == 400
-    assert stream.queued_samples == 0 and stream.poll(0.01) is None
+    assert stream.poll(0.01) is None
+    stream.publish(batch(1_000))  # consuming freed every sample
+    assert stream.poll(0.1).columns["actual_ttft_ms"].size == 1_000
     # A body bigger than the bound still gets into an empty queue (any body the
     # API accepts can be trained on), and then holds it until consumed.
     stream.publish(batch(5_000))

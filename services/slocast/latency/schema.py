@@ -188,9 +188,11 @@ MAX_ECHO_CHARS = 200
 def _echo(value: Any) -> Any:
     if isinstance(value, str) and len(value) > MAX_ECHO_CHARS:
         return f"{value[:MAX_ECHO_CHARS]}... ({len(value)} characters)"
-    if isinstance(value, list | dict) and len(msgspec.json.encode(value)) > MAX_ECHO_CHARS:
-        kind = "list" if isinstance(value, list) else "object"
-        return f"<{kind} of {len(value)} items, {len(msgspec.json.encode(value))} bytes>"
+    if isinstance(value, list | dict):
+        size = len(msgspec.json.encode(value))
+        if size > MAX_ECHO_CHARS:
+            kind = "list" if isinstance(value, list) else "object"
+            return f"<{kind} of {len(value)} items, {size} bytes>"
     return value
 
 

@@ -62,10 +62,6 @@ class InProcessStream:
         self._lock = threading.Lock()
         self._queued = 0
 
-    @property
-    def queued_samples(self) -> int:
-        return self._queued
-
     def publish(self, columns: Columns) -> None:
         size = _batch_size(columns)
         with self._lock:

@@ -104,11 +104,11 @@ def preprocess(
         split=split,
         sources=sources or {},
     )
-    check_test_windows(dataset)
+    _check_test_windows(dataset)
     return dataset
 
 
-def check_test_windows(dataset: ProcessedDataset) -> None:
+def _check_test_windows(dataset: ProcessedDataset) -> None:
     """Refuse a test set too small to score models and promote one (MIN_TEST_WINDOWS)."""
     windows = int(dataset.ends("test").size)
     if windows >= MIN_TEST_WINDOWS:
