@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from pydantic import ValidationError
 
 from slocast.adapters.registry import check_task, task_from_file
-from slocast.core.errors import ConfigError
+from slocast.core.errors import ConfigError, DatasetError
+from slocast.core.synthetic import generate_lte
 from slocast.devstack import stack
 from slocast.pipeline.events import DatasetReady
 from slocast.pipeline.health import HealthServer, Readiness
@@ -122,6 +125,29 @@ def test_submit_and_promote_refuse_bad_names_before_touching_anything(tmp_path) 
     with pytest.raises(ConfigError, match="not a dataset id"):
         promote_by_hand("abc' OR '1'='1")
     assert not any(tmp_path.iterdir())
+
+
+def test_submit_refuses_what_the_preprocess_service_would_before_uploading(tmp_path) -> None:
+    """The preprocess service sends a dataset it refuses to the DLQ for good; `slocast
+    submit` runs the same checks first, so the user hears it and nothing is uploaded."""
+    home, data = tmp_path / "home", tmp_path / "data"
+    data.mkdir()
+    settings = CommonSettings.from_env(
+        {"SLOCAST_HOME": str(home), "SLOCAST_KAFKA_BOOTSTRAP": "127.0.0.1:9"}
+    )
+    train = generate_lte(1500, seed=1)
+    train.to_csv(data / "Cell.csv", index=False)
+    test = generate_lte(300, seed=2)
+    test["time"] = train["time"].iloc[-1] + pd.to_timedelta(np.arange(1, 301) * 600, "s")
+    test.to_csv(data / "Cell_test.csv", index=False)
+    with pytest.raises(DatasetError, match="Cell_test.csv: test file step 600s differs"):
+        submit_dataset(settings, data / "Cell.csv", data / "Cell_test.csv")
+    short = test.iloc[:50].copy()
+    short["time"] = train["time"].iloc[-1] + pd.to_timedelta(np.arange(1, 51) * 120, "s")
+    short.to_csv(data / "Cell_test.csv", index=False)
+    with pytest.raises(DatasetError, match="gives 40 test window"):
+        submit_dataset(settings, data / "Cell.csv", data / "Cell_test.csv")
+    assert not home.exists() or not any(home.rglob("*.csv"))
 
 
 def test_health_port_binds_where_it_is_told(tmp_path) -> None:

@@ -15,7 +15,7 @@ from slocast.pipeline.claims import upload_file
 from slocast.pipeline.events import DatasetSubmitted
 from slocast.pipeline.kafka.transport import EventProducer, base_config, ensure_topics
 from slocast.pipeline.mlflow_state import DecisionRecord
-from slocast.preprocess.stage import dataset_id, min_rows
+from slocast.preprocess.stage import min_rows, preprocess
 from slocast.settings import CommonSettings
 
 
@@ -36,7 +36,13 @@ def submit_dataset(
     horizon: int = 1,
     max_gap_rows: int = 0,
 ) -> Submission:
-    """Validate locally (fail fast, and learn the dataset id), upload, publish."""
+    """Validate locally (fail fast, and learn the dataset id), upload, publish.
+
+    The preprocess stage runs here in full before anything is uploaded, so every
+    refusal the preprocess service would send to the DLQ (a test file on another
+    step or not after training, too few test windows, a headline column without
+    traffic) is a local error instead of a dataset the service refuses for good.
+    """
     from confluent_kafka.admin import AdminClient
 
     task = check_task(task) if task else task_from_file(data)
@@ -53,7 +59,8 @@ def submit_dataset(
             min_rows=config.window + config.horizon,
             config=config,
         )
-    expected_id = dataset_id(train, test, config)
+    sources = {"train": str(data), "test": str(test_data) if test_data else None}
+    expected_id = preprocess(train, test, config, sources=sources).dataset_id
     store = open_store(settings.store_uri, endpoint_url=settings.s3_endpoint_url)
     train_uri, train_sha = upload_file(store, data)
     test_uri, test_sha = upload_file(store, test_data) if test_data else (None, None)
