@@ -6,11 +6,13 @@ see families.py) keep the suite within a few minutes on two cores.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import urllib.request
 
 import pytest
+from confluent_kafka import Producer
 
 from conftest import FAMILIES, TANSU_BUCKET, ServiceStack, succeeded
 
@@ -182,14 +184,30 @@ def test_malformed_event_goes_to_dlq_and_consumer_continues(stack: ServiceStack)
         stack.topic("dataset-submitted"), b"bad", b'{"event_type": "dataset-submitted"'
     )
     producer.close()
+    # A message larger than our producers may send (librdkafka's 1 MB default) from
+    # another client: it used to be unsendable to the DLQ, and the service retried
+    # that write forever while consuming nothing else.
+    huge = b'{"pad": "' + b"x" * 2_000_000 + b'"}'
+    big = Producer(
+        {"bootstrap.servers": stack.env["SLOCAST_KAFKA_BOOTSTRAP"], "message.max.bytes": 5_000_000}
+    )
+    big.produce(stack.topic("dataset-submitted"), key=b"huge", value=huge)
+    assert big.flush(30) == 0
     dataset_id = stack.submit(seed=6)
     stack.wait_for("dataset-ready", lambda e: e["dataset_id"] == dataset_id)
-    [dead] = stack.read_all("dataset-submitted.dlq", at_least=1)
+    # Different keys, so maybe different partitions: no order between the two.
+    letters = {m.key(): m for m in stack.read_all("dataset-submitted.dlq", at_least=2)}
+    dead, cut = letters[b"bad"], letters[b"huge"]
     headers = dict(dead.headers())
     assert dead.value() == b'{"event_type": "dataset-submitted"'
     assert b"invalid event" in headers["slocast.error"]
     assert headers["slocast.original_topic"] == stack.topic("dataset-submitted").encode()
     assert headers["slocast.attempts"] == b"1"
+    headers = dict(cut.headers())
+    assert b"larger than an event can be" in headers["slocast.error"]
+    assert cut.key() == b"huge" and huge.startswith(cut.value()) and len(cut.value()) < len(huge)
+    assert headers["slocast.truncated_value_bytes"] == str(len(huge)).encode()
+    assert headers["slocast.original_value_sha256"] == hashlib.sha256(huge).hexdigest().encode()
     assert len(stack.read_all("dataset-ready", at_least=2)) == 2
 
 

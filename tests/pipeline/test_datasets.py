@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -228,6 +230,53 @@ def test_max_gap_rows_is_bounded():
     for bad in (-1, MAX_GAP_ROWS + 1):
         with pytest.raises(ConfigError, match="max_gap_rows"):
             PipelineConfig(max_gap_rows=bad)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"window": 10.5}, "window must be a whole number"),
+        ({"window": True}, "window must be a whole number"),
+        ({"window": 10**30}, "window must be in"),
+        ({"horizon": 0}, "horizon must be in"),
+        ({"season_steps": 0}, "season_steps must be in"),
+        ({"val_fraction": "0.2"}, "val_fraction must be a number"),
+        ({"quantiles": []}, "quantiles must be a non-empty list"),
+        ({"quantiles": "0.9"}, "quantiles must be a list of levels"),
+        ({"quantiles": ["0.9"]}, "quantiles must be numbers"),
+        ({"quantiles": [0.9, 0.9]}, "distinct levels"),
+        ({"spacing_tolerance": 2.0}, "spacing_tolerance must be in"),
+        ({"colour": "red"}, "unknown pipeline config keys: ['colour']"),
+    ],
+)
+def test_a_config_from_an_event_is_checked_for_types_and_ranges(change, message):
+    """Configs arrive as JSON in dataset-submitted events: a wrong type is a
+    ConfigError (the event goes to the DLQ at once), not a TypeError later."""
+    from slocast.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        PipelineConfig.from_dict({**PipelineConfig().to_dict(), **change})
+    with pytest.raises(ConfigError, match="a pipeline config is an object"):
+        PipelineConfig.from_dict([1, 2])  # type: ignore[arg-type]
+    assert PipelineConfig.from_dict(PipelineConfig().to_dict()) == PipelineConfig()
+
+
+def test_a_row_cut_short_is_refused_with_its_line(tmp_path, frame):
+    """pandas fills a short row with empty cells, which would pass for missing
+    measurements; a file cut mid-line is refused instead."""
+    path = tmp_path / "cut.csv"
+    frame.to_csv(path, index=False)
+    lines = path.read_text().splitlines()
+    cut = ",".join(lines[150].split(",")[:9])  # the file ends inside line 151
+    path.write_text("\n".join([*lines[:150], cut]) + "\n")
+    with pytest.raises(
+        DatasetError, match="cut.csv: line 151 has 9 fields where the header has 12"
+    ):
+        load_lte(path, min_rows=50)
+    gz = tmp_path / "cut.csv.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.raises(DatasetError, match="has 9 fields"):
+        load_lte(gz, min_rows=50)
 
 
 def test_empty_and_header_only_files(tmp_path, frame):

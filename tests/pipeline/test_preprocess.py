@@ -8,6 +8,7 @@ import pytest
 
 from slocast.adapters.storage import LocalStore
 from slocast.core.config import PipelineConfig
+from slocast.core.digests import sha256_bytes
 from slocast.core.errors import DatasetError
 from slocast.core.features import (
     FeatureSpec,
@@ -143,6 +144,35 @@ def test_store_round_trip(tmp_path, frame):
     np.testing.assert_array_equal(back.raw, data.raw)
     np.testing.assert_array_equal(back.times, data.times)
     np.testing.assert_array_equal(back.split, data.split)
+
+
+def test_a_stored_dataset_is_read_only_under_its_own_hashes(tmp_path, frame):
+    """Trainers and the evaluator read a dataset named by an event: its metadata must
+    match the hash the event claims and name that dataset, its rows the hash the
+    metadata records; a corrupt file is a DatasetError (permanent), not a crash."""
+    store = LocalStore(tmp_path)
+    data = preprocess(frame, None, PipelineConfig())
+    save_dataset(store, data)
+    prefix = f"datasets/{data.dataset_id}"
+    metadata = store.get_bytes(f"{prefix}/metadata.json")
+    assert (
+        load_dataset(store, data.dataset_id, sha256_bytes(metadata)).dataset_id == data.dataset_id
+    )
+    with pytest.raises(DatasetError, match="does not match the SHA-256 the event claims"):
+        load_dataset(store, data.dataset_id, "e" * 64)
+    # A copy under another id is not that dataset.
+    other = "b" * 64
+    store.put_bytes(f"datasets/{other}/metadata.json", metadata)
+    store.put_bytes(f"datasets/{other}/data.parquet", store.get_bytes(f"{prefix}/data.parquet"))
+    with pytest.raises(DatasetError, match=f"its metadata names dataset {data.dataset_id[:12]}"):
+        load_dataset(store, other)
+    rows = store.get_bytes(f"{prefix}/data.parquet")
+    store.put_bytes(f"{prefix}/data.parquet", rows[:-100])
+    with pytest.raises(DatasetError, match="data.parquet does not match its metadata"):
+        load_dataset(store, data.dataset_id)
+    store.put_bytes(f"{prefix}/metadata.json", b"{not json")
+    with pytest.raises(DatasetError, match="unreadable metadata.json"):
+        load_dataset(store, data.dataset_id)
 
 
 @pytest.mark.parametrize("column", ["down", "up"])

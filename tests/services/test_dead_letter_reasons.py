@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from types import SimpleNamespace
 
@@ -17,14 +19,15 @@ from slocast.pipeline.preprocessor import PreprocessHandler
 
 
 class Message:
-    def __init__(self, value: bytes) -> None:
+    def __init__(self, value: bytes, key: bytes = b"k") -> None:
         self._value = value
+        self._key = key
 
     def value(self) -> bytes:
         return self._value
 
     def key(self) -> bytes:
-        return b"k"
+        return self._key
 
     def topic(self) -> str:
         return "ns.dataset-submitted"
@@ -39,13 +42,18 @@ class Message:
 class RecordingProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, bytes]]] = []
+        self.records: list[tuple[bytes | None, bytes | None]] = []
 
     def publish_raw(self, topic, key, value, headers=None) -> None:
         self.sent.append((topic, dict(headers or [])))
+        self.records.append((key, value))
 
 
-def _preprocess_consumer(store: LocalStore, producer: RecordingProducer) -> ServiceConsumer:
-    """The preprocess service's consumer without a broker: one try, then the dead letter."""
+def _preprocess_consumer(
+    store: LocalStore, producer: RecordingProducer, retries: int = 1
+) -> ServiceConsumer:
+    """The preprocess service's consumer without a broker: ``retries`` tries (at most),
+    then the dead letter."""
     return ServiceConsumer(
         bootstrap="unused:9092",
         group="g",
@@ -54,7 +62,7 @@ def _preprocess_consumer(store: LocalStore, producer: RecordingProducer) -> Serv
         producer=producer,
         readiness=Readiness({}),
         service="preprocess",
-        retry=RetryPolicy(1, 0.0),
+        retry=RetryPolicy(retries, 0.0),
     )
 
 
@@ -134,3 +142,76 @@ def test_a_gap_is_refused_or_filled_as_the_event_config_says(tmp_path) -> None:
     dataset = load_dataset(store, event.dataset_id)
     assert dataset.config.max_gap_rows == 2
     assert dataset.summary()["empty_rows"]["train"] == 2 and len(dataset.times) == 600
+
+
+def _submitted(store: LocalStore, tmp_path, **overrides) -> bytes:
+    from slocast.core.synthetic import generate_lte
+
+    local = tmp_path / "cell.csv"
+    generate_lte(600, seed=7).to_csv(local, index=False)
+    uri, digest = upload_file(store, local)
+    event = {
+        "event_type": "dataset-submitted",
+        "schema_version": 1,
+        "task": "cell",
+        "train_uri": uri,
+        "train_sha256": digest,
+        "config": PipelineConfig().to_dict(),
+    }
+    for key, value in overrides.items():
+        if key == "config":
+            event["config"] = {**event["config"], **value}
+        else:
+            event[key] = value(event[key]) if callable(value) else value
+    return json.dumps(event).encode()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"config": {"window": 10.5}}, "window must be a whole number"),
+        ({"config": {"quantiles": []}}, "quantiles must be a non-empty list"),
+        (
+            {"train_uri": lambda uri: uri.rsplit("/", 3)[0] + "/../x/cell.csv"},
+            "does not name an object",
+        ),
+        ({"train_uri": lambda uri: uri.rsplit("/", 3)[0] + "/"}, "does not name an object"),
+        ({"train_uri": lambda uri: uri.rsplit("/", 2)[0]}, "no such object"),  # a directory
+    ],
+)
+def test_bad_configs_and_claims_are_dead_lettered_at_once(tmp_path, overrides, reason) -> None:
+    """Errors that the same message would raise again go to the DLQ on the first try
+    (retrying them only delays the queue and logs tracebacks)."""
+    store = LocalStore(tmp_path / "store")
+    producer = RecordingProducer()
+    message = Message(_submitted(store, tmp_path, **overrides))
+    assert _preprocess_consumer(store, producer, retries=5)._process(message, threading.Event())
+    [(topic, headers)] = producer.sent
+    assert topic == "ns.dataset-submitted.dlq"
+    assert headers["slocast.attempts"] == b"1"
+    assert reason in headers["slocast.error"].decode()
+
+
+def test_an_oversized_message_is_dead_lettered_cut_to_size_with_its_hash(tmp_path) -> None:
+    """A producer refuses a message over its size limit for good: a poison message
+    copied whole to the DLQ would be retried forever and block the topic."""
+    from slocast.pipeline.kafka.transport import DLQ_MAX_KEY_BYTES, DLQ_MAX_VALUE_BYTES
+
+    store = LocalStore(tmp_path / "store")
+    producer = RecordingProducer()
+    value, key = b"{" + b" " * 3_000_000 + b"}", b"k" * 10_000
+    assert _preprocess_consumer(store, producer, retries=5)._process(
+        Message(value, key), threading.Event()
+    )
+    [(topic, headers)] = producer.sent
+    [(dead_key, dead_value)] = producer.records
+    assert "larger than an event can be" in headers["slocast.error"].decode()
+    assert dead_value == value[:DLQ_MAX_VALUE_BYTES] and dead_key == key[:DLQ_MAX_KEY_BYTES]
+    assert headers["slocast.truncated_value_bytes"] == b"3000002"
+    assert headers["slocast.original_value_sha256"] == hashlib.sha256(value).hexdigest().encode()
+    assert headers["slocast.truncated_key_bytes"] == b"10000"
+    # An event-sized message is copied whole, with no truncation headers.
+    producer = RecordingProducer()
+    _preprocess_consumer(store, producer)._process(Message(b"[1, 2]"), threading.Event())
+    assert producer.records == [(b"k", b"[1, 2]")]
+    assert not any(name.startswith("slocast.truncated") for name in producer.sent[0][1])

@@ -6,6 +6,8 @@ file, the column or row, and what to fix; the CLI turns it into exit code 2.
 
 from __future__ import annotations
 
+import csv
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +40,32 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(p)
         if suffix in CSV_SUFFIXES:
-            return pd.read_csv(p)
+            frame = pd.read_csv(p)
+            _check_row_lengths(p)
+            return frame
+    except DatasetError:
+        raise
     except (ValueError, OSError) as exc:
         raise DatasetError(f"{p}: cannot be read as {suffix[1:]}: {exc}") from None
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{p}: file is empty") from None
     raise DatasetError(f"{p}: unsupported file type {suffix!r}; use .csv or .parquet")
+
+
+def _check_row_lengths(path: Path) -> None:
+    """Refuse a row with fewer fields than the header: pandas fills it with empty
+    cells, which would pass for missing measurements (a file cut mid-line, a
+    line broken in two)."""
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as handle:
+        rows = csv.reader(handle)
+        header = next(rows, [])
+        for row in rows:
+            if row and len(row) < len(header):
+                raise DatasetError(
+                    f"{path}: line {rows.line_num} has {len(row)} fields where the header has "
+                    f"{len(header)}; the file is cut short or a line is broken"
+                )
 
 
 def load_lte(

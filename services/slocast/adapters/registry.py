@@ -79,14 +79,24 @@ class ModelRegistry:
         self._mlflow = mlflow
         mlflow.set_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self._experiment_id(artifact_location)
+
+    def _experiment_id(self, artifact_location: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
         experiment = self.client.get_experiment_by_name(EXPERIMENT)
-        if experiment is None:
-            experiment_id = self.client.create_experiment(
-                EXPERIMENT, artifact_location=artifact_location
-            )
-        else:
-            experiment_id = experiment.experiment_id
-        self.experiment_id = experiment_id
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(EXPERIMENT, artifact_location=artifact_location)
+        except MlflowException as exc:
+            # Services starting together race to create it: the loser uses the winner's.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = self.client.get_experiment_by_name(EXPERIMENT)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
     # --- tracking -----------------------------------------------------------------
     def log_model_run(

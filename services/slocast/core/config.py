@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from slocast.core.conformal import DEFAULT_QUANTILES
 from slocast.core.errors import ConfigError
@@ -12,6 +12,11 @@ from slocast.core.errors import ConfigError
 # A bound on input rows made up by carrying values forward: a longer outage
 # splits the series (train on one part) rather than bridging it.
 MAX_GAP_ROWS = 720
+# Bounds that keep a config from an event or the command line from asking for
+# absurd work (a window of 1e9 rows) before any data is read.
+MAX_WINDOW = 1000
+MAX_HORIZON = 100
+MAX_SEASON_STEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -56,10 +61,37 @@ class PipelineConfig:
     recurrent_seeds: int = 2
 
     def __post_init__(self) -> None:
-        if self.window < 1:
-            raise ConfigError(f"window must be >= 1, got {self.window}")
-        if self.horizon < 1:
-            raise ConfigError(f"horizon must be >= 1, got {self.horizon}")
+        # Configs also arrive as event JSON (`from_dict`): check types before ranges,
+        # so a 10.5-row window or a string level is a ConfigError, not a TypeError
+        # deep inside preprocessing.
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        if not isinstance(self.quantiles, tuple) or not self.quantiles:
+            raise ConfigError(
+                f"quantiles must be a non-empty list of levels, got {self.quantiles!r}"
+            )
+        if any(isinstance(q, bool) or not isinstance(q, int | float) for q in self.quantiles):
+            raise ConfigError(f"quantiles must be numbers, got {list(self.quantiles)!r}")
+        if len(set(self.quantiles)) != len(self.quantiles) or len(self.quantiles) > 16:
+            raise ConfigError(f"quantiles must be at most 16 distinct levels, got {self.quantiles}")
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise ConfigError(f"window must be in [1, {MAX_WINDOW}], got {self.window}")
+        if not 1 <= self.horizon <= MAX_HORIZON:
+            raise ConfigError(f"horizon must be in [1, {MAX_HORIZON}], got {self.horizon}")
+        if not 1 <= self.season_steps <= MAX_SEASON_STEPS:
+            raise ConfigError(
+                f"season_steps must be in [1, {MAX_SEASON_STEPS}], got {self.season_steps}"
+            )
+        if not 0.0 <= self.spacing_tolerance <= 0.5:
+            raise ConfigError(
+                f"spacing_tolerance must be in [0, 0.5], got {self.spacing_tolerance}"
+            )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 0.9:
@@ -86,11 +118,30 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PipelineConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a pipeline config is an object, got {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown pipeline config keys: {unknown}")
         data = dict(data)
-        data["quantiles"] = tuple(data.get("quantiles", DEFAULT_QUANTILES))
+        levels = data.get("quantiles", DEFAULT_QUANTILES)
+        if not isinstance(levels, list | tuple):
+            raise ConfigError(f"quantiles must be a list of levels, got {levels!r}")
+        data["quantiles"] = tuple(levels)
         return cls(**data)
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON of this configuration."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_INT_FIELDS = (
+    "window",
+    "horizon",
+    "max_gap_rows",
+    "season_steps",
+    "calibration_blocks",
+    "recurrent_seeds",
+)
+_FLOAT_FIELDS = ("val_fraction", "test_fraction", "cap_quantile", "spacing_tolerance")

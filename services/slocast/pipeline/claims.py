@@ -14,7 +14,13 @@ def key_for_uri(store: ArtifactStore, uri: str) -> str:
     root = store.uri("").rstrip("/")
     if not uri.startswith(root + "/"):
         raise PermanentError(f"claim check {uri!r} is not in the configured store {root}")
-    return uri[len(root) + 1 :]
+    key = uri[len(root) + 1 :]
+    # Keys the pipeline writes are plain relative paths; anything else is not a claim
+    # (a local store would resolve `..`, an S3 store would take it literally).
+    parts = key.split("/")
+    if not key or any(part in ("", ".", "..") for part in parts) or "\\" in key:
+        raise PermanentError(f"claim check {uri!r} does not name an object (key {key!r})")
+    return key
 
 
 def fetch_verified(store: ArtifactStore, uri: str, sha256: str) -> bytes:
@@ -22,8 +28,8 @@ def fetch_verified(store: ArtifactStore, uri: str, sha256: str) -> bytes:
     key = key_for_uri(store, uri)
     try:
         data = store.get_bytes(key)
-    except KeyError as exc:
-        raise PermanentError(f"claim check {uri!r}: {exc}") from None
+    except (KeyError, IsADirectoryError, NotADirectoryError) as exc:
+        raise PermanentError(f"claim check {uri!r}: no such object ({exc})") from None
     actual = sha256_bytes(data)
     if actual != sha256:
         raise PermanentError(f"claim check {uri!r}: SHA-256 {actual[:12]}.. != {sha256[:12]}..")

@@ -27,7 +27,7 @@ from pathlib import Path
 from confluent_kafka import Message
 
 from slocast.adapters.registry import TAG_DATASET, TAG_TASK, registered_name
-from slocast.core.errors import SlocastError
+from slocast.core.errors import DatasetError, SlocastError
 from slocast.evaluate.stage import assess, promote
 from slocast.models.bundle import load_bundle
 from slocast.pipeline.events import (
@@ -39,7 +39,7 @@ from slocast.pipeline.events import (
     parse_event,
 )
 from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
-from slocast.pipeline.kafka.transport import PermanentError
+from slocast.pipeline.kafka.transport import PermanentError, is_outage
 from slocast.pipeline.mlflow_state import (
     TAG_DECISION_ID,
     TAG_PROMOTED,
@@ -62,6 +62,9 @@ class DurableEvaluator:
         self.ctx = ctx
         self.settings = settings
         self._waiting_logged: dict[tuple[str, str], float] = {}
+        # Datasets whose deadline decision failed with a non-outage error: not
+        # re-scored on every tick (until a restart or a new training event).
+        self._tick_failed: set[tuple[str, str]] = set()
 
     # --- entry points ---------------------------------------------------------------
     def handle(self, msg: Message) -> None:
@@ -71,6 +74,7 @@ class DurableEvaluator:
             raise PermanentError(str(exc)) from exc
         if isinstance(event, TrainingStarted):
             return
+        self._tick_failed.discard((event.task, event.dataset_id))
         self.consider(event.task, event.dataset_id)
 
     def tick(self) -> None:
@@ -83,8 +87,22 @@ class DurableEvaluator:
                 self.finish(record)
         window = max(3 * self.settings.deadline_seconds, 86_400.0)
         for task, dataset_id in state.datasets_with_results(window):
+            if (task, dataset_id) in self._tick_failed:
+                continue
             if has_dataset(store, dataset_id) and state.decision(task, dataset_id) is None:
-                self.consider(task, dataset_id)
+                try:
+                    self.consider(task, dataset_id)
+                except Exception as exc:
+                    if is_outage(exc):
+                        raise
+                    # One dataset that cannot be decided must not hold up the others.
+                    self._tick_failed.add((task, dataset_id))
+                    log.exception(
+                        "cannot decide dataset %s of task %s; skipped until a new "
+                        "training event or a restart (`slocast promote` retries it)",
+                        dataset_id[:12],
+                        task,
+                    )
 
     def replay(self, task: str, dataset_id: str) -> DecisionRecord | None:
         """``slocast promote``: decide now, or re-apply and re-announce an existing decision."""
@@ -124,7 +142,10 @@ class DurableEvaluator:
             return None
         if not has_dataset(self.ctx.store, dataset_id):
             raise PermanentError(f"dataset {dataset_id} is not in the store")
-        dataset = load_dataset(self.ctx.store, dataset_id)
+        try:
+            dataset = load_dataset(self.ctx.store, dataset_id)
+        except DatasetError as exc:
+            raise PermanentError(str(exc)) from exc
         registry = self.ctx.registry
         with tempfile.TemporaryDirectory(prefix="slocast-evaluate-") as scratch:
             models = {

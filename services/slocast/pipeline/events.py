@@ -26,6 +26,9 @@ TRAINING = "training"  # training-started / -succeeded / -failed, keyed by datas
 MODEL_SELECTED = "model-selected"
 LATENCY_SAMPLES = "latency-samples"
 DLQ_SUFFIX = ".dlq"
+# Events are claim checks (URIs, hashes, a config): a few hundred bytes. A larger
+# message is not an event, and is refused before it is parsed.
+MAX_EVENT_BYTES = 64 * 1024
 
 
 class EventError(ValueError):
@@ -146,6 +149,11 @@ def parse_event(data: bytes | None, *expected: type[T]) -> T:
     """Decode and validate ``data``; raise :class:`EventError` if it is not one of ``expected``."""
     if not data:
         raise EventError("empty message")
+    if len(data) > MAX_EVENT_BYTES:
+        raise EventError(
+            f"message of {len(data)} bytes is larger than an event can be ({MAX_EVENT_BYTES} "
+            "bytes): events carry object URIs and hashes, never the data"
+        )
     try:
         event = _ADAPTER.validate_json(data)
     except ValidationError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from confluent_kafka import Message
 
+from slocast.core.errors import DatasetError
 from slocast.models import BASELINES
 from slocast.pipeline.events import (
     DatasetReady,
@@ -28,7 +29,7 @@ from slocast.pipeline.events import (
 from slocast.pipeline.kafka.runner import ServiceContext, configure_logging
 from slocast.pipeline.kafka.transport import PermanentError
 from slocast.pipeline.mlflow_state import STALE_RUN_SECONDS, TAG_KEY, idempotency_key
-from slocast.preprocess.store import has_dataset, load_dataset
+from slocast.preprocess.store import dataset_prefix, has_dataset, load_dataset
 from slocast.settings import TrainerSettings
 from slocast.train.stage import TrainingError, train_family
 from slocast.train.tracking import log_trained_model
@@ -81,10 +82,20 @@ class TrainerHandler:
         # Kafka gave this key's message to us: an older RUNNING run with the same key is
         # a dead trainer's (killed mid-logging), not another live one's.
         self._close_stale(key=key, older_than_s=self.ctx.settings.session_timeout_ms / 1000)
-        if not has_dataset(self.ctx.store, ready.dataset_id):
+        store = self.ctx.store
+        if not has_dataset(store, ready.dataset_id):
             raise PermanentError(f"dataset {ready.dataset_id} is not in the store")
+        where = store.uri(dataset_prefix(ready.dataset_id))
+        if ready.dataset_uri != where:
+            raise PermanentError(
+                f"dataset_uri {ready.dataset_uri!r} is not where dataset "
+                f"{ready.dataset_id[:12]} is stored ({where})"
+            )
+        try:
+            dataset = load_dataset(store, ready.dataset_id, ready.metadata_sha256)
+        except DatasetError as exc:
+            raise PermanentError(str(exc)) from exc
         self._publish(TrainingStarted(**common))
-        dataset = load_dataset(self.ctx.store, ready.dataset_id)
         started = time.perf_counter()
         metrics = self.ctx.metrics
         try:

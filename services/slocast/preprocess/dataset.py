@@ -113,5 +113,7 @@ class ProcessedDataset:
             sources=metadata["summary"]["sources"],
         )
 
-    def metadata_json(self) -> bytes:
-        return json.dumps(self.metadata(), indent=2, sort_keys=True).encode()
+    def metadata_json(self, data_sha256: str) -> bytes:
+        """The metadata file; ``data_sha256``: SHA-256 of the rows' Parquet file."""
+        metadata = {**self.metadata(), "data_sha256": data_sha256}
+        return json.dumps(metadata, indent=2, sort_keys=True).encode()

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import threading
@@ -31,6 +32,13 @@ from slocast.pipeline.metrics import LAG_REFRESH_SECONDS, PipelineMetrics, consu
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
+# The largest key and value copied whole to a dead-letter topic. A producer refuses
+# a message over its `message.max.bytes` (1 MB by default) for good, so a larger
+# poison message copied whole could never be dead-lettered, and its consumer would
+# retry it forever; the copy is cut here and headers say so (the original stays in
+# its topic at the offset the headers name).
+DLQ_MAX_VALUE_BYTES = 512 * 1024
+DLQ_MAX_KEY_BYTES = 4 * 1024
 
 
 class PermanentError(Exception):
@@ -292,11 +300,23 @@ class ServiceConsumer:
             ("slocast.service", self.service.encode()),
             ("slocast.failed_at", f"{time.time():.3f}".encode()),
         ]
+        key, value = msg.key(), msg.value()
+        for name, data, limit in (
+            ("key", key, DLQ_MAX_KEY_BYTES),
+            ("value", value, DLQ_MAX_VALUE_BYTES),
+        ):
+            if data is not None and len(data) > limit:
+                headers += [
+                    (f"slocast.truncated_{name}_bytes", str(len(data)).encode()),
+                    (f"slocast.original_{name}_sha256", hashlib.sha256(data).hexdigest().encode()),
+                ]
+        key = None if key is None else key[:DLQ_MAX_KEY_BYTES]
+        value = None if value is None else value[:DLQ_MAX_VALUE_BYTES]
         dlq = msg.topic() + DLQ_SUFFIX
         delay = self.retry.backoff_s
         while not stop.is_set():
             try:
-                self.producer.publish_raw(dlq, msg.key(), msg.value(), headers)
+                self.producer.publish_raw(dlq, key, value, headers)
                 log.error("sent %s to %s: %s", _where(msg), dlq, exc)
                 self._outcome = "dead_lettered"
                 return True
