@@ -447,6 +447,18 @@ def test_workers_note_what_they_serve_beside_the_models_or_in_the_temp_dir(
     stale = registry / f"{socket.gethostname()}-{dead.pid}"
     stale.write_text("20250101T000000-000000001")
     assert set(serving.workers_serving(registry)) == {os.getpid()} and not stale.exists()
+    # a killed worker's pid reused by a live process (not a worker): its note records
+    # another start time, or none, and is removed too; /reload would otherwise wait on it
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        for note in ("20250101T000000-000000001\n1", "20250101T000000-000000001"):
+            reused = registry / f"{socket.gethostname()}-{other.pid}"
+            reused.write_text(note)
+            assert set(serving.workers_serving(registry)) == {os.getpid()}
+            assert not reused.exists()
+    finally:
+        other.kill()
+        other.wait()
     assert serving.serves_at_least("20260101T000000-000000001", "20260101T000000-000000001")
     assert not serving.serves_at_least(serving.PRIOR_VERSION, "20260101T000000-000000001")
     serving.forget_serving(registry)

@@ -129,6 +129,68 @@ def test_flush_discards_stale_batches(tmp_path: Path) -> None:
     assert trainer.samples_ingested == 0
 
 
+def test_a_flush_landing_inside_ingest_drops_the_batch_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch checked as fresh, then overtaken by a flush before it reached the
+    windows, used to land in them after the flush (in one target's window only when
+    the flush fell between the two adds)."""
+    trainer = make_trainer(tmp_path)
+    real = trainer_module.build_features
+
+    def features_then_flush(columns):
+        out = real(columns)
+        trainer.flush(True, True, True)  # an admin's /flush arrives now
+        return out
+
+    monkeypatch.setattr(trainer_module, "build_features", features_then_flush)
+    feed(trainer, "sharegpt-like", 300, seed=1)
+    assert {t: sum(w.counts().values()) for t, w in trainer.windows.items()} == {
+        "ttft": 0,
+        "tpot": 0,
+    }
+    assert trainer.samples_dropped_by_flush == 300 and trainer.samples_ingested == 0
+
+
+def test_a_flush_while_a_bundle_is_written_discards_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing a bundle takes a while on a slow volume; a flush meanwhile must not be
+    followed by the pointer moving to a model of pre-flush data."""
+    trainer = make_trainer(tmp_path)
+    feed(trainer, "extreme-contention", 3000, seed=1)
+    real = trainer_module.write_bundle
+
+    def write_then_flush(*args, **kwargs):
+        bundle = real(*args, **kwargs)
+        trainer.flush(True, True, True)
+        return bundle
+
+    monkeypatch.setattr(trainer_module, "write_bundle", write_then_flush)
+    trainer.retrain_once()
+    assert read_pointer(trainer.settings.model_dir) is None
+    assert trainer.state.serving_version is None
+    assert not [p for p in (trainer.settings.model_dir / "bundles").iterdir() if p.is_dir()]
+
+
+def test_a_flush_is_remembered_across_a_restart(tmp_path: Path) -> None:
+    """A restarted trainer may be handed the flushed samples again (a Kafka consumer
+    re-reads its topic): they stay dropped, and a published model keeps the flush its
+    data came after."""
+    trainer = make_trainer(tmp_path)
+    before = SampleBatch(time.time() - 1.0, generate("extreme-contention", 3000, seed=1))
+    flushed_at, _ = trainer.flush(True, True, True)
+    restarted = make_trainer(tmp_path)
+    restarted.ingest(before)
+    assert restarted.samples_dropped_by_flush == 3000
+    feed(restarted, "extreme-contention", 3000, seed=2)
+    restarted.retrain_once()
+    assert restarted.state.serving_data_since == flushed_at
+    again = make_trainer(tmp_path)
+    assert again.state.serving_version == restarted.state.serving_version
+    assert again.state.serving_data_since == flushed_at
+
+
 def test_restart_resumes_the_published_model(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path)
     feed(trainer, "extreme-contention", 6000, seed=1)
@@ -273,3 +335,45 @@ def test_in_process_stream_is_bounded_in_samples_not_requests() -> None:
     stream.publish(batch(5_000))
     with pytest.raises(StreamFull):
         stream.publish(batch(1))
+
+
+def test_version_ids_sort_in_publication_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seconds and nanoseconds come from one clock read (two reads straddling a
+    second boundary sorted a later version first), and a clock behind the serving
+    version still gives a later id: predictors and /reload compare versions as text."""
+    from slocast.latency import bundle
+
+    clock = iter([1_700_000_000_999_999_999, 1_700_000_001_000_000_001])
+    monkeypatch.setattr(bundle.time, "time_ns", lambda: next(clock))
+    first, second = bundle.new_version(), bundle.new_version()
+    assert first == "20231114T221320-999999999" and second == "20231114T221321-000000001"
+    assert bundle.version_ns(second) == 1_700_000_001_000_000_001
+    monkeypatch.setattr(bundle.time, "time_ns", lambda: 1_600_000_000_000_000_000)
+    behind = bundle.new_version(after=second)
+    assert behind > second and bundle.version_ns(behind) == bundle.version_ns(second) + 1
+    assert bundle.version_ns("prior") is None
+
+
+def test_publishing_prunes_old_bundles_and_abandoned_writes(tmp_path: Path) -> None:
+    """A writer killed mid-write leaves a dot-directory; it is removed once it is an
+    hour old (a write in flight takes seconds), with bundles beyond the newest few."""
+    import os
+
+    from slocast.latency import bundle
+
+    trainer = make_trainer(tmp_path)
+    feed(trainer, "extreme-contention", 3000, seed=1)
+    trainer.retrain_once()
+    bundles = trainer.settings.model_dir / "bundles"
+    abandoned, writing = bundles / ".20250101T000000-000000001-x", bundles / ".in-flight"
+    for path in (abandoned, writing):
+        path.mkdir()
+    hours_ago = time.time() - 2 * bundle.ABANDONED_WRITE_S
+    os.utime(abandoned, (hours_ago, hours_ago))
+    for seed in range(2, 2 + bundle.KEEP_BUNDLES + 1):
+        trainer.state.serving.clear()  # publish every fit (no comparison)
+        feed(trainer, "extreme-contention", 3000, seed=seed)
+        trainer.retrain_once()
+    kept = sorted(p.name for p in bundles.iterdir() if not p.name.startswith("."))
+    assert len(kept) == bundle.KEEP_BUNDLES and kept[-1] == trainer.state.serving_version
+    assert not abandoned.exists() and writing.exists()

@@ -22,6 +22,8 @@ are XGBoost UBJSON, calibration is JSON.
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import hashlib
 import json
 import logging
@@ -70,16 +72,40 @@ class Pointer:
     manifest_sha256: str
 
 
-def new_version() -> str:
-    """Sortable, unique version id: UTC milliseconds plus random suffix."""
-    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{time.time_ns() % 10**9:09d}"
+_VERSION = re.compile(r"^(\d{8}T\d{6})-(\d{9})$")
+
+
+def version_ns(version: str) -> int | None:
+    """Nanoseconds since the epoch a version id names (None: not a version id)."""
+    match = _VERSION.match(version)
+    if match is None:
+        return None
+    seconds = calendar.timegm(time.strptime(match[1], "%Y%m%dT%H%M%S"))
+    return seconds * 10**9 + int(match[2])
+
+
+def new_version(after: str | None = None) -> str:
+    """Sortable, unique version id: UTC time to the nanosecond, from one clock read.
+
+    Later than ``after`` (the version serving now) even when the clock is not: predictors
+    and `/reload` take "sorts after" to mean "published after"."""
+    ns = time.time_ns()
+    floor = version_ns(after) if after else None
+    if floor is not None and ns <= floor:
+        ns = floor + 1
+    seconds, fraction = divmod(ns, 10**9)
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(seconds))}-{fraction:09d}"
 
 
 def write_bundle(model_dir: Path, models: dict[str, TargetModel], info: dict) -> Path:
     """Write a complete bundle (not yet published); returns its directory."""
     bundles = model_dir / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
-    version = new_version()
+    try:
+        current = read_pointer(model_dir)
+    except BundleError:
+        current = None
+    version = new_version(current.version if current else None)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=bundles))
     try:
         targets = {}
@@ -112,6 +138,11 @@ def publish(model_dir: Path, bundle: Path) -> Pointer:
     return pointer
 
 
+# A bundle being written lives in a dot-directory for seconds; one this old is left
+# by a writer killed mid-write.
+ABANDONED_WRITE_S = 3600.0
+
+
 def _prune(bundles: Path, keep: set[str]) -> None:
     versions = sorted(
         p.name for p in bundles.iterdir() if p.is_dir() and not p.name.startswith(".")
@@ -119,6 +150,11 @@ def _prune(bundles: Path, keep: set[str]) -> None:
     for name in versions[:-KEEP_BUNDLES]:
         if name not in keep:
             shutil.rmtree(bundles / name, ignore_errors=True)
+    cutoff = time.time() - ABANDONED_WRITE_S
+    for path in bundles.iterdir():
+        with contextlib.suppress(OSError):
+            if path.name.startswith(".") and path.is_dir() and path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def read_pointer(model_dir: Path) -> Pointer | None:

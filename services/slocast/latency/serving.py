@@ -239,13 +239,28 @@ def _serving_prefix() -> str:
     return f"{socket.gethostname()}-"
 
 
+def _process_start(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, /proc), None where unknown.
+
+    A pid names a process only together with its start time: after a worker is
+    killed (-9, OOM) its pid can be reused by any later process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after it.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
 def record_serving(registry: Path, version: str) -> bool:
     """Note the version this worker serves; False when nowhere is writable."""
-    name = f"{_serving_prefix()}{os.getpid()}"
+    pid = os.getpid()
+    name = f"{_serving_prefix()}{pid}"
     try:
         registry.mkdir(parents=True, exist_ok=True)
         tmp = registry / f".{name}.tmp"
-        tmp.write_text(version)
+        tmp.write_text(f"{version}\n{_process_start(pid) or ''}")
         os.replace(tmp, registry / name)
     except OSError:
         return False
@@ -258,7 +273,10 @@ def forget_serving(registry: Path) -> None:
 
 
 def workers_serving(registry: Path) -> dict[int, str]:
-    """Versions served by the live workers of this host (a dead worker's file is removed)."""
+    """Versions served by the live workers of this host (a dead worker's file is removed).
+
+    An entry is a dead worker's when its pid is gone, or now names a process that
+    started at another time than the one the worker recorded (a reused pid)."""
     prefix, served = _serving_prefix(), {}
     try:
         entries = list(registry.iterdir())
@@ -269,16 +287,24 @@ def workers_serving(registry: Path) -> dict[int, str]:
             continue
         pid = int(entry.name[len(prefix) :])
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            entry.unlink(missing_ok=True)
-            continue
-        except PermissionError:
-            pass  # alive, another user's
-        try:
-            served[pid] = entry.read_text()
+            version, _, started = entry.read_text().partition("\n")
         except OSError:
             continue
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True  # another user's
+        # Where start times are known, every live worker recorded its own: an entry
+        # without one is not a live worker's either.
+        if alive and (started or _process_start(os.getpid())) and started != _process_start(pid):
+            alive = False
+        if not alive:
+            entry.unlink(missing_ok=True)
+            continue
+        served[pid] = version
     return served
 
 

@@ -26,11 +26,15 @@ model for the others) is written and published.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -40,7 +44,6 @@ from slocast.latency.bundle import (
     MODEL_TYPE,
     PUBLIC_OBJECTIVE,
     BundleError,
-    Pointer,
     publish,
     read_manifest,
     read_pointer,
@@ -114,6 +117,32 @@ class TrainerState:
     )
 
 
+FLUSH_FILE = "FLUSHED_AT"
+
+
+def read_flush_time(model_dir: Path) -> float:
+    """The time of the last full flush recorded in ``model_dir`` (0: none)."""
+    try:
+        return float(json.loads((model_dir / FLUSH_FILE).read_text())["flushed_at"])
+    except FileNotFoundError:
+        return 0.0
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # Unreadable: start without one rather than refuse to train (logged).
+        log.error("ignoring unreadable %s: %s", model_dir / FLUSH_FILE, exc)
+        return 0.0
+
+
+def write_flush_time(model_dir: Path, flushed_at: float) -> None:
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f".{FLUSH_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"flushed_at": flushed_at}))
+        os.replace(tmp, model_dir / FLUSH_FILE)
+    except OSError as exc:
+        # The flush still holds in this process; only a restart would forget it.
+        log.error("cannot record the flush in %s: %s", model_dir / FLUSH_FILE, exc)
+
+
 class StreamingTrainer:
     def __init__(self, settings: LatencyTrainingSettings, stream: SampleStream) -> None:
         self.settings = settings
@@ -137,7 +166,10 @@ class StreamingTrainer:
         # but anything can arrive on a Kafka topic): dropped, never trained on.
         self.samples_dropped_invalid = 0
         self.batches_dropped_invalid = 0
-        self._flushed_at = 0.0
+        # Batches published before the last full flush are dropped. Kept in the model
+        # directory: a restarted trainer may be handed them again (a Kafka consumer
+        # re-reads the topic from its start).
+        self._flushed_at = read_flush_time(settings.model_dir)
         self._aci = {
             t: AdaptiveConformal(settings.quantile, ACI_GAMMA, ACI_WINDOW) for t in TARGETS
         }
@@ -169,8 +201,10 @@ class StreamingTrainer:
             return
         self.state.serving = serving
         self.state.serving_version = pointer.version
-        self._data_epochs = {t: 0.0 for t in TARGETS}  # data from before any flush here
-        self.state.serving_data_since = 0.0
+        # The flush its data came after (bundles written before this was recorded: none).
+        since = float(manifest.get("data_since", 0.0))
+        self._data_epochs = {t: since for t in TARGETS}
+        self.state.serving_data_since = since
         log.info("resumed from published model %s", pointer.version)
 
     def start(self) -> None:
@@ -226,6 +260,14 @@ class StreamingTrainer:
         features = build_features(columns)
         regime_ids = regimes(columns)
         with self._window_lock:
+            # A flush may have run since the check above; it clears the windows under
+            # this lock, so checking again here means a batch is either wholly in
+            # the windows before the flush cleared them or dropped.
+            with self._lock:
+                stale = batch.published_at < self._flushed_at
+            if stale:
+                self.samples_dropped_by_flush += rows
+                return
             self._track_misses(features, columns, regime_ids)
             for target in TARGETS:
                 self.windows[target].add(features, columns[TARGET_COLUMNS[target]], regime_ids)
@@ -258,8 +300,9 @@ class StreamingTrainer:
 
     def aci_shift(self, target: str) -> float | None:
         """Current ACI shift of ``target``'s offsets (None: not enough residuals)."""
-        aci = self._aci[target]
-        return aci.offset if len(aci) >= ACI_MIN_RESIDUALS else None
+        with self._window_lock:  # ingest updates the window under it
+            aci = self._aci[target]
+            return aci.offset if len(aci) >= ACI_MIN_RESIDUALS else None
 
     def aci_alpha(self, target: str) -> float:
         """ACI's running miscoverage level for ``target`` (1 - quantile when on target)."""
@@ -270,12 +313,14 @@ class StreamingTrainer:
     ) -> tuple[float, dict[str, dict[str, int]]]:
         """Drop window contents; returns the flush time and rows dropped per split."""
         splits = (("train",) if training else ()) + (("calibration", "evaluation") if test else ())
-        now = time.time()
-        with self._lock:
+        # The window lock first (as ingest takes them): no batch is half added.
+        with self._window_lock, self._lock:
+            now = time.time()
             if training and test:
                 # Batches published before now are dropped when consumed, and
                 # retrains that started before now are discarded.
                 self._flushed_at = now
+                write_flush_time(self.settings.model_dir, now)
                 self._reset_aci(TARGETS)
             if metrics:
                 self.state.last_evaluations = {}
@@ -306,14 +351,27 @@ class StreamingTrainer:
             and counts["evaluation"] >= MIN_HELD_OUT
         )
 
-    def _publish(self, serving: dict[str, TargetModel], info: dict) -> None:
+    def _publish(self, serving: dict[str, TargetModel], info: dict, flush_epoch: float) -> bool:
         """Write the bundle and point the predictors at it (no compilation: workers
-        build the native engine's tables from the trees at load)."""
+        build the native engine's tables from the trees at load).
+
+        ``flush_epoch``: the flush time the work started under. A flush since then
+        (writing a bundle takes a while on a slow volume) discards the bundle: the
+        pointer moves under the same lock a flush takes, so a model is either
+        published before a flush returns or not at all. False when discarded."""
         model_dir = self.settings.model_dir
         # The bundle is as fresh as its oldest target's data.
         data_epoch = min(self._data_epochs[t] for t in TARGETS)
-        bundle = write_bundle(model_dir, serving, info)
-        self._set_version(publish(model_dir, bundle), data_epoch)
+        bundle = write_bundle(model_dir, serving, {**info, "data_since": data_epoch})
+        with self._lock:
+            if self._flushed_at != flush_epoch:
+                log.info("discarding bundle %s: a flush ran while it was written", bundle.name)
+                shutil.rmtree(bundle, ignore_errors=True)
+                return False
+            pointer = publish(model_dir, bundle)
+            self.state.serving_version = pointer.version
+            self.state.serving_data_since = data_epoch
+        return True
 
     def _reset_aci(self, targets) -> None:
         for target in targets:
@@ -337,11 +395,6 @@ class StreamingTrainer:
             )
         return shifted
 
-    def _set_version(self, pointer: Pointer, data_epoch: float) -> None:
-        with self._lock:
-            self.state.serving_version = pointer.version
-            self.state.serving_data_since = data_epoch
-
     def recalibrate_once(self) -> dict[str, float]:
         """Publish the serving trees with ACI-shifted offsets when coverage drifted."""
         with self._lock:
@@ -361,7 +414,8 @@ class StreamingTrainer:
             "created_at": datetime.now(UTC).isoformat(),
             "aci_shift": shifts,
         }
-        self._publish(self.state.serving, info)
+        if not self._publish(self.state.serving, info, data_epoch):
+            return {}
         self.recalibrations += 1
         log.info("recalibrated by ACI: %s", shifts)
         return shifts
@@ -371,6 +425,8 @@ class StreamingTrainer:
         # Snapshot every due target at once, between two ingested batches, so a
         # batch is never half in one target's fit and missing from the other's.
         with self._window_lock:
+            with self._lock:
+                data_epoch = self._flushed_at  # the flush the snapshots' data came after
             due = [t for t in TARGETS if self._due(t)]
             snapshots = {
                 t: (
@@ -384,8 +440,6 @@ class StreamingTrainer:
             self.recalibrate_once()
             return []
         started = time.perf_counter()
-        with self._lock:
-            data_epoch = self._flushed_at
         q = self.settings.quantile
         evaluations, winners = [], {}
         for target, (train, calib, held) in snapshots.items():
@@ -468,7 +522,7 @@ class StreamingTrainer:
                 "created_at": datetime.now(UTC).isoformat(),
                 "evaluation": {e.target: e.__dict__ for e in evaluations},
             }
-            self._publish(serving, info)
+            self._publish(serving, info, data_epoch)
         elapsed = time.perf_counter() - started
         with self._lock:
             self.retrain_seconds = [*self.retrain_seconds[-99:], elapsed]

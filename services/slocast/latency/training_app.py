@@ -158,9 +158,10 @@ class _Metrics:
                 for split, n in trainer.windows[target].counts().items():
                     window.labels(target, split).set(n)
             state = trainer.state
-            for outcome, n in state.retrains.items():
+            # Copies: the retrain thread updates these while a scrape reads them.
+            for outcome, n in dict(state.retrains).items():
                 retrains.labels(outcome).set(n)
-            for target, e in state.last_evaluations.items():
+            for target, e in dict(state.last_evaluations).items():
                 pinball.labels(target, "candidate").set(e.candidate_pinball)
                 pinball.labels(target, "incumbent").set(e.incumbent_pinball)
                 cover.labels(target).set(e.candidate_coverage)
