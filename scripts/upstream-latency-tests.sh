@@ -5,6 +5,7 @@
 #
 #   scripts/upstream-latency-tests.sh PATH/TO/llm-d-latency-predictor [pytest args...]
 #
+# LOGS=DIR keeps the servers' logs there (they are removed with the temp dir).
 # TOPOLOGY=separate gives the prediction server a model directory of its own and
 # only TRAINING_SERVER_URL, as upstream's deployment does: it then downloads the
 # trainer's models over HTTP (docs/latency.md, "Model hand-off").
@@ -26,6 +27,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [[ -n "${LOGS:-}" ]]; then mkdir -p "$LOGS" && cp "$work"/*.log "$LOGS"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -54,6 +54,8 @@ from slocast.latency.model import (
     TARGET_COLUMNS,
     TARGETS,
     TargetModel,
+    TreeParams,
+    calibrate,
     candidates,
     fit_booster,
     fit_target_model,
@@ -63,7 +65,7 @@ from slocast.latency.model import (
 )
 from slocast.latency.schema import SAMPLE_FIELDS, Columns, valid_sample_rows
 from slocast.latency.stream import SampleBatch, SampleStream
-from slocast.latency.window import TargetWindow
+from slocast.latency.window import Snapshot, TargetWindow
 from slocast.settings import LatencyTrainingSettings
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,17 @@ def write_flush_time(model_dir: Path, flushed_at: float) -> None:
     except OSError as exc:
         # The flush still holds in this process; only a restart would forget it.
         log.error("cannot record the flush in %s: %s", model_dir / FLUSH_FILE, exc)
+
+
+def recalibrated_on(
+    model: TargetModel, params: TreeParams, snapshots: tuple[Snapshot, ...], q: float
+) -> TargetModel:
+    """``model`` with its offsets (``params.calibration``) refitted on the rows of
+    every snapshot together."""
+    x = np.concatenate([snap.features for snap in snapshots])
+    y = np.concatenate([snap.targets for snap in snapshots])
+    g = np.concatenate([snap.regimes for snap in snapshots])
+    return replace(model, calibration=calibrate(model.point(x), y, g, q, params.calibration))
 
 
 class StreamingTrainer:
@@ -500,7 +513,11 @@ class StreamingTrainer:
                 )
             )
             if promoted:
-                winners[target] = candidate
+                # Chosen and compared on the evaluation rows, it is served with offsets
+                # from those rows as well as the calibration rows: neither were trained
+                # on, and the order statistics of ~2.4x the rows vary less (docs/latency.md,
+                # "Offsets of a promoted model").
+                winners[target] = recalibrated_on(candidate, configs[chosen], (calib, held), q)
         serving = {**self.state.serving, **winners}
         with self._lock:
             if self._flushed_at != data_epoch:

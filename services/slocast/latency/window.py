@@ -10,8 +10,9 @@ Samples are split on arrival, deterministically by arrival number, into:
 
 - training rows (fit the trees),
 - calibration rows (fit conformal offsets; never trained on),
-- evaluation rows (compare a candidate with the serving model; never trained or
-  calibrated on, by any model version).
+- evaluation rows (compare a candidate with the serving model; never trained on,
+  by any model version; a promoted candidate's offsets are refitted on them and
+  the calibration rows together, after the comparison).
 
 Because the split is fixed per sample, no model is ever evaluated or calibrated on
 rows it was fitted on, across retrains too.
