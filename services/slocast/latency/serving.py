@@ -282,6 +282,9 @@ def workers_serving(registry: Path) -> dict[int, str]:
         entries = list(registry.iterdir())
     except OSError:
         return served
+    # Where start times are known, every live worker recorded its own: an entry
+    # without one is not a live worker's either.
+    starts_known = _process_start(os.getpid()) is not None
     for entry in entries:
         if not entry.name.startswith(prefix) or not entry.name[len(prefix) :].isdigit():
             continue
@@ -297,9 +300,7 @@ def workers_serving(registry: Path) -> dict[int, str]:
             alive = False
         except PermissionError:
             alive = True  # another user's
-        # Where start times are known, every live worker recorded its own: an entry
-        # without one is not a live worker's either.
-        if alive and (started or _process_start(os.getpid())) and started != _process_start(pid):
+        if alive and (started or starts_known) and started != _process_start(pid):
             alive = False
         if not alive:
             entry.unlink(missing_ok=True)

@@ -54,8 +54,6 @@ from slocast.latency.model import (
     TARGET_COLUMNS,
     TARGETS,
     TargetModel,
-    TreeParams,
-    calibrate,
     candidates,
     fit_booster,
     fit_target_model,
@@ -145,15 +143,13 @@ def write_flush_time(model_dir: Path, flushed_at: float) -> None:
         log.error("cannot record the flush in %s: %s", model_dir / FLUSH_FILE, exc)
 
 
-def recalibrated_on(
-    model: TargetModel, params: TreeParams, snapshots: tuple[Snapshot, ...], q: float
-) -> TargetModel:
-    """``model`` with its offsets (``params.calibration``) refitted on the rows of
-    every snapshot together."""
-    x = np.concatenate([snap.features for snap in snapshots])
-    y = np.concatenate([snap.targets for snap in snapshots])
-    g = np.concatenate([snap.regimes for snap in snapshots])
-    return replace(model, calibration=calibrate(model.point(x), y, g, q, params.calibration))
+def joined(*snapshots: Snapshot) -> Snapshot:
+    """The rows of every snapshot as one."""
+    return Snapshot(
+        np.concatenate([snap.features for snap in snapshots]),
+        np.concatenate([snap.targets for snap in snapshots]),
+        np.concatenate([snap.regimes for snap in snapshots]),
+    )
 
 
 class StreamingTrainer:
@@ -517,7 +513,19 @@ class StreamingTrainer:
                 # from those rows as well as the calibration rows: neither were trained
                 # on, and the order statistics of ~2.4x the rows vary less (docs/latency.md,
                 # "Offsets of a promoted model").
-                winners[target] = recalibrated_on(candidate, configs[chosen], (calib, held), q)
+                held_out = joined(calib, held)
+                winners[target] = fit_target_model(
+                    target,
+                    train.features,
+                    train.targets,
+                    held_out.features,
+                    held_out.targets,
+                    held_out.regimes,
+                    q,
+                    configs[chosen],
+                    seed=seed,
+                    booster=candidate.booster,
+                )
         serving = {**self.state.serving, **winners}
         with self._lock:
             if self._flushed_at != data_epoch:
