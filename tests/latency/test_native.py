@@ -39,6 +39,14 @@ from slocast.settings import LATENCY_ENGINES
 INFO = {"model_type": "xgboost", "objective_type": "t", "quantile": 0.9}
 
 
+# TTFT with additive offsets (one fixed scale), TPOT with relative ones: the served
+# path must reproduce both normalisations.
+SERVED_PARAMS = {
+    "ttft": replace(TARGET_PARAMS["ttft"], normalise="additive"),
+    "tpot": TARGET_PARAMS["tpot"],
+}
+
+
 def fitted_models(n: int = 6000) -> dict[str, TargetModel]:
     cols = generate("extreme-contention", n, seed=0)
     x, regime_ids = build_features(cols), regimes(cols)
@@ -49,7 +57,7 @@ def fitted_models(n: int = 6000) -> dict[str, TargetModel]:
         cut = int(0.8 * rows.shape[0])
         fit, cal = rows[:cut], rows[cut:]
         models[target] = fit_target_model(
-            target, x[fit], y[fit], x[cal], y[cal], regime_ids[cal], 0.9, TARGET_PARAMS[target], 0
+            target, x[fit], y[fit], x[cal], y[cal], regime_ids[cal], 0.9, SERVED_PARAMS[target], 0
         )
     return models
 
@@ -70,6 +78,8 @@ def test_served_bounds_equal_the_offline_models(published, engine: str) -> None:
     fresh = generate("extreme-contention", 3000, seed=8)
     x, regime_ids = build_features(fresh), regimes(fresh)
     bounds = model.predict(fresh)
+    assert model.targets["ttft"].calibration.fixed_scale is not None
+    assert model.targets["tpot"].calibration.fixed_scale is None
     for target in TARGETS:
         offline = models[target].predict(x, regime_ids)
         np.testing.assert_allclose(bounds[target], offline, rtol=1e-6)

@@ -5,12 +5,14 @@ conformal-inflated; the streaming trainer promotes by the same rule."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from slocast.core.conformal import MondrianCalibration
 from slocast.core.metrics import coverage, pinball_loss
 from slocast.latency import model as m
 from slocast.latency.features import NUM_REGIMES, WAITING_EDGES, build_features, regimes
@@ -140,6 +142,35 @@ def test_two_sided_offset_shrinks_an_over_covering_quantile_model() -> None:
     assert calib.pooled < 0 and not calib.per_group
     assert abs(coverage(y, m.upper_bound(point, calib, groups, 0.0)) - 0.9) < 0.01
     assert m.calibrate(point, y, groups, 0.9, "none").pooled == 0.0
+
+
+def test_additive_offsets_cover_fixed_size_noise_at_every_level() -> None:
+    """Noise of one size (N(0, 30 ms)) on points from 550 to 1,050 ms: relative
+    offsets, sized for the average point, under-cover the fast rows and over-cover
+    the slow ones; additive offsets cover both near q, and survive a round trip."""
+    rng = np.random.default_rng(3)
+    point = rng.uniform(550.0, 1050.0, 20_000)
+    y = point + rng.normal(0.0, 30.0, point.shape[0])
+    groups = np.zeros(point.shape[0], np.int64)
+    fit, test = slice(0, 10_000), slice(10_000, None)
+    fast, slow = point[test] < 650.0, point[test] > 950.0
+    covered = {}
+    for normalise in m.NORMALISATIONS:
+        calib = m.calibrate(point[fit], y[fit], groups[fit], 0.9, "mondrian", normalise)
+        upper = m.upper_bound(point[test], calib, groups[test], 0.0)
+        covered[normalise] = (
+            coverage(y[test][fast], upper[fast]),
+            coverage(y[test][slow], upper[slow]),
+        )
+    assert covered["relative"][0] < 0.86 and covered["relative"][1] > 0.94, covered
+    assert all(abs(c - 0.9) < 0.02 for c in covered["additive"]), covered
+    assert calib.fixed_scale == pytest.approx(np.median(point[fit]))
+    again = MondrianCalibration.from_dict(json.loads(json.dumps(calib.to_dict())))
+    np.testing.assert_array_equal(
+        m.upper_bound(point, again, groups, 0.0), m.upper_bound(point, calib, groups, 0.0)
+    )
+    with pytest.raises(ValueError, match="normalisation"):
+        m.calibrate(point, y, groups, 0.9, "mondrian", "log")
 
 
 def test_mondrian_offsets_rare_regimes_never_raise_a_calibrated_one() -> None:
@@ -283,3 +314,35 @@ def test_selected_model_is_never_much_worse_than_the_upstream_config(regime: str
         ours = pinball_loss(y[test], model.predict(x[test], r[test]), 0.9)
         reference = fit_reference(x[train], y[train], 4).inplace_predict(x[test])
         assert ours <= 1.1 * pinball_loss(y[test], reference, 0.9), target
+
+
+def test_trainer_serves_additive_offsets_for_fixed_size_noise(tmp_path: Path) -> None:
+    """A stream whose TTFT noise has one size (N(0, 30 ms), as the upstream client's
+    TIF test posts) on levels from 550 to 1,050 ms: the streaming trainer serves the
+    additive candidate, and its bound covers the fast and the slow rows alike, where
+    relative offsets (candidate 0's) miss one end each way."""
+    from tests.latency.test_trainer import make_trainer
+
+    def law(n: int, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+        cols = sample_features("extreme-contention", n, rng)
+        cols["prefill_tokens_in_flight"] = rng.integers(0, 10_001, n).astype(np.float64)
+        mu = 550.0 + 0.05 * cols["prefill_tokens_in_flight"]
+        return cols, mu + rng.normal(0.0, 30.0, n)
+
+    rng = np.random.default_rng(13)
+    trainer = make_trainer(tmp_path)
+    cols, ttft = law(6000, rng)
+    cols["actual_ttft_ms"] = ttft
+    cols["actual_tpot_ms"] = np.full(6000, 20.0) * rng.gamma(8.0, 1 / 8.0, 6000)
+    trainer.ingest(SampleBatch(time.time(), cols))
+    evaluation = {e.target: e for e in trainer.retrain_once()}["ttft"]
+    assert evaluation.promoted
+    assert m.CANDIDATES["ttft"][evaluation.chosen].normalise == "additive", evaluation
+    served = trainer.state.serving["ttft"]
+    assert served.calibration.fixed_scale is not None
+    fresh, y = law(20_000, rng)
+    x, r = build_features(fresh), regimes(fresh)
+    bound = served.predict(x, r)
+    tif = fresh["prefill_tokens_in_flight"]
+    for rows in (tif <= 2000, tif >= 8000):
+        assert abs(coverage(y[rows], bound[rows]) - 0.9) < 0.03

@@ -223,6 +223,9 @@ class MondrianCalibration:
     q: float
     pooled: float
     per_group: dict[int, float] = field(default_factory=dict)
+    # The residuals' scale when it is one constant for every row (offsets additive
+    # in the point's units, times this); None: a scale per row, passed by the caller.
+    fixed_scale: float | None = None
 
     @classmethod
     def fit(
@@ -260,18 +263,23 @@ class MondrianCalibration:
         return np.asarray(point, np.float64) + offset
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "q": self.q,
             "pooled": self.pooled,
             "per_group": {str(k): v for k, v in self.per_group.items()},
         }
+        if self.fixed_scale is not None:
+            out["fixed_scale"] = self.fixed_scale
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> MondrianCalibration:
+        fixed = data.get("fixed_scale")
         return cls(
             q=float(data["q"]),
             pooled=float(data["pooled"]),
             per_group={int(k): float(v) for k, v in data["per_group"].items()},
+            fixed_scale=None if fixed is None else float(_positive(np.asarray(fixed))),
         )
 
 

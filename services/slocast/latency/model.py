@@ -6,6 +6,7 @@ conformal correction that makes its bound a real P90 on fresh data:
 
     point = max(trees' point, floor)
     upper = point + scale * offset[regime],   scale = max(point, SCALE_FLOOR_MS)
+                                              (or one constant: additive offsets)
 
 ``floor`` is a low quantile of the training targets (:func:`point_floor`): a mean model's
 leaves can push a light row's point below zero (on ShareGPT the TTFT default
@@ -15,7 +16,8 @@ so the bound of a clipped row is its floor plus its offset, as served.
 
 Residuals are normalised by the predicted level because latency noise grows with
 latency (a 5 s TTFT under contention is not off by the same milliseconds as a 50 ms
-one); offsets are fitted per load regime (Mondrian) so coverage holds in each
+one); where it does not (jitter of a fixed size), a candidate normalises them by one
+constant instead, so its offsets are the same milliseconds for every row; offsets are fitted per load regime (Mondrian) so coverage holds in each
 regime, with one shared offset for the regimes too rare to calibrate alone. Offsets
 come from rows the trees never saw (see :mod:`slocast.latency.window` and
 :mod:`slocast.latency.protocol`).
@@ -123,18 +125,24 @@ class TreeParams:
     # the bound as readily as it widens it: for models that already estimate the
     # quantile) or "none" (the trees' output is the bound).
     calibration: str = "mondrian"
+    # Residuals over the row's point ("relative") or over one constant, the median
+    # calibration point ("additive": offsets of the same milliseconds for every row
+    # of a regime, for noise that does not grow with the latency).
+    normalise: str = "relative"
 
     @property
     def label(self) -> str:
         """Short description for /status: objective, trees, constraints, calibration."""
         shape = f"{self.n_estimators}x{self.max_depth}@{self.learning_rate:g}"
+        additive = " additive" if self.normalise == "additive" else ""
         return (
-            f"{self.objective} {shape} {'monotone' if self.monotone else 'free'} {self.calibration}"
+            f"{self.objective} {shape} {'monotone' if self.monotone else 'free'} "
+            f"{self.calibration}{additive}"
         )
 
     def trees(self) -> TreeParams:
         """The same trees without the calibration choice (fits can be shared)."""
-        return replace(self, calibration="mondrian")
+        return replace(self, calibration="mondrian", normalise="relative")
 
     def xgb_params(self, quantile: float, seed: int, monotone: bool) -> dict:
         params = {
@@ -192,7 +200,9 @@ UPSTREAM_SLOW_TPOT = replace(UPSTREAM_PARAMS, learning_rate=0.03, calibration="t
 LOG_UPSTREAM = replace(UPSTREAM_PARAMS, objective="log_quantileerror", calibration="two_sided")
 # TTFT also tries TPOT's small monotone quantile model (100 depth-3 trees on log
 # latency, two-sided offset): on a lightly loaded server TTFT's noise is
-# multiplicative around a stable level, as TPOT's is (docs/latency.md).
+# multiplicative around a stable level, as TPOT's is (docs/latency.md). And its
+# default trees with additive offsets: noise of a fixed size (scheduling jitter)
+# under-covers the fast rows and over-covers the slow ones with relative offsets.
 # Candidates per target, chosen by validation pinball loss on rows the candidate
 # was not fitted on (:func:`fit_selected`, and the trainer's promotion rule).
 CANDIDATES: dict[str, tuple[TreeParams, ...]] = {
@@ -202,6 +212,7 @@ CANDIDATES: dict[str, tuple[TreeParams, ...]] = {
         replace(UPSTREAM_PARAMS, calibration="two_sided"),
         replace(TARGET_PARAMS["tpot"], calibration="two_sided"),
         LOG_UPSTREAM,
+        replace(TARGET_PARAMS["ttft"], normalise="additive"),
     ),
     "tpot": (
         TARGET_PARAMS["tpot"],
@@ -287,8 +298,25 @@ def clip_point(point: np.ndarray, floor: float) -> np.ndarray:
     return np.maximum(np.asarray(point, np.float64), floor)
 
 
-def scale_of(point: np.ndarray) -> np.ndarray:
+def scale_of(point: np.ndarray, fixed_scale: float | None = None) -> np.ndarray:
+    """The residuals' scale per row: the point, or ``fixed_scale`` for every row
+    (a calibration's ``fixed_scale``: additive offsets)."""
+    if fixed_scale is not None:
+        return np.full(np.shape(point), fixed_scale, dtype=np.float64)
     return np.maximum(np.asarray(point, np.float64), SCALE_FLOOR_MS)
+
+
+NORMALISATIONS = ("relative", "additive")
+
+
+def fixed_scale_for(point: np.ndarray, normalise: str) -> float | None:
+    """The constant scale of an "additive" calibration: the median calibration point,
+    so its offsets read as shares of a typical point, like relative ones."""
+    if normalise not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalise!r}")
+    if normalise == "relative":
+        return None
+    return max(float(np.median(point)), SCALE_FLOOR_MS)
 
 
 def calibrate(
@@ -297,11 +325,13 @@ def calibrate(
     regime_ids: np.ndarray,
     quantile: float,
     mode: str = "mondrian",
+    normalise: str = "relative",
 ) -> MondrianCalibration:
     """Offsets on normalised signed residuals ``(y - point) / scale``.
 
     ``point``: the points as served, already clipped at their model's floor
-    (:func:`clip_point`), so the offsets are those of the served bound.
+    (:func:`clip_point`), so the offsets are those of the served bound. ``scale``:
+    the point, or with ``normalise="additive"`` one constant (:func:`fixed_scale_for`).
 
     "mondrian": per regime, then made non-decreasing in queue depth (per KV
     bucket): a deeper queue must never get a smaller relative margin, or the bound
@@ -311,6 +341,8 @@ def calibrate(
     is moved toward the level from either side, never only widened. "none": no
     offset.
     """
+    fixed = fixed_scale_for(point, normalise)
+    scale = scale_of(point, fixed)
     if mode == "none":
         return MondrianCalibration(q=quantile, pooled=0.0, per_group={})
     if mode == "two_sided":
@@ -318,17 +350,17 @@ def calibrate(
             np.asarray(y, np.float64) - point,
             np.zeros(len(point), np.int64),
             quantile,
-            scale=scale_of(point),
+            scale=scale,
             min_group_size=len(point) + 1,
         ).pooled
-        return MondrianCalibration(q=quantile, pooled=pooled, per_group={})
+        return MondrianCalibration(q=quantile, pooled=pooled, per_group={}, fixed_scale=fixed)
     if mode != "mondrian":
         raise ValueError(f"unknown calibration {mode!r}")
     fitted = MondrianCalibration.fit(
         np.asarray(y, np.float64) - point,
         regime_ids,
         quantile,
-        scale=scale_of(point),
+        scale=scale,
         min_group_size=MIN_REGIME_CALIBRATION,
     )
     # Regimes too rare for an offset of their own share one, calibrated on their
@@ -337,7 +369,7 @@ def calibrate(
     rare = ~np.isin(regime_ids, list(fitted.per_group))
     fallback = fitted.pooled
     if rare.sum() >= MIN_REGIME_CALIBRATION:
-        residuals = (np.asarray(y, np.float64) - point) / scale_of(point)
+        residuals = (np.asarray(y, np.float64) - point) / scale
         fallback = MondrianCalibration.fit(
             residuals[rare], np.zeros(int(rare.sum()), np.int64), quantile, min_group_size=1
         ).pooled
@@ -346,6 +378,7 @@ def calibrate(
         q=fitted.q,
         pooled=fitted.pooled,
         per_group={regime: float(grid[regime]) for regime in range(NUM_REGIMES)},
+        fixed_scale=fixed,
     )
 
 
@@ -388,7 +421,7 @@ def upper_bound(
     """Calibrated upper bound of the trees' ``point`` clipped at ``floor`` (the
     model's :func:`point_floor`), then at 0 (a two-sided offset can be below -1)."""
     point = clip_point(point, floor)
-    upper = calibration.upper(point, regime_ids, scale=scale_of(point))
+    upper = calibration.upper(point, regime_ids, scale=scale_of(point, calibration.fixed_scale))
     return np.maximum(upper, 0.0)
 
 
@@ -465,7 +498,9 @@ def fit_target_model(
         booster = fit_booster(train_x, train_y, quantile, params, seed)
     floor = point_floor(train_y)
     point = clip_point(predict_booster(booster, calib_x, params.objective), floor)
-    calibration = calibrate(point, calib_y, calib_regimes, quantile, params.calibration)
+    calibration = calibrate(
+        point, calib_y, calib_regimes, quantile, params.calibration, params.normalise
+    )
     return TargetModel(target, quantile, params.objective, booster, calibration, floor)
 
 
@@ -563,7 +598,12 @@ def fit_selected(
         for k in range(folds):
             held = fold == k
             calib = calibrate(
-                out_of_fold[~held], y64[~held], regime_ids[~held], quantile, params.calibration
+                out_of_fold[~held],
+                y64[~held],
+                regime_ids[~held],
+                quantile,
+                params.calibration,
+                params.normalise,
             )
             # Already clipped at the fold model's floor (a no-op here).
             bound[held] = upper_bound(
@@ -577,6 +617,8 @@ def fit_selected(
     params = candidates[chosen]
     booster = fit_booster(x, y, quantile, params, seed)
     out_of_fold = fits[params.trees()]
-    calibration = calibrate(out_of_fold, y64, regime_ids, quantile, params.calibration)
+    calibration = calibrate(
+        out_of_fold, y64, regime_ids, quantile, params.calibration, params.normalise
+    )
     model = TargetModel(target, quantile, params.objective, booster, calibration, point_floor(y64))
     return model, Selection(tuple(scores), tuple(covers), chosen)

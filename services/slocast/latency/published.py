@@ -28,7 +28,7 @@ from slocast.latency.bundle import BundleError, read_manifest, read_pointer
 from slocast.latency.features import FEATURE_NAMES
 from slocast.latency.model import LOG_OBJECTIVES, TARGETS, TargetModel, load_target_model
 
-DOCUMENT_FORMAT = "slocast-latency-target/1"
+DOCUMENT_FORMAT = "slocast-latency-target/2"
 # Listed for compatibility with the upstream API: slocast never builds the
 # upstream's gated (queue/no-queue) ensemble models, so these never exist.
 GATED_MODELS = ("ttft_gated", "tpot_gated")
@@ -59,7 +59,8 @@ class PublishedModel:
                 "features": list(FEATURE_NAMES),
                 "raw_output": "log_ms" if model.objective in LOG_OBJECTIVES else "ms",
                 "bound": "point = max(exp(raw) if raw_output == 'log_ms' else raw, "
-                "point_floor_ms); upper = max(point + max(point, 1e-3) * offset[regime], 0)",
+                "point_floor_ms); upper = max(point + scale * offset[regime], 0) with scale "
+                "= calibration.fixed_scale if present, else max(point, 1e-3)",
                 "point_floor_ms": model.point_floor_ms,
                 "calibration": model.calibration.to_dict(),
                 "xgboost_model": json.loads(bytes(model.booster.save_raw("json"))),

@@ -77,7 +77,7 @@ class ServedTarget:
         point = clip_point(point_from_raw(raw, self.objective), self.point_floor_ms)
         # model.upper_bound with the regime offsets looked up in one gather instead
         # of a mask per regime: the same operations in the same order (tested equal).
-        offsets = self.offsets[regime_ids] * scale_of(point)
+        offsets = self.offsets[regime_ids] * scale_of(point, self.calibration.fixed_scale)
         return np.maximum(point + offsets, 0.0)
 
 

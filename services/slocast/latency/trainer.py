@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slocast.core.conformal import AdaptiveConformal, MondrianCalibration
+from slocast.core.conformal import AdaptiveConformal
 from slocast.core.metrics import coverage, pinball_loss
 from slocast.latency.bundle import (
     MODEL_TYPE,
@@ -300,7 +300,8 @@ class StreamingTrainer:
             if not observed.any():
                 continue
             point = model.point(features[observed])
-            excess = (y[observed] - point) / scale_of(point) - model.calibration.offsets_for(
+            scale = scale_of(point, model.calibration.fixed_scale)
+            excess = (y[observed] - point) / scale - model.calibration.offsets_for(
                 regime_ids[observed]
             )
             self._aci[target].update(excess)
@@ -396,8 +397,8 @@ class StreamingTrainer:
             calib = model.calibration
             shifted[target] = replace(
                 model,
-                calibration=MondrianCalibration(
-                    q=calib.q,
+                calibration=replace(
+                    calib,
                     pooled=calib.pooled + shift,
                     per_group={g: v + shift for g, v in calib.per_group.items()},
                 ),
