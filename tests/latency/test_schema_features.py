@@ -192,6 +192,29 @@ def test_error_echoes_a_bounded_input() -> None:
     assert err.value.errors[0]["input"] == "<list of 1000 items, 3891 bytes>"
 
 
+def test_an_error_is_reported_from_its_own_path_only() -> None:
+    """The 422 of a body finds the offending value without decoding the rest: junk
+    beside it (here a number no float holds, which decoding the whole body fails on,
+    and a member of a million arrays) does not hide the value or cost a full decode."""
+    junk = b'"x":[1e999,' + b",".join([b"[]"] * 1_000_000) + b"]"
+    item = msgspec.json.encode(one(kv_cache_percentage=2))
+    with pytest.raises(ValidationFailure) as err:
+        decode_bulk(
+            b"{" + junk + b',"requests":[' + msgspec.json.encode(BASE) + b"," + item + b"]}"
+        )
+    detail = err.value.errors[0]
+    assert detail["loc"] == ["body", "requests", 1, "kv_cache_percentage"]
+    assert detail["input"] == 2
+    big = b'{"requests":{"a":"' + b"y" * 1000 + b'"}}'
+    with pytest.raises(ValidationFailure) as err:
+        decode_bulk(big)
+    assert err.value.errors[0]["input"] == "<object of 1 items, 1008 bytes>"
+    too_many = b'{"requests":[' + b",".join([msgspec.json.encode(BASE)] * (MAX_ITEMS + 1)) + b"]}"
+    with pytest.raises(ValidationFailure) as err:
+        decode_bulk(too_many)
+    assert err.value.errors[0]["msg"].endswith(f"not {MAX_ITEMS + 1}")
+
+
 def test_samples_require_targets() -> None:
     with pytest.raises(ValidationFailure) as err:
         parse_samples([one(actual_ttft_ms=5.0)], ("entries",))

@@ -217,12 +217,45 @@ _MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`")
 _INTEGER_FIELDS = frozenset(COUNT_FIELDS + OPTIONAL_COUNT_FIELDS)
 
 
+class RawBody(bytes):
+    """A request body whose offending value :func:`failure` finds without decoding
+    the rest: only the objects and arrays on the error's path are split (into
+    undecoded ``msgspec.Raw`` members), so reporting an error costs about what
+    validating the body did, whatever junk the body carries beside the error."""
+
+
+_RAW_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_RAW_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _split(raw: bytes) -> Any:
+    """An array or object one level deep (members left undecoded); anything else whole."""
+    head = raw.lstrip()[:1]
+    if head == b"[":
+        return _RAW_ARRAY.decode(raw)
+    if head == b"{":
+        return _RAW_OBJECT.decode(raw)
+    return msgspec.json.decode(raw)
+
+
+def _leaf(raw: bytes) -> Any:
+    """The offending value: whole when small enough to echo, else split (its size is
+    then reported, see :func:`_echo`)."""
+    return msgspec.json.decode(raw) if len(raw) <= MAX_ECHO_CHARS else _split(raw)
+
+
 def _lookup(root: Any, steps: list) -> Any:
-    for step in steps:
-        try:
+    try:
+        if isinstance(root, RawBody):
+            raw = bytes(root)
+            for step in steps:
+                raw = bytes(_split(raw)[step])
+            return _leaf(raw)
+        for step in steps:
             root = root[step]
-        except (KeyError, IndexError, TypeError):
-            return None
+    # 1e999: valid JSON, no float holds it; deep nesting: the error is found first
+    except (KeyError, IndexError, TypeError, msgspec.DecodeError, RecursionError):
+        return None
     return root
 
 
@@ -230,7 +263,7 @@ def failure(exc: msgspec.ValidationError, loc: tuple, document: Any) -> Validati
     """A msgspec validation error as FastAPI's 422 detail.
 
     ``loc``: where the validated value sits in the body; ``document``: that value as
-    plain JSON data (for the offending ``input``; only decoded on this error path).
+    plain JSON data, or the body as a :class:`RawBody` (for the offending ``input``).
     """
     match = _AT.match(str(exc))
     message, path = match["msg"], match["path"] or ""
@@ -293,12 +326,7 @@ def decode(body: bytes, decoder: msgspec.json.Decoder, *, allow_empty: bool = Fa
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        try:
-            document = msgspec.json.decode(body)
-        # 1e999: valid JSON, no float holds it; deep nesting: the error is found first
-        except (msgspec.DecodeError, RecursionError):
-            document = None
-        raise failure(exc, (), document) from None
+        raise failure(exc, (), RawBody(body)) from None
     except msgspec.DecodeError as exc:
         raise _decode_error(exc) from None
     except RecursionError:
