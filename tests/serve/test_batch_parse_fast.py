@@ -23,6 +23,7 @@ RULES = RequestRules(
     max_horizon=1,
     levels={0.9: "0.9"},
     default_quantiles=(0.9,),
+    value_floor=np.full(len(FEATURE_COLUMNS), -np.inf),
 )
 
 

@@ -54,12 +54,18 @@ class ModelBundle:
         """
         calibration = self.calibration
         if not (calibration.normalised or calibration.grouped):
-            return calibration.upper(point, q)
-        scale = residual_scale(self.spec, values, ends)
-        change = (
-            predicted_change(self.spec, point, values, ends, scale) if calibration.grouped else None
-        )
-        return calibration.upper(point, q, scale if calibration.normalised else None, change)
+            upper = calibration.upper(point, q)
+        else:
+            scale = residual_scale(self.spec, values, ends)
+            change = (
+                predicted_change(self.spec, point, values, ends, scale)
+                if calibration.grouped
+                else None
+            )
+            upper = calibration.upper(point, q, scale if calibration.normalised else None, change)
+        # No bound below the target's floor (a low level's offset can be negative and
+        # large next to a quiet window's scale): as the point forecasts are floored.
+        return self.spec.floor_forecast(np.array(upper, np.float64))
 
 
 def save_bundle(bundle: ModelBundle, directory: str | Path) -> dict:

@@ -5,7 +5,7 @@ The same arithmetic as :meth:`ModelBundle.upper` (``point + offset * scale``, wi
 :func:`predicted_change` when the calibration is grouped), with the calibration's
 tables stacked once at load and the clipped target windows gathered once per call,
 not per level and per function. ``tests/serve/test_bounds.py`` checks the two are
-equal.
+equal. Bounds are raised to the targets' floor, as point forecasts are.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Bounds:
         shape = (spec.horizon, len(spec.targets))
         self.levels: tuple[float, ...] = tuple(calibration.levels)
         self._normalised = calibration.normalised
+        self._spec = spec
         self._grouped = calibration.grouped
         # (levels, 1, horizon, K): broadcast over the windows of a call.
         self._offsets = np.stack(
@@ -54,6 +55,10 @@ class Bounds:
             self._edges = np.empty((*shape, 0))
             self._table = np.ascontiguousarray(self._offsets[:, 0, ..., None], np.float64)
 
+    def floor_forecast(self, upper: np.ndarray) -> np.ndarray:
+        """``upper`` raised to the targets' floor in place (``FeatureSpec.floor_forecast``)."""
+        return self._spec.floor_forecast(upper)
+
     def kernel_arguments(self) -> dict[str, np.ndarray | int | bool]:
         """The tables of :func:`_core.lte_bounds` (``serve/kernels.py`` binds it)."""
         return {
@@ -73,7 +78,7 @@ class Bounds:
         ``i`` in ``which``; ``ValueError`` when the window's scale is not finite and
         positive (only absurd inputs, e.g. -1e308)."""
         if not (self._normalised or self._grouped):
-            return point + self._offsets[which]
+            return self._spec.floor_forecast(point + self._offsets[which])
         w = self._window
         if ends.size == 1:  # a view, not a gather
             rows = values[ends[0] - w : ends[0]][None]
@@ -94,4 +99,5 @@ class Bounds:
             offset = self._table[which][:, self._h, self._k, bins]
         else:
             offset = self._offsets[which]
-        return point + offset * scale if self._normalised else point + offset
+        upper = point + offset * scale if self._normalised else point + offset
+        return self._spec.floor_forecast(upper)

@@ -87,6 +87,7 @@ class NativeBounds:
         a = bounds.kernel_arguments()
         self._tables = (a["targets"], a["caps"], a["floor"], a["edges"], a["table"])
         self._window, self._normalised = a["window"], a["normalised"]
+        self._floor_forecast = bounds.floor_forecast
         self._shape = a["table"].shape[1:3]
         self._which: dict[tuple[float, ...], np.ndarray] = {}
 
@@ -119,4 +120,4 @@ class NativeBounds:
         )
         if bad >= 0:
             raise ScaleError(bad)
-        return out
+        return self._floor_forecast(out)

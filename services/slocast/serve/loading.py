@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from slocast.adapters.registry import ModelRegistry, VersionRef
+from slocast.core.features import FeatureSpec
 from slocast.core.schema import FEATURE_COLUMNS, TARGET_COLUMNS
 from slocast.models.bundle import ModelBundle, load_bundle, read_manifest
 from slocast.models.compiled_bundle import COMPILED_DIR, INDEX, TAG_COMPILED_INDEX
@@ -93,6 +94,16 @@ def _bundle_root(path: Path) -> Path:
     return inner[0].parent
 
 
+def value_floor(spec: FeatureSpec) -> np.ndarray:
+    """The lowest value a request may send per column (``RequestRules.value_floor``)."""
+    floor = np.full(len(FEATURE_COLUMNS), -np.inf)
+    if spec.target_floor is not None:
+        for name, lowest in zip(spec.targets, spec.target_floor, strict=True):
+            floor[FEATURE_COLUMNS.index(name)] = lowest
+    floor.setflags(write=False)
+    return floor
+
+
 def build_served_model(ref: VersionRef, bundle_dir: Path, settings: ServeSettings) -> ServedModel:
     """Load, compile and self-test one version; raises on any problem."""
     started = time.perf_counter()
@@ -117,6 +128,7 @@ def build_served_model(ref: VersionRef, bundle_dir: Path, settings: ServeSetting
         max_horizon=int(spec.horizon),
         levels=levels,
         default_quantiles=(PREFERRED_QUANTILE,) if PREFERRED_QUANTILE in levels else (),
+        value_floor=value_floor(spec),
     )
     _self_test(predictor, rules, spec.horizon)
     manifest = read_manifest(bundle_dir)

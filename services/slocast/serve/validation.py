@@ -62,6 +62,9 @@ class RequestRules:
     max_horizon: int
     levels: dict[float, str]  # calibrated level -> its key in responses ("0.9")
     default_quantiles: tuple[float, ...]
+    # The lowest value accepted per column (FEATURE_COLUMNS order): a target's floor
+    # (0, or a negative training minimum; FeatureSpec.target_floor), -inf elsewhere.
+    value_floor: np.ndarray
 
     def available(self) -> str:
         return ", ".join(self.levels.values()) or "none"
@@ -191,9 +194,11 @@ def _batch_fast(series: list, rules: RequestRules) -> tuple[np.ndarray, np.ndarr
         return None
     keep = rules.history_rows
     c = len(FEATURE_COLUMNS)
-    values = _cells(flat).reshape(len(series), n, c)
+    values = _cells(flat).reshape(len(series), n, c)[:, -keep:].reshape(-1, c)
+    if (values < rules.value_floor).any():
+        return None
     times = times.reshape(len(series), n)[:, -keep:].reshape(-1)
-    return times, np.ascontiguousarray(values[:, -keep:].reshape(-1, c))
+    return times, np.ascontiguousarray(values)
 
 
 def _horizon(value: int, rules: RequestRules) -> int:
@@ -241,7 +246,17 @@ def _history(rows: list, field: str, rules: RequestRules) -> tuple[np.ndarray, n
     # Every cell is a finite double: msgspec refuses null, strings, booleans, NaN and
     # Infinity literals and numbers beyond a double's range. Older rows are not used.
     keep = rules.history_rows
-    return times[-keep:], _cells(rows[-keep:])
+    cells = _cells(rows[-keep:])
+    low = cells < rules.value_floor
+    if low.any():
+        row, column = (int(i) for i in np.argwhere(low)[0])
+        floor = float(rules.value_floor[column])
+        raise InputError(
+            f"{field}[{n - keep + row}].{FEATURE_COLUMNS[column]}",
+            f"is {cells[row, column]:g}; the lowest value accepted is {floor:g} "
+            "(counts, volumes and resource-block shares cannot be negative)",
+        )
+    return times[-keep:], cells
 
 
 def _cells(rows: list) -> np.ndarray:
