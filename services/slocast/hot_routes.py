@@ -6,7 +6,8 @@ hot routes are plain functions ``body bytes -> (status, JSON bytes)`` called
 straight from the ASGI scope. The FastAPI routes of the same paths call the same
 handlers: they carry the OpenAPI documentation and answer identically without this
 layer. Every body is bounded here: a declared ``Content-Length`` above the limit is
-refused before reading, a chunked body as soon as it crosses it (413).
+refused before reading, a chunked body as soon as it crosses it (413). A body that
+declares a media type other than JSON is refused by :class:`JsonBodies` (415).
 """
 
 from __future__ import annotations
@@ -96,3 +97,40 @@ class HotRoutes:
         if self.on_too_large is not None:
             self.on_too_large(scope["path"])
         await send_json(send, 413, self.too_large(declared))
+
+
+def json_media_type(content_type: bytes) -> bool:
+    """``application/json`` or ``application/<x>+json``, any parameters (charset)."""
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+def media_type_message(declared: bytes) -> str:
+    """What the 415 says, the declared type cut to a readable length."""
+    return f"Content-Type must be application/json, not {declared[:100].decode('latin-1')!r}"
+
+
+class JsonBodies:
+    """Raw ASGI, outermost: a POST that declares a body of another media type gets 415.
+
+    Every POST route of the servers takes JSON. A form or ``text/plain`` body is the
+    one a web page can send cross-origin without a CORS preflight, so accepting it
+    would let any page a browser on the network opens post samples, or flush a
+    trainer without a token. A POST without ``Content-Type`` is accepted (curl
+    ``--data-binary``, clients that never set it), as FastAPI does."""
+
+    def __init__(self, app, *, unsupported: Callable[[bytes], bytes]) -> None:
+        self.app = app
+        self.unsupported = unsupported  # the declared type -> the 415 JSON body
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            for name, value in scope["headers"]:
+                if name == b"content-type":
+                    if not json_media_type(value):
+                        await send_json(send, 415, self.unsupported(value))
+                        return
+                    break
+        await self.app(scope, receive, send)

@@ -152,6 +152,25 @@ def test_deeply_nested_bodies_are_422_not_500(
         assert client.post(f"{servers[server]}{path}", content=body).status_code in (200, 202)
 
 
+@pytest.mark.parametrize(("server", "path", "body"), POST_ROUTES)
+def test_bodies_of_another_media_type_are_415(
+    servers: dict[str, str], server: str, path: str, body: bytes
+) -> None:
+    """A form or text/plain POST (what a web page may send cross-origin without a
+    preflight) is refused before any handler runs; JSON with a charset, or no
+    Content-Type at all, is taken."""
+    url = f"{servers[server]}{path}"
+    with httpx.Client(headers=auth(servers)) as client:
+        for declared in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+            r = client.post(url, content=body, headers={"content-type": declared}, timeout=30)
+            assert r.status_code == 415, (declared, r.text)
+            assert declared in r.json()["detail"]
+        for declared in ("application/json; charset=utf-8", "Application/JSON", None):
+            headers = {"content-type": declared} if declared else {}
+            r = client.post(url, content=body, headers=headers, timeout=30)
+            assert r.status_code in (200, 202), (declared, r.text)
+
+
 def test_limit_counts_every_chunk_in_process() -> None:
     """Both ASGI layers with a 10-byte limit and bodies delivered in pieces: at the
     limit the whole body reaches the handler, one byte more is a 413 and the rest

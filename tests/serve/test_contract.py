@@ -205,6 +205,12 @@ def _bad_cases(history: list[dict], info: dict) -> list[tuple[str, dict | bytes,
             "history[4].down",
         ),
         ("boolean", {"history": _mutate_row(history, 4, up=True)}, 422, "history[4].up"),
+        (
+            "negative-volume",
+            {"history": _mutate_row(history, len(history) - 1, down=-5.0)},
+            422,
+            f"history[{len(history) - 1}].down",
+        ),
         ("null-nan", {"history": _mutate_row(history, 5, mcs_up=None)}, 422, "history[5].mcs_up"),
         ("nan-literal", b'{"history": [{"down": NaN}]}', 400, "body"),
         ("infinite-literal", b'{"history": [{"down": 1e999}]}', 400, "body"),
@@ -247,6 +253,39 @@ def test_bad_inputs_name_the_field(server, model_info, synthetic_history) -> Non
             elif not error.get("detail"):
                 failures.append((case_id, "empty detail", response.text[:200]))
     assert not failures, failures
+
+
+def test_an_idle_cell_gets_no_negative_bound(server, model_info, synthetic_history) -> None:
+    """Every target 0 for the whole window (an idle cell): low levels' offsets are
+    negative, yet no bound goes below the targets' floor (0 here), as no point does."""
+    idle = copy.deepcopy(synthetic_history)
+    for row in idle:
+        row.update({name: 0.0 for name in TARGET_COLUMNS})
+    levels = [float(q) for q in model_info["calibration"]["levels"]]
+    with server.client() as client:
+        response = client.post("/v1/forecast", json={"history": idle, "quantiles": levels})
+    assert response.status_code == 200, response.text
+    for step in response.json()["forecasts"]:
+        assert min(step["point"].values()) >= 0.0
+        for bounds in step["quantiles"].values():
+            assert min(bounds.values()) >= 0.0, step
+
+
+def test_bodies_of_another_media_type_are_415(server, synthetic_history) -> None:
+    body = orjson.dumps({"history": synthetic_history})
+    with server.client() as client:
+        for path in ("/v1/forecast", "/v1/reload"):
+            r = client.post(
+                path, content=body, headers={"content-type": "text/plain", **server.auth()}
+            )
+            assert r.status_code == 415, r.text
+            assert r.json()["field"] == "content-type" and "text/plain" in r.json()["detail"]
+        ok = client.post(
+            "/v1/forecast",
+            content=body,
+            headers={"content-type": "application/json; charset=utf-8"},
+        )
+    assert ok.status_code == 200, ok.text
 
 
 def test_unknown_quantile_lists_available(server, model_info, synthetic_history) -> None:
@@ -355,8 +394,11 @@ def test_reload_requires_token(server) -> None:
         wrong = client.post("/v1/reload", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         ok = client.post("/v1/reload", headers=server.auth())
+        # the scheme is case-insensitive (RFC 9110), as on the latency servers
+        lower = client.post("/v1/reload", headers={"Authorization": f"bearer {server.admin_token}"})
     assert ok.status_code == 200
     assert ok.json()["outcome"] in ("unchanged", "swapped")
+    assert lower.status_code == 200, lower.text
 
 
 def test_metrics_exposition(server, synthetic_history) -> None:

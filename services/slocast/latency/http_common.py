@@ -4,7 +4,6 @@ admin token check and the body-size limit (the raw-ASGI hot routes are
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +12,8 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from slocast.hot_routes import send_json
+from slocast.hot_routes import media_type_message, send_json
+from slocast.http_auth import bearer_matches
 from slocast.latency.schema import (
     SCHEMA_STRUCTS,
     ErrorBody,
@@ -33,6 +33,10 @@ _ERROR_RESPONSES: dict[int, dict[str, Any]] = {
     413: {
         "description": "Body larger than the server's limit.",
         "content": _schema_ref(TooLargeBody),
+    },
+    415: {
+        "description": "The body declares a media type other than JSON.",
+        "content": _schema_ref(ErrorBody),
     },
     422: {
         "description": "Invalid body; `loc` names the field.",
@@ -97,8 +101,7 @@ def admin_denied(request: Request, token: str | None) -> Response | None:
     """401 unless ``Authorization: Bearer <token>`` matches (None: no token set)."""
     if token is None:
         return None
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), token.encode()):
+    if bearer_matches(request.headers.get("authorization", ""), token):
         return None
     response = json_response({"detail": "a valid admin bearer token is required"}, 401)
     response.headers["www-authenticate"] = "Bearer"
@@ -120,6 +123,11 @@ def too_large_body(limit: int) -> bytes:
     return encode_json(
         TooLargeBody(f"request body larger than {limit} bytes ({MAX_BODY_SETTING})", limit)
     )
+
+
+def unsupported_media_type(declared: bytes) -> bytes:
+    """The 415 body of :class:`slocast.hot_routes.JsonBodies`."""
+    return msgspec.json.encode({"detail": media_type_message(declared)})
 
 
 def too_large(limit: int) -> Callable[[int | None], bytes]:

@@ -32,7 +32,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from slocast.hot_routes import HotRoutes
+from slocast.hot_routes import HotRoutes, JsonBodies
 from slocast.latency.bundle import BundleError, read_pointer
 from slocast.latency.http_common import (
     METRICS_RESPONSES,
@@ -44,6 +44,7 @@ from slocast.latency.http_common import (
     install_validation_handler,
     json_response,
     too_large,
+    unsupported_media_type,
 )
 from slocast.latency.model_sync import BundleSync, SyncError, published_version
 from slocast.latency.schema import (
@@ -281,8 +282,8 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
         "/predict/bulk/strict": answer("bulk_strict", predict_bulk_strict),
         "/predict/bulk": answer("bulk", predict_bulk),
     }
-    # Outermost: the hot routes (body bounded there); every other request passes
-    # BodyLimit on its way to FastAPI.
+    # Outermost: JSON bodies only (415); then the hot routes (body bounded there);
+    # every other request passes BodyLimit on its way to FastAPI.
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(
         HotRoutes,
@@ -291,8 +292,9 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
         too_large=too_large(settings.max_body_bytes),
         on_too_large=lambda path: count(endpoints[path], 413),
     )
+    app.add_middleware(JsonBodies, unsupported=unsupported_media_type)
     document_bodies(app)
-    hot_errors = error_responses(413, 422, 503)
+    hot_errors = error_responses(413, 415, 422, 503)
 
     # The routes below document the API (OpenAPI); HotRoutes answers these paths
     # first with the very same handlers.
@@ -406,7 +408,7 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
                 return False
             await asyncio.sleep(RELOAD_POLL_S)
 
-    @app.post("/reload", responses=error_responses(401, 413))
+    @app.post("/reload", responses=error_responses(401, 413, 415))
     async def reload(request: Request) -> Response:
         """Reload the published model in every worker, off the request path.
 

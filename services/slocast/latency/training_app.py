@@ -20,6 +20,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily
 
+from slocast.hot_routes import JsonBodies
 from slocast.latency.bundle import (
     MODEL_TYPE,
     PUBLIC_OBJECTIVE,
@@ -36,6 +37,7 @@ from slocast.latency.http_common import (
     error_responses,
     install_validation_handler,
     json_response,
+    unsupported_media_type,
 )
 from slocast.latency.model import TARGETS, candidates
 from slocast.latency.published import (
@@ -289,13 +291,14 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         on_too_large=lambda _path: metrics.rejected.labels("too_large").inc(),
     )
+    app.add_middleware(JsonBodies, unsupported=unsupported_media_type)
     document_bodies(app)
 
     @app.post(
         "/add_training_data_bulk",
         status_code=202,
         openapi_extra=openapi_body(BulkTrainingRequest),
-        responses=error_responses(413, 422, 503),
+        responses=error_responses(413, 415, 422, 503),
     )
     async def add_training_data_bulk(request: Request) -> Response:
         try:
@@ -315,7 +318,7 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
     @app.post(
         "/flush",
         openapi_extra=openapi_body(FlushBody, required=False),
-        responses=error_responses(401, 413, 422),
+        responses=error_responses(401, 413, 415, 422),
     )
     async def flush(request: Request) -> Response:
         denied = admin_denied(request, settings.admin_token)
@@ -427,7 +430,6 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
                 "model_status": {f"{t}_model_ready": current is not None for t in TARGETS},
                 "model_version": None if current is None else current.version,
                 "model_ready": current is not None,
-                "model_dir": str(settings.model_dir),
                 "evaluation": {t: e.__dict__ for t, e in state.last_evaluations.items()},
             }
         )

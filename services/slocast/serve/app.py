@@ -8,7 +8,6 @@ engine choice happen in the reload thread (:mod:`.reloading`).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import time
@@ -23,7 +22,8 @@ from starlette.types import ASGIApp
 
 from slocast import __version__
 from slocast.core.openapi import add_body_schemas
-from slocast.hot_routes import Handler, HotRoutes
+from slocast.hot_routes import Handler, HotRoutes, JsonBodies, media_type_message
+from slocast.http_auth import bearer_matches
 from slocast.serve import schemas
 from slocast.serve.fastpath import error_body, read_body, too_large_body
 from slocast.serve.forecasting import batch_body, forecast_body
@@ -49,6 +49,10 @@ _HEALTHY = orjson.dumps({"status": "ok"})
 _ERRORS = {
     400: {"model": schemas.ErrorResponse, "description": "Body is not valid JSON."},
     413: {"model": schemas.ErrorResponse, "description": "Body, history or batch too large."},
+    415: {
+        "model": schemas.ErrorResponse,
+        "description": "Body declared as another type than JSON.",
+    },
     422: {"model": schemas.ErrorResponse, "description": "Invalid input; `field` names it."},
     503: {"model": schemas.ErrorResponse, "description": "No model loaded yet."},
 }
@@ -173,12 +177,17 @@ def create_app(settings: ServeSettings | None = None) -> ASGIApp:
     # FastAPI's per-call OpenTelemetry check and Starlette's error middleware too
     # (an unexpected exception still becomes uvicorn's 500, counted as such here).
     served = MetricsMiddleware(
-        HotRoutes(
-            app,
-            post={"/v1/forecast": forecast_one, "/v1/forecast/batch": forecast_many},
-            get={"/healthz": _healthz, "/readyz": _readyz, "/v1/model": _model_info},
-            max_body_bytes=settings.max_body_bytes,
-            too_large=too_large_body(settings.max_body_bytes),
+        JsonBodies(
+            HotRoutes(
+                app,
+                post={"/v1/forecast": forecast_one, "/v1/forecast/batch": forecast_many},
+                get={"/healthz": _healthz, "/readyz": _readyz, "/v1/model": _model_info},
+                max_body_bytes=settings.max_body_bytes,
+                too_large=too_large_body(settings.max_body_bytes),
+            ),
+            unsupported=lambda declared: error_body(
+                InputError("content-type", media_type_message(declared), 415)
+            )[1],
         ),
         metrics,
     )
@@ -236,13 +245,15 @@ def create_app(settings: ServeSettings | None = None) -> ASGIApp:
         "/v1/reload",
         summary="Re-check the champion alias in every worker",
         response_model=schemas.ReloadResponse,
-        responses={401: {"model": schemas.ErrorResponse, "description": "Bearer token required."}},
+        responses={
+            401: {"model": schemas.ErrorResponse, "description": "Bearer token required."},
+            415: _ERRORS[415],
+        },
     )
     async def reload(request: Request) -> Response:
         if settings.admin_token is not None:
             given = request.headers.get("authorization", "")
-            expected = f"Bearer {settings.admin_token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
+            if not bearer_matches(given, settings.admin_token):
                 response = _error(401, "missing or wrong bearer token", "authorization")
                 response.headers["WWW-Authenticate"] = "Bearer"
                 return response
