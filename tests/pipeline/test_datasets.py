@@ -279,6 +279,73 @@ def test_a_row_cut_short_is_refused_with_its_line(tmp_path, frame):
         load_lte(gz, min_rows=50)
 
 
+def _lines(tmp_path: Path, frame: pd.DataFrame) -> list[str]:
+    path = tmp_path / "base.csv"
+    frame.to_csv(path, index=False)
+    return path.read_text().splitlines()
+
+
+def _file(tmp_path: Path, name: str, lines: list[str]) -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_malformed_headers_get_one_clear_error(tmp_path, frame):
+    """Found by a hostile probe (2026-12-07): each was a traceback, a hang, a silent
+    loss or a misleading message."""
+    lines = _lines(tmp_path, frame)
+    header, rows = lines[0], lines[1:]
+    cases = {
+        # pandas kept the second one as "down.1" and dropped it silently
+        "dup.csv": ([header + ",down", *(r + ",0" for r in rows)], "'down' appears twice"),
+        # pandas read it as one column: "missing column(s)" named all twelve
+        "semi.csv": ([line.replace(",", ";") for line in lines], "separated by semicolons"),
+        "tabs.csv": ([line.replace(",", "\t") for line in lines], "separated by tabs"),
+        # pandas built 100,000 columns for minutes before any check
+        "wide.csv": ([header + "," * 5_000, *rows], "at most 1000"),
+        "long.csv": ([header + ",x" * 40_000, *rows], "longer than 65536"),
+        # the message blamed line 2
+        "trailing.csv": ([header + ",", *rows], "header ends with a comma"),
+    }
+    for name, (content, message) in cases.items():
+        with pytest.raises(DatasetError, match=re.escape(message)):
+            load_lte(_file(tmp_path, name, content), min_rows=50)
+    big_cell = [
+        header + ",note",
+        *(r + "," for r in rows[:-1]),
+        rows[-1] + ',"' + "A" * 200_000 + '"',
+    ]
+    with pytest.raises(DatasetError, match="cannot be read as csv: field larger"):
+        load_lte(_file(tmp_path, "cell.csv", big_cell), min_rows=50)
+    with pytest.raises(DatasetError, match="cannot be opened"):
+        load_lte(tmp_path / ("a" * 300 + ".csv"), min_rows=50)
+
+
+def test_forgiving_forms_of_the_same_file_load_equal(tmp_path, frame):
+    """Spaces after the header's commas, and a trailing comma on every line, read as
+    the plain file does."""
+    lines = _lines(tmp_path, frame)
+    plain = load_lte(_file(tmp_path, "plain.csv", lines), min_rows=50)
+    spaced = [lines[0].replace(",", ", "), *lines[1:]]
+    trailing = [line + "," for line in lines]
+    rows_only = [lines[0], *(line + "," for line in lines[1:])]
+    for name, content in (("s.csv", spaced), ("t.csv", trailing), ("r.csv", rows_only)):
+        pd.testing.assert_frame_equal(load_lte(_file(tmp_path, name, content), min_rows=50), plain)
+
+
+def test_parquet_with_a_duplicated_column_is_one_line(tmp_path, frame):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    path = tmp_path / "dup.parquet"
+    pq.write_table(table.append_column("down", table.column("up")), path)
+    with pytest.raises(DatasetError) as err:
+        load_lte(path, min_rows=50)
+    assert "\n" not in str(err.value) and "dup.parquet" in str(err.value)
+
+
 def test_empty_and_header_only_files(tmp_path, frame):
     empty = tmp_path / "empty.csv"
     empty.write_text("")

@@ -196,6 +196,28 @@ def test_headline_column_without_traffic_where_scored_is_refused(frame, column):
     assert summary["empty_rows"] == {"train": 0, "val": 0, "test": 0}
 
 
+@pytest.mark.parametrize("column", ["down", "up"])
+def test_headline_truth_observed_on_a_handful_of_rows_is_refused(frame, column):
+    """Windows are counted whether their truth is observed or not: a test or
+    validation split with 15 observed truths once scored, calibrated and promoted
+    without a word; a training split without traffic trained a model of nothing."""
+    test = generate_lte(500, seed=4)
+    test["time"] = frame["time"].iloc[-1] + pd.to_timedelta(np.arange(1, 501) * 120, "s")
+    sparse = test.copy()
+    sparse.loc[~sparse.index.isin(range(150, 165)), column] = np.nan
+    with pytest.raises(DatasetError, match=f"'{column}' is observed on 15 of the test split's"):
+        preprocess(frame, sparse, PipelineConfig())
+    n_val = int((frame.shape[0]) * 0.2)
+    sparse = frame.copy()
+    sparse.loc[sparse.index[-n_val:-15], column] = np.nan
+    with pytest.raises(DatasetError, match=f"'{column}' is observed on .* of the val split's"):
+        preprocess(sparse, test, PipelineConfig())
+    quiet = frame.copy()
+    quiet.loc[: frame.shape[0] - n_val - 1, column] = 0.0
+    with pytest.raises(DatasetError, match=f"'{column}' averages 0.0 over the train split"):
+        preprocess(quiet, test, PipelineConfig())
+
+
 def test_forecast_floor_is_zero_or_the_training_minimum():
     frame = generate_lte(600, seed=6)
     spec = preprocess(frame, None, PipelineConfig()).spec

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from slocast.adapters.registry import check_task, task_from_file
-from slocast.core.errors import ConfigError, DatasetError
+from slocast.core.errors import ConfigError, DatasetError, SlocastError
 from slocast.core.synthetic import generate_lte
 from slocast.devstack import stack
 from slocast.pipeline.events import DatasetReady
@@ -146,6 +146,16 @@ def test_submit_refuses_what_the_preprocess_service_would_before_uploading(tmp_p
     short["time"] = train["time"].iloc[-1] + pd.to_timedelta(np.arange(1, 51) * 120, "s")
     short.to_csv(data / "Cell_test.csv", index=False)
     with pytest.raises(DatasetError, match="gives 40 test window"):
+        submit_dataset(settings, data / "Cell.csv", data / "Cell_test.csv")
+    assert not home.exists() or not any(home.rglob("*.csv"))
+    # A valid dataset with no broker listening: one clear error, nothing uploaded
+    # (a hostile probe got a raw KafkaException after the files were uploaded).
+    test = test.iloc[:300].copy()
+    test["time"] = train["time"].iloc[-1] + pd.to_timedelta(np.arange(1, 301) * 120, "s")
+    test.to_csv(data / "Cell_test.csv", index=False)
+    with pytest.raises(
+        SlocastError, match="cannot reach Kafka at 127.0.0.1:9.*nothing was uploaded"
+    ):
         submit_dataset(settings, data / "Cell.csv", data / "Cell_test.csv")
     assert not home.exists() or not any(home.rglob("*.csv"))
 

@@ -26,42 +26,102 @@ ISO_EXAMPLE = "2018-02-05 23:40:00 or 2018-02-05T23:40:00+01:00"
 OUTLIER_FACTOR = 1e6
 OUTLIER_QUANTILE = 0.99
 CSV_SUFFIXES = (".csv", ".txt", ".gz")
+# The header is checked before pandas reads the file: pandas builds every column
+# of a header of 100,000 commas (minutes and gigabytes) before any check could run.
+MAX_HEADER_BYTES = 64 * 1024
+MAX_COLUMNS = 1_000
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV or Parquet file as strings-or-numbers, without interpretation."""
     p = Path(path)
-    if not p.exists():
-        raise DatasetError(f"{p}: file not found")
-    if p.stat().st_size == 0:
+    try:
+        if not p.is_file():
+            raise DatasetError(f"{p}: file not found")
+        empty = p.stat().st_size == 0
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise DatasetError(f"{p}: cannot be opened: {exc.strerror or exc}") from None
+    if empty:
         raise DatasetError(f"{p}: file is empty")
     suffix = p.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(p)
+            frame = pd.read_parquet(p)
+            _check_unique_columns(p, [str(c) for c in frame.columns])
+            return frame
         if suffix in CSV_SUFFIXES:
-            frame = pd.read_csv(p)
+            _check_header(p)
+            # index_col=False: a trailing comma on every row is an empty last field,
+            # not a reason to make the first column the index.
+            frame = pd.read_csv(p, index_col=False)
+            frame.columns = [str(c).strip() for c in frame.columns]
             _check_row_lengths(p)
             return frame
     except DatasetError:
         raise
-    except (ValueError, OSError) as exc:
-        raise DatasetError(f"{p}: cannot be read as {suffix[1:]}: {exc}") from None
+    except (ValueError, OSError, csv.Error) as exc:
+        raise DatasetError(f"{p}: cannot be read as {suffix[1:]}: {_first_line(exc)}") from None
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{p}: file is empty") from None
     raise DatasetError(f"{p}: unsupported file type {suffix!r}; use .csv or .parquet")
+
+
+def _first_line(exc: Exception) -> str:
+    """A library's error on one line (pyarrow's name the whole schema after it)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _opener(path: Path):
+    return gzip.open if path.suffix.lower() == ".gz" else open
+
+
+def _check_header(path: Path) -> None:
+    """The CSV header, read alone and bounded: a sane size and column count, one
+    name per column, and a delimiter that is a comma."""
+    with _opener(path)(path, "rt", encoding="utf-8", newline="") as handle:
+        line = handle.readline(MAX_HEADER_BYTES + 1)
+    if len(line) > MAX_HEADER_BYTES:
+        raise DatasetError(
+            f"{path}: the header line is longer than {MAX_HEADER_BYTES} characters; "
+            "the file needs one header of column names"
+        )
+    names = [name.strip() for name in next(csv.reader([line]), [])]
+    if len(names) > MAX_COLUMNS:
+        raise DatasetError(f"{path}: the header has {len(names)} columns; at most {MAX_COLUMNS}")
+    if len(names) == 1:
+        for delimiter, label in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if delimiter in names[0]:
+                raise DatasetError(
+                    f"{path}: the header is one column, {names[0][:60]!r}; the file seems "
+                    f"separated by {label}: save it with commas"
+                )
+    _check_unique_columns(path, names)
+
+
+def _check_unique_columns(path: Path, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen and name:
+            raise DatasetError(f"{path}: column {name!r} appears twice in the header; keep one")
+        seen.add(name)
 
 
 def _check_row_lengths(path: Path) -> None:
     """Refuse a row with fewer fields than the header: pandas fills it with empty
     cells, which would pass for missing measurements (a file cut mid-line, a
     line broken in two)."""
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:
+    with _opener(path)(path, "rt", encoding="utf-8", newline="") as handle:
         rows = csv.reader(handle)
         header = next(rows, [])
         for row in rows:
             if row and len(row) < len(header):
+                if len(row) == len(header) - 1 and not header[-1].strip():
+                    raise DatasetError(
+                        f"{path}: the header ends with a comma (an unnamed last column) and "
+                        f"line {rows.line_num} has no field for it; remove the header's "
+                        "trailing comma"
+                    )
                 raise DatasetError(
                     f"{path}: line {rows.line_num} has {len(row)} fields where the header has "
                     f"{len(header)}; the file is cut short or a line is broken"

@@ -43,6 +43,7 @@ def submit_dataset(
     step or not after training, too few test windows, a headline column without
     traffic) is a local error instead of a dataset the service refuses for good.
     """
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     task = check_task(task) if task else task_from_file(data)
@@ -61,6 +62,19 @@ def submit_dataset(
         )
     sources = {"train": str(data), "test": str(test_data) if test_data else None}
     expected_id = preprocess(train, test, config, sources=sources).dataset_id
+    # The broker first: without it nothing is uploaded (an upload no event names
+    # would only take space).
+    try:
+        ensure_topics(
+            AdminClient(base_config(settings.kafka_bootstrap)),
+            settings.topics.all(),
+            settings.topic_partitions,
+        )
+    except KafkaException as exc:
+        raise SlocastError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} (SLOCAST_KAFKA_BOOTSTRAP): "
+            f"{exc.args[0] if exc.args else exc}; nothing was uploaded (is `slocast up` running?)"
+        ) from None
     store = open_store(settings.store_uri, endpoint_url=settings.s3_endpoint_url)
     train_uri, train_sha = upload_file(store, data)
     test_uri, test_sha = upload_file(store, test_data) if test_data else (None, None)
@@ -73,14 +87,15 @@ def submit_dataset(
         test_sha256=test_sha,
         config=config.to_dict(),
     )
-    ensure_topics(
-        AdminClient(base_config(settings.kafka_bootstrap)),
-        settings.topics.all(),
-        settings.topic_partitions,
-    )
     producer = EventProducer(settings.kafka_bootstrap)
     try:
         producer.publish(settings.topics.dataset_submitted, event, key=train_sha)
+    except KafkaException as exc:
+        raise SlocastError(
+            f"uploaded {train_uri} but could not publish its event to Kafka at "
+            f"{settings.kafka_bootstrap}: {exc.args[0] if exc.args else exc}; run the same "
+            "`slocast submit` again (the upload is content-addressed, nothing is duplicated)"
+        ) from None
     finally:
         producer.close()
     return Submission(event.task, expected_id, event)

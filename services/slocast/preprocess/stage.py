@@ -59,6 +59,10 @@ def min_rows(config: PipelineConfig) -> int:
 # every file the tests and `make run` use holds several hundred or more. Checked
 # here, so the Kafka services refuse such a dataset as `slocast run` does.
 MIN_TEST_WINDOWS = 100
+# Fewest observed truths per headline column on the validation split's target rows:
+# early stopping, the persistence guard, blend weights and conformal offsets all
+# read them (15 residuals once calibrated a champion's bounds without a word).
+MIN_VAL_OBSERVED = 50
 
 
 def preprocess(
@@ -149,10 +153,14 @@ def _check_headline_scorable(raw: np.ndarray, split: np.ndarray, config: Pipelin
 
     Validation ranks and guards the families and test scores them; a headline column
     whose observed truth there averages 0 (or less) would make every NRMSE NaN or
-    infinite and every decision meaningless. Only target rows of windows count.
+    infinite and every decision meaningless, and one observed on a handful of rows
+    would decide on a handful of residuals (the windows are counted whether their
+    truth is observed or not). The training split needs traffic too: a column that
+    is 0 (or empty) there teaches nothing. Only target rows of windows count.
     """
     first = config.window
-    for code, name in ((1, "val"), (2, "test")):
+    least = {0: 1, 1: MIN_VAL_OBSERVED, 2: MIN_TEST_WINDOWS}
+    for code, name in ((0, "train"), (1, "val"), (2, "test")):
         rows = np.flatnonzero(split == code)[first:]
         for column in HEADLINE_COLUMNS:
             truth = raw[rows, FEATURE_COLUMNS.index(column)]
@@ -162,6 +170,13 @@ def _check_headline_scorable(raw: np.ndarray, split: np.ndarray, config: Pipelin
                     f"column {column!r} averages {observed.mean() if observed.size else 'nothing'} "
                     f"over the {name} split's target rows: protocol A's NRMSE (RMSE / mean) is "
                     "undefined there; a site needs traffic in down and up"
+                )
+            # (a split with too few rows at all is named by the window checks)
+            if observed.size < least[code] <= rows.size:
+                raise DatasetError(
+                    f"column {column!r} is observed on {observed.size} of the {name} split's "
+                    f"{rows.size} target rows; at least {least[code]} are needed to score "
+                    "and calibrate on it: give a file with fewer empty cells or gap rows"
                 )
 
 
