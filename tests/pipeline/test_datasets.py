@@ -60,6 +60,30 @@ def test_iso_8601_offsets_are_read_as_utc(tmp_path, frame):
         pd.testing.assert_frame_equal(load_lte(_write(tmp_path, variant), min_rows=50), expected)
 
 
+def test_utc_offsets_in_one_file_but_not_the_other_are_refused(tmp_path):
+    """A training file with offsets and a naive test file were read an hour apart
+    (calendar features off, a phantom gap); and a file mixing both is ambiguous."""
+    from slocast.core.config import PipelineConfig
+    from slocast.preprocess.stage import preprocess
+
+    train = generate_lte(1500, seed=1)
+    test = generate_lte(300, seed=2)
+    test["time"] = train["time"].iloc[-1] + pd.to_timedelta(np.arange(1, 301) * 120, "s")
+    aware = train.copy()
+    aware["time"] = aware["time"].dt.strftime("%Y-%m-%dT%H:%M:%S") + "+00:00"
+    loaded = load_lte(_write(tmp_path, aware, "train.csv"), min_rows=50)
+    naive = load_lte(_write(tmp_path, test, "test.csv"), min_rows=50)
+    with pytest.raises(DatasetError, match="training file's timestamps carry UTC offsets"):
+        preprocess(loaded, naive, PipelineConfig(), sources={"test": "test.csv"})
+    both = test.copy()
+    both["time"] = both["time"].dt.strftime("%Y-%m-%dT%H:%M:%S") + "Z"
+    preprocess(loaded, load_lte(_write(tmp_path, both, "t2.csv"), min_rows=50), PipelineConfig())
+    mixed = aware.copy()
+    mixed.loc[700, "time"] = mixed.loc[700, "time"][:-6]
+    with pytest.raises(DatasetError, match="row 700: 'time' value .* lacks a UTC offset"):
+        load_lte(_write(tmp_path, mixed, "mixed.csv"), min_rows=50)
+
+
 def _breakers():
     def missing_column(f):
         return f.drop(columns=["rb_up"])

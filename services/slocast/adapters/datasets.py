@@ -19,6 +19,10 @@ from slocast.core.schema import FEATURE_COLUMNS, TIME_COLUMN
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 ISO_EXAMPLE = "2018-02-05 23:40:00 or 2018-02-05T23:40:00+01:00"
+# ``frame.attrs`` key of a validated frame: whether its times carried UTC offsets
+# (True), none did (False), or the file's own type said (Parquet: None, not checked).
+UTC_OFFSETS = "utc_offsets"
+_OFFSET = r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:[zZ]|[+-]\d\d(?::?\d\d)?)$"
 # A value this many times a column's 99th percentile of non-zero magnitudes is a
 # corrupt cell (a wrapped 64-bit counter, 1e30), not traffic: one such cell wrecks
 # every family's scaling and scores. Real columns stay within a few times theirs,
@@ -162,6 +166,7 @@ def validate_lte(
     if missing:
         raise DatasetError(f"{source}: missing column(s) {', '.join(missing)}")
     out = pd.DataFrame({TIME_COLUMN: _parse_times(frame[TIME_COLUMN], source)})
+    offsets = _utc_offsets(frame[TIME_COLUMN], source)
     for column in FEATURE_COLUMNS:
         out[column] = _numeric_column(frame[column], column, source)
     gaps = _check_grid(out[TIME_COLUMN], source, config.spacing_tolerance, config.max_gap_rows)
@@ -170,7 +175,25 @@ def validate_lte(
         raise DatasetError(
             f"{source}: {len(out)} rows, need at least {min_rows} for the window and splits"
         )
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    out.attrs[UTC_OFFSETS] = offsets
+    return out
+
+
+def _utc_offsets(column: pd.Series, source: str) -> bool | None:
+    """Whether text times carry UTC offsets: all of them or none (a file mixing both
+    holds local and UTC times that no rule can put on one grid)."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return None
+    aware = column.astype(str).str.strip().str.contains(_OFFSET, regex=True).to_numpy()
+    if aware.all() or not aware.any():
+        return bool(aware.all())
+    row = int(np.flatnonzero(aware != aware[0])[0])
+    raise DatasetError(
+        f"{source}: row {row}: {TIME_COLUMN!r} value {column.iloc[row]!r} "
+        f"{'has' if aware[row] else 'lacks'} a UTC offset where row 0 "
+        f"{'does not' if aware[row] else 'has one'}; give every timestamp an offset, or none"
+    )
 
 
 def _parse_times(column: pd.Series, source: str) -> pd.Series:

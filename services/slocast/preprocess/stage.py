@@ -20,7 +20,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from slocast.adapters.datasets import step_seconds
+from slocast.adapters.datasets import UTC_OFFSETS, step_seconds
 from slocast.core.config import PipelineConfig
 from slocast.core.errors import DatasetError
 from slocast.core.features import FeatureSpec, fill_missing
@@ -140,6 +140,14 @@ def _check_same_step(
 ) -> None:
     """Refuse a test file on another time step: the features (lags, calendar, the
     seasonal period in rows) mean what they meant in training only on the same grid."""
+    offsets = (train.attrs.get(UTC_OFFSETS), test.attrs.get(UTC_OFFSETS))
+    if None not in offsets and offsets[0] != offsets[1]:
+        with_offsets = "the training file's" if offsets[0] else "the test file's"
+        raise DatasetError(
+            f"{source or 'test data'}: {with_offsets} timestamps carry UTC offsets and the "
+            "other file's do not, so one of them would be read an offset away from the "
+            "other; give both files offsets, or neither"
+        )
     train_step, test_step = step_seconds(train[TIME_COLUMN]), step_seconds(test[TIME_COLUMN])
     if abs(test_step - train_step) > config.spacing_tolerance * train_step:
         raise DatasetError(
