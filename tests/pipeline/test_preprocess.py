@@ -241,3 +241,23 @@ def test_forecast_floor_is_zero_or_the_training_minimum():
 def spec_train_rows(frame: pd.DataFrame) -> int:
     n_fit = len(frame) - round(len(frame) * 0.2)
     return n_fit - round(n_fit * 0.2)
+
+
+def test_a_reused_dataset_reports_this_runs_files(tmp_path):
+    """The same rows under a new file name reuse the processed dataset, and the
+    report names the new files (it named the first run's)."""
+    from slocast.adapters.storage import LocalStore
+    from slocast.runtime.inprocess import prepare_dataset
+    from slocast.settings import RunSettings
+
+    frame = generate_lte(1500, seed=1)
+    frame.to_csv(tmp_path / "first.csv", index=False)
+    frame.to_csv(tmp_path / "second.csv", index=False)
+    store = LocalStore(tmp_path / "artifacts")
+    first, reused = prepare_dataset(RunSettings(data=tmp_path / "first.csv", home=tmp_path), store)
+    assert not reused and first.sources["train"].endswith("first.csv")
+    second, reused = prepare_dataset(
+        RunSettings(data=tmp_path / "second.csv", home=tmp_path), store
+    )
+    assert reused and second.dataset_id == first.dataset_id
+    assert second.sources["train"].endswith("second.csv")

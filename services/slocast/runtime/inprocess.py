@@ -10,7 +10,7 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -82,7 +82,8 @@ def prepare_dataset(settings: RunSettings, store: LocalStore) -> tuple[Processed
     train, test, sources = load_inputs(settings)
     dataset = preprocess(train, test, settings.config, sources=sources)
     if has_dataset(store, dataset.dataset_id):
-        return load_dataset(store, dataset.dataset_id), True
+        # The same rows under other file names: the report names this run's files.
+        return replace(load_dataset(store, dataset.dataset_id), sources=sources), True
     save_dataset(store, dataset)
     return dataset, False
 
