@@ -158,6 +158,13 @@ def run_pipeline(settings: RunSettings, *, show_progress: bool = True) -> RunRes
             trained[family] = (model, ref)
             timings[f"train_{family}_seconds"] = time.perf_counter() - t0
 
+        if "persistence" in failures:
+            # Every decision is relative to it: nothing can be judged without it.
+            raise SlocastError(
+                f"the persistence baseline failed ({failures['persistence']}), so no model "
+                "can be judged against it; check the data (e.g. values too small for "
+                "float32, below 1e-30)"
+            )
         t0 = time.perf_counter()
         evaluation = evaluate_run(
             registry,
