@@ -426,19 +426,31 @@ def test_openapi_refs_resolve_and_errors_are_documented(
     paths = doc["paths"]
     expected = {
         "prediction": {
-            "/predict": {413, 422, 503},
-            "/predict/bulk": {413, 422, 503},
-            "/predict/bulk/strict": {413, 422, 503},
-            "/reload": {401, 413},
+            ("post", "/predict"): {413, 415, 422, 503},
+            ("post", "/predict/bulk"): {413, 415, 422, 503},
+            ("post", "/predict/bulk/strict"): {413, 415, 422, 503},
+            ("post", "/reload"): {401, 413, 415},
+            ("get", "/readyz"): {503},
         },
-        "training": {"/add_training_data_bulk": {413, 422, 503}, "/flush": {401, 413, 422}},
+        "training": {
+            ("post", "/add_training_data_bulk"): {413, 415, 422, 503},
+            ("post", "/flush"): {401, 413, 415, 422},
+            ("get", "/model/{name}/info"): {404},
+            ("get", "/model/{name}/download"): {404},
+            ("get", "/bundle/current"): {404, 503},
+            ("get", "/bundle/{version}/{name}"): {404},
+            ("get", "/model/ttft/xgb/json"): {404},
+            ("get", "/readyz"): {503},
+        },
     }[server]
-    for path, statuses in expected.items():
-        responses = paths[path]["post"]["responses"]
+    for (method, path), statuses in expected.items():
+        responses = paths[path][method]["responses"]
         assert {str(s) for s in statuses} <= set(responses), (path, set(responses))
         for status in statuses:
             schema = responses[str(status)]["content"]["application/json"]["schema"]
             assert "properties" in resolve(doc, schema["$ref"])
+    if server == "training":
+        assert "304" in paths["/bundle/current"]["get"]["responses"]
     # the bodies the handlers parse themselves are documented, nested items included
     body = "BulkPredictionRequest" if server == "prediction" else "BulkTrainingRequest"
     schema = resolve(doc, "#/components/schemas/" + body)

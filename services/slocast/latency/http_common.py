@@ -30,6 +30,10 @@ def _schema_ref(struct: type[msgspec.Struct]) -> dict[str, Any]:
 
 _ERROR_RESPONSES: dict[int, dict[str, Any]] = {
     401: {"description": "Admin bearer token missing or wrong.", "content": _schema_ref(ErrorBody)},
+    404: {
+        "description": "Not found: an unknown name, or nothing trained or published yet.",
+        "content": _schema_ref(ErrorBody),
+    },
     413: {
         "description": "Body larger than the server's limit.",
         "content": _schema_ref(TooLargeBody),

@@ -446,7 +446,7 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=error_responses(503))
     async def readyz() -> Response:
         if holder.current is None:
             return json_response(

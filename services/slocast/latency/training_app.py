@@ -457,7 +457,7 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
             {"detail": f"model {name!r} does not exist yet: no model has been trained"}, 404
         )
 
-    @app.get("/model/{name}/info")
+    @app.get("/model/{name}/info", responses=error_responses(404))
     async def model_file(name: str) -> Response:
         if name not in MODEL_NAMES:
             return unknown_model(name)
@@ -476,7 +476,7 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
             }
         )
 
-    @app.get("/model/{name}/download")
+    @app.get("/model/{name}/download", responses=error_responses(404))
     async def model_download(name: str) -> Response:
         if name not in MODEL_NAMES:
             return unknown_model(name)
@@ -501,7 +501,13 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
 
     # The published bundle, file by file, for prediction servers without the shared
     # model directory (slocast.latency.model_sync; docs/latency.md).
-    @app.get("/bundle/current")
+    @app.get(
+        "/bundle/current",
+        responses={
+            304: {"description": "The published manifest is the one `If-None-Match` names."},
+            **error_responses(404, 503),
+        },
+    )
     async def bundle_manifest(request: Request) -> Response:
         try:
             found = published_manifest(settings.model_dir)
@@ -515,7 +521,7 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
             return Response(status_code=304, headers={"ETag": etag})
         return Response(raw, media_type="application/json", headers={"ETag": etag})
 
-    @app.get("/bundle/{version}/{name}")
+    @app.get("/bundle/{version}/{name}", responses=error_responses(404))
     async def bundle_member(version: str, name: str) -> Response:
         body = bundle_file(settings.model_dir, version, name)
         if body is None:
@@ -525,11 +531,11 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
             )
         return Response(body, media_type="application/octet-stream")
 
-    @app.get("/model/ttft/xgb/json")
+    @app.get("/model/ttft/xgb/json", responses=error_responses(404))
     async def ttft_trees() -> Response:
         return tree_dump("ttft")
 
-    @app.get("/model/tpot/xgb/json")
+    @app.get("/model/tpot/xgb/json", responses=error_responses(404))
     async def tpot_trees() -> Response:
         return tree_dump("tpot")
 
@@ -537,7 +543,7 @@ def create_training_app(settings: LatencyTrainingSettings) -> FastAPI:
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=error_responses(503))
     async def readyz() -> Response:
         if all(t.is_alive() for t in trainer._threads):
             return json_response({"status": "ready"})
