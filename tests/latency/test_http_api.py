@@ -119,7 +119,11 @@ def test_no_model_answers_503(empty_predictor: str) -> None:
     without a trained model is not ready and says why."""
     assert httpx.get(f"{empty_predictor}/readyz").json()["reason"].startswith("no model")
     assert httpx.get(f"{empty_predictor}/readyz").status_code == 503
-    assert httpx.get(f"{empty_predictor}/status").json()["is_ready"] is False
+    status = httpx.get(f"{empty_predictor}/status").json()
+    assert status["is_ready"] is False
+    # clients branch on the objective before any model exists (it was null)
+    assert status["objective_type"] == "quantile" and status["quantile"] == 0.9
+    assert httpx.get(f"{empty_predictor}/").json()["objective_type"] == "quantile"
     assert httpx.post(f"{empty_predictor}/predict", json=FEATURES).status_code == 503
     body = {"requests": [FEATURES]}
     assert httpx.post(f"{empty_predictor}/predict/bulk", json=body).status_code == 503

@@ -33,7 +33,7 @@ from prometheus_client import (
 )
 
 from slocast.hot_routes import HotRoutes, JsonBodies
-from slocast.latency.bundle import BundleError, read_pointer
+from slocast.latency.bundle import PUBLIC_OBJECTIVE, BundleError, read_pointer
 from slocast.latency.http_common import (
     METRICS_RESPONSES,
     BodyLimit,
@@ -327,8 +327,9 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
                 "is_ready": False,
                 "cold": True,
                 "model_type": None,
-                "objective_type": None,
-                "quantile": None,
+                # What this server predicts once a model serves: clients branch on it.
+                "objective_type": PUBLIC_OBJECTIVE,
+                "quantile": settings.quantile,
                 "last_model_load": None,
                 "model_version": None,
                 "models_exist": {"ttft": False, "tpot": False},
@@ -366,8 +367,8 @@ def create_prediction_app(settings: LatencyPredictionSettings | None = None) -> 
             {
                 "message": "slocast latency prediction server",
                 "model_type": None if model is None else model.model_type,
-                "objective_type": None if model is None else model.objective_type,
-                "quantile": None if model is None else model.quantile,
+                "objective_type": PUBLIC_OBJECTIVE if model is None else model.objective_type,
+                "quantile": settings.quantile if model is None else model.quantile,
                 "is_ready": model is not None,
                 "cold": model is None or model.cold,
                 "model_version": None if model is None else model.version,
