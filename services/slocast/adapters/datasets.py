@@ -50,9 +50,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     suffix = p.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(p)
-            _check_unique_columns(p, [str(c) for c in frame.columns])
-            return frame
+            # (pyarrow refuses duplicated column names itself: one line via _first_line)
+            return pd.read_parquet(p)
         if suffix in CSV_SUFFIXES:
             _check_header(p)
             # index_col=False: a trailing comma on every row is an empty last field,
@@ -100,10 +99,6 @@ def _check_header(path: Path) -> None:
                     f"{path}: the header is one column, {names[0][:60]!r}; the file seems "
                     f"separated by {label}: save it with commas"
                 )
-    _check_unique_columns(path, names)
-
-
-def _check_unique_columns(path: Path, names: list[str]) -> None:
     seen: set[str] = set()
     for name in names:
         if name in seen and name:

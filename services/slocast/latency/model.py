@@ -198,10 +198,6 @@ UPSTREAM_SLOW_TPOT = replace(UPSTREAM_PARAMS, learning_rate=0.03, calibration="t
 # on loaded servers, where latency spans seconds to minutes, a relative step per
 # tree fits both ends (docs/latency.md).
 LOG_UPSTREAM = replace(UPSTREAM_PARAMS, objective="log_quantileerror", calibration="two_sided")
-# TTFT also tries TPOT's small monotone quantile model (100 depth-3 trees on log
-# latency, two-sided offset): on a lightly loaded server TTFT's noise is
-# multiplicative around a stable level, as TPOT's is (docs/latency.md). And, offline,
-# its default trees with additive offsets (ADDITIVE_TTFT).
 # TTFT's default trees with additive offsets: queueing TTFT (and fixed-size jitter)
 # spreads by seconds whatever the point, where relative offsets give the slow rows
 # margins far wider than needed. Offline only (protocol B; docs/latency.md,
@@ -212,6 +208,9 @@ LOG_UPSTREAM = replace(UPSTREAM_PARAMS, objective="log_quantileerror", calibrati
 # over-covered beyond its limit (0.955 against 0.95, 1 run in 11).
 ADDITIVE_TTFT = replace(TARGET_PARAMS["ttft"], normalise="additive")
 STREAMING_EXCLUDED = frozenset({ADDITIVE_TTFT})
+# TTFT also tries TPOT's small monotone quantile model (100 depth-3 trees on log
+# latency, two-sided offset): on a lightly loaded server TTFT's noise is
+# multiplicative around a stable level, as TPOT's is (docs/latency.md).
 # Candidates per target, chosen by validation pinball loss on rows the candidate
 # was not fitted on (:func:`fit_selected`, and the trainer's promotion rule).
 CANDIDATES: dict[str, tuple[TreeParams, ...]] = {

@@ -167,7 +167,7 @@ def _check_headline_scorable(raw: np.ndarray, split: np.ndarray, config: Pipelin
     is 0 (or empty) there teaches nothing. Only target rows of windows count.
     """
     first = config.window
-    least = {0: 1, 1: MIN_VAL_OBSERVED, 2: MIN_TEST_WINDOWS}
+    least = {1: MIN_VAL_OBSERVED, 2: MIN_TEST_WINDOWS}
     for code, name in ((0, "train"), (1, "val"), (2, "test")):
         rows = np.flatnonzero(split == code)[first:]
         for column in HEADLINE_COLUMNS:
@@ -180,10 +180,11 @@ def _check_headline_scorable(raw: np.ndarray, split: np.ndarray, config: Pipelin
                     "undefined there; a site needs traffic in down and up"
                 )
             # (a split with too few rows at all is named by the window checks)
-            if observed.size < least[code] <= rows.size:
+            needed = least.get(code, 0)
+            if observed.size < needed <= rows.size:
                 raise DatasetError(
                     f"column {column!r} is observed on {observed.size} of the {name} split's "
-                    f"{rows.size} target rows; at least {least[code]} are needed to score "
+                    f"{rows.size} target rows; at least {needed} are needed to score "
                     "and calibrate on it: give a file with fewer empty cells or gap rows"
                 )
 
