@@ -263,7 +263,7 @@ def test_max_gap_rows_is_bounded():
         ({"window": True}, "window must be a whole number"),
         ({"window": 10**30}, "window must be in"),
         ({"horizon": 0}, "horizon must be in"),
-        ({"season_steps": 0}, "season_steps must be in"),
+        ({"season_steps": -1}, "season_steps must be in"),
         ({"val_fraction": "0.2"}, "val_fraction must be a number"),
         ({"quantiles": []}, "quantiles must be a non-empty list"),
         ({"quantiles": "0.9"}, "quantiles must be a list of levels"),

@@ -37,8 +37,9 @@ class PipelineConfig:
         max_gap_rows: longest gap in the time grid (missing rows) that is filled
             with empty cells instead of refusing the file. Default 0: every row
             must be present, as protocol A's files are.
-        season_steps: season length of the seasonal-naive baseline (one day of
-            2-minute rows).
+        season_steps: season length of the seasonal-naive baseline in rows.
+            Default 0: one day at the dataset's step (720 rows of 2 minutes,
+            96 of 15 minutes), so the baseline means the same on every site.
         calibration_blocks: contiguous blocks of the train split that, besides
             validation, give conformal residuals from a model refitted without
             them (cross-conformal over the whole training file). Default 0:
@@ -56,7 +57,7 @@ class PipelineConfig:
     cap_quantile: float = 0.999
     spacing_tolerance: float = 0.1
     max_gap_rows: int = 0
-    season_steps: int = 720
+    season_steps: int = 0
     calibration_blocks: int = 0
     recurrent_seeds: int = 2
 
@@ -84,9 +85,10 @@ class PipelineConfig:
             raise ConfigError(f"window must be in [1, {MAX_WINDOW}], got {self.window}")
         if not 1 <= self.horizon <= MAX_HORIZON:
             raise ConfigError(f"horizon must be in [1, {MAX_HORIZON}], got {self.horizon}")
-        if not 1 <= self.season_steps <= MAX_SEASON_STEPS:
+        if not 0 <= self.season_steps <= MAX_SEASON_STEPS:
             raise ConfigError(
-                f"season_steps must be in [1, {MAX_SEASON_STEPS}], got {self.season_steps}"
+                f"season_steps must be in [0, {MAX_SEASON_STEPS}] (0: one day), "
+                f"got {self.season_steps}"
             )
         if not 0.0 <= self.spacing_tolerance <= 0.5:
             raise ConfigError(

@@ -38,6 +38,11 @@ class Persistence(Forecaster):
         return cls(spec)
 
 
+def rows_per_day(step_seconds: float) -> int:
+    """Rows in one day at ``step_seconds`` (nearest whole row, at least one)."""
+    return max(1, round(86_400 / step_seconds))
+
+
 class SeasonalNaive(Forecaster):
     """The value one season (a day) before the forecast time.
 
@@ -48,9 +53,9 @@ class SeasonalNaive(Forecaster):
 
     family = "seasonal_naive"
 
-    def __init__(self, spec: FeatureSpec, season_steps: int = 720) -> None:
+    def __init__(self, spec: FeatureSpec, season_steps: int = 0) -> None:
         super().__init__(spec)
-        self.season_steps = season_steps
+        self.season_steps = season_steps or rows_per_day(spec.step_seconds)
 
     @property
     def history_rows(self) -> int:
@@ -59,7 +64,7 @@ class SeasonalNaive(Forecaster):
     def fit(
         self, data: ProcessedDataset, *, seed: int, progress: Progress | None = None
     ) -> FitReport:
-        self.season_steps = data.config.season_steps
+        self.season_steps = data.config.season_steps or rows_per_day(self.spec.step_seconds)
         return FitReport(params={"season_steps": self.season_steps})
 
     def refit(self, data: ProcessedDataset, train_ends: np.ndarray, *, seed: int) -> SeasonalNaive:
