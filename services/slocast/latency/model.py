@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from slocast.core.conformal import MondrianCalibration
+from slocast.core.conformal import MondrianCalibration, conformal_offset
 from slocast.latency.features import (
     FEATURE_NAMES,
     NUM_REGIMES,
@@ -200,14 +200,9 @@ UPSTREAM_SLOW_TPOT = replace(UPSTREAM_PARAMS, learning_rate=0.03, calibration="t
 LOG_UPSTREAM = replace(UPSTREAM_PARAMS, objective="log_quantileerror", calibration="two_sided")
 # TTFT's default trees with additive offsets: queueing TTFT (and fixed-size jitter)
 # spreads by seconds whatever the point, where relative offsets give the slow rows
-# margins far wider than needed. Offline only (protocol B; docs/latency.md,
-# "Additive offsets as a TTFT candidate"): in the streaming trainer a window that
-# still holds rows of an earlier, differently distributed workload puts those rows'
-# large residuals at the top of the calibration rows undiminished (relative offsets
-# divide them by their points), and the upstream client's quantile stress test then
-# over-covered beyond its limit (0.955 against 0.95, 1 run in 11).
+# margins far wider than needed (docs/latency.md, "Additive offsets as a TTFT
+# candidate"; in the streaming trainer since violators are pooled, not maxed).
 ADDITIVE_TTFT = replace(TARGET_PARAMS["ttft"], normalise="additive")
-STREAMING_EXCLUDED = frozenset({ADDITIVE_TTFT})
 # TTFT also tries TPOT's small monotone quantile model (100 depth-3 trees on log
 # latency, two-sided offset): on a lightly loaded server TTFT's noise is
 # multiplicative around a stable level, as TPOT's is (docs/latency.md).
@@ -237,14 +232,13 @@ MONOTONE_OBJECTIVES = frozenset(OBJECTIVES) - {"quantile", "log_quantileerror"}
 
 
 def candidates(target: str, monotone: bool) -> tuple[TreeParams, ...]:
-    """The configurations the streaming trainer chooses from for a target:
-    :data:`CANDIDATES` without :data:`STREAMING_EXCLUDED`.
+    """The configurations the streaming trainer chooses from for a target.
 
     ``monotone``: only configurations whose trees keep the monotone constraints, all
     constrained, so more load never lowers a bound whichever wins; the upstream
     configuration (``reg:quantileerror``) cannot keep them and is left out.
     """
-    offered = tuple(p for p in CANDIDATES[target] if p not in STREAMING_EXCLUDED)
+    offered = CANDIDATES[target]
     if not monotone:
         return offered
     return tuple(replace(p, monotone=True) for p in offered if p.objective in MONOTONE_OBJECTIVES)
@@ -341,10 +335,10 @@ def calibrate(
     (:func:`clip_point`), so the offsets are those of the served bound. ``scale``:
     the point, or with ``normalise="additive"`` one constant (:func:`fixed_scale_for`).
 
-    "mondrian": per regime, then made non-decreasing in queue depth (per KV
-    bucket): a deeper queue must never get a smaller relative margin, or the bound
-    could drop when a request starts waiting ("more load never lowers the
-    prediction"). "two_sided": one pooled offset, the order statistic of the
+    "mondrian": per regime, non-decreasing in queue depth (per KV bucket,
+    :func:`pooled_in_depth`, then :func:`monotone_in_depth` for the rare regimes): a
+    deeper queue must never get a smaller relative margin, or the bound could drop
+    when a request starts waiting ("more load never lowers the prediction"). "two_sided": one pooled offset, the order statistic of the
     signed residuals, negative when the trees already over-cover: a quantile model
     is moved toward the level from either side, never only widened. "none": no
     offset.
@@ -381,7 +375,9 @@ def calibrate(
         fallback = MondrianCalibration.fit(
             residuals[rare], np.zeros(int(rare.sum()), np.int64), quantile, min_group_size=1
         ).pooled
-    grid = monotone_in_depth(fitted.per_group, fallback)
+    residuals = (np.asarray(y, np.float64) - point) / scale
+    own = pooled_in_depth(residuals, regime_ids, sorted(fitted.per_group), quantile)
+    grid = monotone_in_depth(own, fallback)
     return MondrianCalibration(
         q=fitted.q,
         pooled=fitted.pooled,
@@ -390,12 +386,44 @@ def calibrate(
     )
 
 
+def pooled_in_depth(
+    residuals: np.ndarray, regime_ids: np.ndarray, own: list[int], quantile: float
+) -> dict[int, float]:
+    """Offsets of the regimes in ``own``, non-decreasing in queue depth within each KV
+    bucket by pooling adjacent violators: where a deeper regime's offset is below the
+    shallower one's, the two are calibrated as one group on their residuals together
+    (repeated until none violates). Each offset is then the conformal quantile of a
+    group of its own rows and its neighbours', never another regime's maximum: one
+    regime whose few rows came from a different workload lifts its neighbours by
+    its share of the pooled rows, not by its whole excess."""
+    depths = len(WAITING_EDGES) + 1
+    buckets = NUM_REGIMES // depths
+    members = set(own)
+    out: dict[int, float] = {}
+    for k in range(buckets):
+        blocks: list[tuple[list[int], np.ndarray, float]] = []
+        for w in range(depths):
+            regime = w * buckets + k
+            if regime not in members:
+                continue
+            rows = residuals[regime_ids == regime]
+            block = ([regime], rows, float(conformal_offset(rows, quantile)))
+            while blocks and block[2] < blocks[-1][2]:
+                regimes_, rows_, _ = blocks.pop()
+                merged = np.concatenate([rows_, block[1]])
+                block = (regimes_ + block[0], merged, float(conformal_offset(merged, quantile)))
+            blocks.append(block)
+        for regimes_, _, offset in blocks:
+            out.update(dict.fromkeys(regimes_, offset))
+    return out
+
+
 def monotone_in_depth(own: dict[int, float], fallback: float) -> np.ndarray:
     """Offsets per regime, non-decreasing in queue depth within each KV bucket.
 
-    ``own``: offsets of the regimes with enough residuals to be calibrated alone;
-    they are made non-decreasing in depth (a running maximum over those regimes
-    only). A regime without its own offset takes ``fallback`` (the rare regimes'
+    ``own``: offsets of the regimes with enough residuals to be calibrated alone,
+    already non-decreasing in depth within each KV bucket (:func:`pooled_in_depth`),
+    kept as they are. A regime without its own offset takes ``fallback`` (the rare regimes'
     shared offset), clipped between its calibrated neighbours in the same KV
     bucket: at least the shallower one's offset, at most the deeper one's. The
     constraint holds without a rare regime ever raising a calibrated one, whose own
@@ -406,13 +434,7 @@ def monotone_in_depth(own: dict[int, float], fallback: float) -> np.ndarray:
     depths, buckets = len(WAITING_EDGES) + 1, NUM_REGIMES // (len(WAITING_EDGES) + 1)
     grid = np.empty((depths, buckets), dtype=np.float64)
     for k in range(buckets):
-        calibrated = {}
-        running = -np.inf
-        for w in range(depths):
-            regime = w * buckets + k
-            if regime in own:
-                running = max(running, own[regime])
-                calibrated[w] = running
+        calibrated = {w: own[w * buckets + k] for w in range(depths) if w * buckets + k in own}
         for w in range(depths):
             if w in calibrated:
                 grid[w, k] = calibrated[w]
