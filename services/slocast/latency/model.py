@@ -338,10 +338,10 @@ def calibrate(
     "mondrian": per regime, non-decreasing in queue depth (per KV bucket,
     :func:`pooled_in_depth`, then :func:`monotone_in_depth` for the rare regimes): a
     deeper queue must never get a smaller relative margin, or the bound could drop
-    when a request starts waiting ("more load never lowers the prediction"). "two_sided": one pooled offset, the order statistic of the
-    signed residuals, negative when the trees already over-cover: a quantile model
-    is moved toward the level from either side, never only widened. "none": no
-    offset.
+    when a request starts waiting ("more load never lowers the prediction").
+    "two_sided": one pooled offset, the order statistic of the signed residuals,
+    negative when the trees already over-cover: a quantile model is moved toward
+    the level from either side, never only widened. "none": no offset.
     """
     fixed = fixed_scale_for(point, normalise)
     scale = scale_of(point, fixed)
@@ -358,12 +358,9 @@ def calibrate(
         return MondrianCalibration(q=quantile, pooled=pooled, per_group={}, fixed_scale=fixed)
     if mode != "mondrian":
         raise ValueError(f"unknown calibration {mode!r}")
+    residuals = (np.asarray(y, np.float64) - point) / scale
     fitted = MondrianCalibration.fit(
-        np.asarray(y, np.float64) - point,
-        regime_ids,
-        quantile,
-        scale=scale,
-        min_group_size=MIN_REGIME_CALIBRATION,
+        residuals, regime_ids, quantile, min_group_size=MIN_REGIME_CALIBRATION
     )
     # Regimes too rare for an offset of their own share one, calibrated on their
     # rows together (not the pooled one, set by the common regimes' residuals):
@@ -371,11 +368,9 @@ def calibrate(
     rare = ~np.isin(regime_ids, list(fitted.per_group))
     fallback = fitted.pooled
     if rare.sum() >= MIN_REGIME_CALIBRATION:
-        residuals = (np.asarray(y, np.float64) - point) / scale
         fallback = MondrianCalibration.fit(
             residuals[rare], np.zeros(int(rare.sum()), np.int64), quantile, min_group_size=1
         ).pooled
-    residuals = (np.asarray(y, np.float64) - point) / scale
     own = pooled_in_depth(residuals, regime_ids, sorted(fitted.per_group), quantile)
     grid = monotone_in_depth(own, fallback)
     return MondrianCalibration(
@@ -423,9 +418,9 @@ def monotone_in_depth(own: dict[int, float], fallback: float) -> np.ndarray:
 
     ``own``: offsets of the regimes with enough residuals to be calibrated alone,
     already non-decreasing in depth within each KV bucket (:func:`pooled_in_depth`),
-    kept as they are. A regime without its own offset takes ``fallback`` (the rare regimes'
-    shared offset), clipped between its calibrated neighbours in the same KV
-    bucket: at least the shallower one's offset, at most the deeper one's. The
+    kept as they are. A regime without its own offset takes ``fallback`` (the rare
+    regimes' shared offset), clipped between its calibrated neighbours in the same
+    KV bucket: at least the shallower one's offset, at most the deeper one's. The
     constraint holds without a rare regime ever raising a calibrated one, whose own
     residuals say its offset is enough (under overload the rare transitional
     regimes' large offset would otherwise lift the deepest regime, which holds most
