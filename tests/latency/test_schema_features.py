@@ -350,3 +350,30 @@ def test_regimes_split_queue_depth_and_kv() -> None:
     )
     ids = regimes(cols)
     assert len(set(ids.tolist())) == 3
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        b'"kv_cache_percentage":"x","kv_cache_percentage":0.5',
+        b'"kv_cache_percentage":0.5,"kv_cache_percentage":"x"',
+        b'"kv_cache_percentage":2,"kv_\\u0063ache_percentage":0.5',  # the same key, escaped
+    ],
+)
+def test_a_key_sent_twice_with_a_bad_value_names_the_repetition(members: bytes) -> None:
+    """The 422 used to echo the other occurrence's (valid) value beside a message
+    about the bad one; it now says the key is repeated. A key repeated with valid
+    values is read as JSON parsers read it (the last one), as upstream does."""
+    rest = msgspec.json.encode({k: v for k, v in BASE.items() if k != "kv_cache_percentage"})
+    item = b"{" + members + b"," + rest[1:]
+    with pytest.raises(ValidationFailure) as single:
+        decode_request(item)
+    with pytest.raises(ValidationFailure) as bulk:
+        decode_bulk(b'{"requests":[' + msgspec.json.encode(BASE) + b"," + item + b"]}")
+    for err, loc in ((single, ["body"]), (bulk, ["body", "requests", 1])):
+        detail = err.value.errors[0]
+        assert detail["loc"] == [*loc, "kv_cache_percentage"]
+        assert detail["msg"] == "kv_cache_percentage appears 2 times: send it once"
+        assert "input" not in detail
+    valid = b'{"kv_cache_percentage":0.1,"kv_cache_percentage":0.7,' + rest[1:]
+    assert decode_request(valid)["kv_cache_percentage"].tolist() == [0.7]

@@ -15,6 +15,7 @@ format, ``loc`` naming the item and the field (:func:`failure`).
 
 from __future__ import annotations
 
+import json
 import re
 from itertools import chain
 from operator import attrgetter
@@ -259,6 +260,23 @@ def _lookup(root: Any, steps: list) -> Any:
     return root
 
 
+def _occurrences(root: Any, steps: list) -> int:
+    """How many times the last step (a key) appears in its object in a
+    :class:`RawBody`: JSON allows a key twice, msgspec validates every occurrence
+    and the dict the echo is read from keeps the last, so an error about one
+    occurrence would otherwise echo another's value."""
+    if not isinstance(root, RawBody):
+        return 1
+    try:
+        raw = bytes(root)
+        for step in steps[:-1]:
+            raw = bytes(_split(raw)[step])
+        pairs = json.loads(raw, object_pairs_hook=lambda members: members)
+    except (KeyError, IndexError, TypeError, ValueError, RecursionError):
+        return 1
+    return sum(1 for key, _ in pairs if key == steps[-1]) if isinstance(pairs, list) else 1
+
+
 def failure(exc: msgspec.ValidationError, loc: tuple, document: Any) -> ValidationFailure:
     """A msgspec validation error as FastAPI's 422 detail.
 
@@ -271,6 +289,8 @@ def failure(exc: msgspec.ValidationError, loc: tuple, document: Any) -> Validati
     where = [*loc, *steps]
     field = steps[-1] if steps and isinstance(steps[-1], str) else None
     value = _lookup(document, steps)
+    if field is not None and (times := _occurrences(document, steps)) > 1:
+        return _error("value_error", where, f"{field} appears {times} times: send it once")
     if missing := _MISSING.match(message):
         return _error("missing", [*where, missing["field"]], "Field required")
     if field == "pod_type":
