@@ -9,6 +9,7 @@ import pytest
 
 from slocast.latency.features import FEATURE_NAMES, build_features, monotone_constraints, regimes
 from slocast.latency.schema import (
+    DUPLICATE_SCAN_BYTES,
     MAX_ITEMS,
     ValidationFailure,
     decode_bulk,
@@ -377,3 +378,15 @@ def test_a_key_sent_twice_with_a_bad_value_names_the_repetition(members: bytes) 
         assert "input" not in detail
     valid = b'{"kv_cache_percentage":0.1,"kv_cache_percentage":0.7,' + rest[1:]
     assert decode_request(valid)["kv_cache_percentage"].tolist() == [0.7]
+
+
+def test_the_repeated_key_scan_is_bounded() -> None:
+    """The scan decodes the object whole, so an object over DUPLICATE_SCAN_BYTES
+    (junk beside the error) is not scanned: its 422 is the plain one."""
+    rest = msgspec.json.encode({k: v for k, v in BASE.items() if k != "kv_cache_percentage"})
+    pad = b'"junk":"' + b"j" * DUPLICATE_SCAN_BYTES + b'",'
+    body = b'{"kv_cache_percentage":2,' + pad + b'"kv_cache_percentage":0.5,' + rest[1:]
+    with pytest.raises(ValidationFailure) as err:
+        decode_request(body)
+    detail = err.value.errors[0]
+    assert detail["type"] == "less_than_equal" and detail["input"] == 0.5

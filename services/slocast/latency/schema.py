@@ -184,6 +184,10 @@ class ValidationFailure(Exception):
 # The offending input is echoed as FastAPI does, but bounded: a 1 MB string in
 # `pod_type` came back whole as a 1 MB error body.
 MAX_ECHO_CHARS = 200
+# A 422 looks for a repeated key only in an object up to this size (a request item
+# is well under 1 KiB): the scan decodes the object whole, and junk beside the
+# error must not make the error path cost a full decode of the body.
+DUPLICATE_SCAN_BYTES = 64 * 1024
 
 
 def _echo(value: Any) -> Any:
@@ -245,13 +249,18 @@ def _leaf(raw: bytes) -> Any:
     return msgspec.json.decode(raw) if len(raw) <= MAX_ECHO_CHARS else _split(raw)
 
 
+def _raw_at(root: RawBody, steps: list) -> bytes:
+    """The undecoded value at ``steps``, splitting only the containers on the path."""
+    raw = bytes(root)
+    for step in steps:
+        raw = bytes(_split(raw)[step])
+    return raw
+
+
 def _lookup(root: Any, steps: list) -> Any:
     try:
         if isinstance(root, RawBody):
-            raw = bytes(root)
-            for step in steps:
-                raw = bytes(_split(raw)[step])
-            return _leaf(raw)
+            return _leaf(_raw_at(root, steps))
         for step in steps:
             root = root[step]
     # 1e999: valid JSON, no float holds it; deep nesting: the error is found first
@@ -264,13 +273,14 @@ def _occurrences(root: Any, steps: list) -> int:
     """How many times the last step (a key) appears in its object in a
     :class:`RawBody`: JSON allows a key twice, msgspec validates every occurrence
     and the dict the echo is read from keeps the last, so an error about one
-    occurrence would otherwise echo another's value."""
+    occurrence would otherwise echo another's value. Objects over
+    :data:`DUPLICATE_SCAN_BYTES` count as 1 (their scan decodes them whole)."""
     if not isinstance(root, RawBody):
         return 1
     try:
-        raw = bytes(root)
-        for step in steps[:-1]:
-            raw = bytes(_split(raw)[step])
+        raw = _raw_at(root, steps[:-1])
+        if len(raw) > DUPLICATE_SCAN_BYTES:
+            return 1
         pairs = json.loads(raw, object_pairs_hook=lambda members: members)
     except (KeyError, IndexError, TypeError, ValueError, RecursionError):
         return 1
