@@ -237,9 +237,9 @@ def test_regimes_already_in_order_keep_their_own_offsets() -> None:
     groups = np.repeat(regimes_, 300)
     spread = np.repeat([0.02, 0.05, 0.1], 300)
     residuals = spread * rng.standard_normal(groups.shape[0])
-    own = m.pooled_in_depth(residuals, groups, list(regimes_), 0.9)
-    for regime in regimes_:
-        assert own[int(regime)] == conformal_offset(residuals[groups == regime], 0.9)
+    alone = {int(g): float(conformal_offset(residuals[groups == g], 0.9)) for g in regimes_}
+    assert alone[0] < alone[4] < alone[8]
+    assert m.pooled_in_depth(residuals, groups, alone, 0.9) == alone
 
 
 @pytest.mark.parametrize("target", ["ttft", "tpot"])

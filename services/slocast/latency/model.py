@@ -371,7 +371,7 @@ def calibrate(
         fallback = MondrianCalibration.fit(
             residuals[rare], np.zeros(int(rare.sum()), np.int64), quantile, min_group_size=1
         ).pooled
-    own = pooled_in_depth(residuals, regime_ids, sorted(fitted.per_group), quantile)
+    own = pooled_in_depth(residuals, regime_ids, fitted.per_group, quantile)
     grid = monotone_in_depth(own, fallback)
     return MondrianCalibration(
         q=fitted.q,
@@ -382,27 +382,25 @@ def calibrate(
 
 
 def pooled_in_depth(
-    residuals: np.ndarray, regime_ids: np.ndarray, own: list[int], quantile: float
+    residuals: np.ndarray, regime_ids: np.ndarray, own: dict[int, float], quantile: float
 ) -> dict[int, float]:
-    """Offsets of the regimes in ``own``, non-decreasing in queue depth within each KV
-    bucket by pooling adjacent violators: where a deeper regime's offset is below the
-    shallower one's, the two are calibrated as one group on their residuals together
-    (repeated until none violates). Each offset is then the conformal quantile of a
+    """``own`` (each regime's offset on its own ``residuals``) made non-decreasing in
+    queue depth within each KV bucket by pooling adjacent violators: where a deeper
+    regime's offset is below the shallower one's, the two are calibrated as one
+    group on their residuals together (repeated until none violates). Each offset is then the conformal quantile of a
     group of its own rows and its neighbours', never another regime's maximum: one
     regime whose few rows came from a different workload lifts its neighbours by
     its share of the pooled rows, not by its whole excess."""
     depths = len(WAITING_EDGES) + 1
     buckets = NUM_REGIMES // depths
-    members = set(own)
     out: dict[int, float] = {}
     for k in range(buckets):
         blocks: list[tuple[list[int], np.ndarray, float]] = []
         for w in range(depths):
             regime = w * buckets + k
-            if regime not in members:
+            if regime not in own:
                 continue
-            rows = residuals[regime_ids == regime]
-            block = ([regime], rows, float(conformal_offset(rows, quantile)))
+            block = ([regime], residuals[regime_ids == regime], own[regime])
             while blocks and block[2] < blocks[-1][2]:
                 regimes_, rows_, _ = blocks.pop()
                 merged = np.concatenate([rows_, block[1]])
